@@ -1,0 +1,280 @@
+//! `berth build`: validate the manifest, then write `kernel`, `initrd` and `image.json`.
+
+use std::path::{Path, PathBuf};
+
+use berth_arch::Arch;
+use berth_kmod::{IndexError, ModuleIndex};
+use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
+use serde::{Deserialize, Serialize};
+
+use crate::elf::{self, ElfError};
+use crate::initramfs::Initramfs;
+use crate::kernel::{Kernel, KernelError};
+
+/// The module list init loads before the manifest's, in `modules-load.d` format.
+const IMAGE_MODULES_LOAD: &str = "/etc/modules-load.d/berth.conf";
+/// Index files copied into the image next to the modules.
+const MODULE_INDEX_FILES: &[&str] = &["modules.builtin"];
+/// What the image's description file is called in the output directory.
+pub const IMAGE_METADATA_FILE: &str = "image.json";
+
+/// Which kernel to put in the image.
+#[derive(Debug, Clone)]
+pub enum KernelChoice {
+    /// The arch's default Debian kernel, fetched into the cache.
+    DebianDefault { cache_dir: PathBuf },
+    /// A kernel image and its `/lib/modules/<release>` directory.
+    Paths {
+        image: PathBuf,
+        modules_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub arch: Arch,
+    pub manifest: PathBuf,
+    pub out: PathBuf,
+    pub kernel: KernelChoice,
+    /// The init binary; found next to the `berth` executable when not given.
+    pub init: Option<PathBuf>,
+}
+
+/// What `berth build` wrote, as recorded in `image.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageMetadata {
+    pub arch: String,
+    pub kernel_release: String,
+    pub kernel: String,
+    pub initrd: String,
+    /// Modules shipped in the initrd.
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    #[error("module index of kernel {release}: {source}")]
+    ModuleIndex {
+        release: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("no init binary for {arch}; looked at {}. Build it with `cargo build --profile guest -p berth-init --target {}`, or pass --init", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), arch.rust_target())]
+    InitNotFound { arch: Arch, tried: Vec<PathBuf> },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|source| BuildError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BuildError> {
+    let write_error = |source| BuildError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let staging = path.with_extension("partial");
+    std::fs::write(&staging, data).map_err(write_error)?;
+    std::fs::rename(&staging, path).map_err(write_error)
+}
+
+/// Where a freshly built init for `arch` is looked for, relative to the running `berth`:
+/// cargo's layout (`target/release/berth` beside `target/<triple>/guest/init`) and an
+/// installed layout (`bin/berth` beside `lib/berth/<arch>/init`).
+pub fn init_candidates(arch: Arch) -> Vec<PathBuf> {
+    let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    else {
+        return Vec::new();
+    };
+    let mut candidates = Vec::new();
+    // target/release/berth, target/debug/berth and target/debug/deps/<test> all sit one or
+    // two levels under target/.
+    for target_dir in exe_dir.ancestors().skip(1).take(2) {
+        candidates.push(
+            target_dir
+                .join(arch.rust_target())
+                .join("guest")
+                .join("init"),
+        );
+    }
+    if let Some(prefix) = exe_dir.parent() {
+        candidates.push(prefix.join("lib/berth").join(arch.name()).join("init"));
+    }
+    candidates
+}
+
+fn find_init(options: &BuildOptions) -> Result<PathBuf, BuildError> {
+    if let Some(init) = &options.init {
+        return Ok(init.clone());
+    }
+    let tried = init_candidates(options.arch);
+    tried
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(BuildError::InitNotFound {
+            arch: options.arch,
+            tried,
+        })
+}
+
+/// Checks every `[boot] modules` entry against the kernel, pointing at the entry on failure.
+fn check_manifest_modules(
+    manifest: &Manifest,
+    text: &str,
+    file: &Path,
+    index: &ModuleIndex,
+    release: &str,
+) -> Result<(), ManifestError> {
+    for (position, module) in manifest.boot.modules.iter().enumerate() {
+        let name = module.get_ref().canonical();
+        if !index.is_builtin(&name) && index.load_order(&name).is_err() {
+            return Err(ManifestError::at(
+                file,
+                text,
+                module.span(),
+                &format!("boot.modules[{position}]"),
+                format!("kernel {release} has no module `{}`", module.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validates the manifest and writes the image into `options.out`.
+pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
+    // The manifest first: a bad one is refused before anything is downloaded or written.
+    let manifest_text = String::from_utf8_lossy(&read(&options.manifest)?).into_owned();
+    let manifest = Manifest::parse(&manifest_text, &options.manifest)?;
+
+    let init_path = find_init(options)?;
+    let init = read(&init_path)?;
+    elf::check_static_executable(&init_path, &init, options.arch)?;
+
+    let kernel = match &options.kernel {
+        KernelChoice::DebianDefault { cache_dir } => {
+            Kernel::debian_default(options.arch, cache_dir)?
+        }
+        KernelChoice::Paths { image, modules_dir } => Kernel::from_paths(image, modules_dir)?,
+    };
+    let index =
+        ModuleIndex::read(&kernel.modules_dir).map_err(|source| BuildError::ModuleIndex {
+            release: kernel.release.clone(),
+            source,
+        })?;
+    check_manifest_modules(
+        &manifest,
+        &manifest_text,
+        &options.manifest,
+        &index,
+        &kernel.release,
+    )?;
+
+    let image_modules = options.arch.power_button_modules();
+    let wanted: Vec<String> = image_modules
+        .iter()
+        .map(|m| m.to_string())
+        .chain(manifest.boot_modules().map(|m| m.canonical()))
+        .collect();
+    let closure = index
+        .closure(wanted.iter().map(String::as_str))
+        .map_err(|source| BuildError::ModuleIndex {
+            release: kernel.release.clone(),
+            source,
+        })?;
+
+    let mut initramfs = Initramfs::new();
+    initramfs
+        .char_device("/dev/console", 0o600, 5, 1)
+        .directory("/proc", 0o755)
+        .directory("/sys", 0o755)
+        .directory("/run", 0o755)
+        .directory("/tmp", 0o1777)
+        .file("/init", 0o755, init)
+        .file(MANIFEST_PATH, 0o644, manifest_text.into_bytes())
+        .file(
+            IMAGE_MODULES_LOAD,
+            0o644,
+            format!(
+                "# Written by berth build: drivers init loads before the manifest's modules.\n{}\n",
+                image_modules.join("\n")
+            )
+            .into_bytes(),
+        );
+    let image_modules_dir = format!("/lib/modules/{}", kernel.release);
+    let mut dep_lines = Vec::with_capacity(closure.len());
+    for (module, path) in &closure {
+        let relative = path.strip_prefix(&kernel.modules_dir).unwrap_or(path);
+        initramfs.file(
+            &format!("{image_modules_dir}/{}", relative.display()),
+            0o644,
+            read(path)?,
+        );
+        dep_lines.extend(index.dep_line(module));
+    }
+    dep_lines.push(String::new());
+    initramfs.file(
+        &format!("{image_modules_dir}/modules.dep"),
+        0o644,
+        dep_lines.join("\n").into_bytes(),
+    );
+    for name in MODULE_INDEX_FILES {
+        let path = kernel.modules_dir.join(name);
+        if path.is_file() {
+            initramfs.file(&format!("{image_modules_dir}/{name}"), 0o644, read(&path)?);
+        }
+    }
+
+    std::fs::create_dir_all(&options.out).map_err(|source| BuildError::Write {
+        path: options.out.clone(),
+        source,
+    })?;
+    let initrd = initramfs.to_gzip().map_err(|source| BuildError::Write {
+        path: options.out.join("initrd"),
+        source,
+    })?;
+    write_atomically(&options.out.join("initrd"), &initrd)?;
+    write_atomically(&options.out.join("kernel"), &read(&kernel.image)?)?;
+    let metadata = ImageMetadata {
+        arch: options.arch.name().to_string(),
+        kernel_release: kernel.release.clone(),
+        kernel: "kernel".to_string(),
+        initrd: "initrd".to_string(),
+        modules: closure.into_iter().map(|(name, _)| name).collect(),
+    };
+    let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
+    write_atomically(&options.out.join(IMAGE_METADATA_FILE), &json)?;
+    Ok(metadata)
+}
+
+/// Reads `image.json` from a built image directory.
+pub fn read_metadata(dir: &Path) -> Result<ImageMetadata, BuildError> {
+    let path = dir.join(IMAGE_METADATA_FILE);
+    let data = read(&path)?;
+    serde_json::from_slice(&data).map_err(|err| BuildError::Read {
+        path,
+        source: std::io::Error::other(err),
+    })
+}

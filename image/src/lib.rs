@@ -1,0 +1,12 @@
+//! The host side of berth: turn a manifest into a bootable image and boot it under QEMU.
+//!
+//! The `berth` binary is a thin CLI over this library, so tests and benchmarks call the same
+//! code the operator runs.
+
+pub mod assemble;
+pub mod elf;
+pub mod initramfs;
+pub mod kernel;
+pub mod run;
+
+pub use assemble::{build, read_metadata, BuildError, BuildOptions, ImageMetadata, KernelChoice};

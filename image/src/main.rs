@@ -1,0 +1,171 @@
+//! `berth`: build berth images and boot them. See the README for the commands and exit codes.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use berth_arch::Arch;
+use berth_image::assemble::{self, BuildError, BuildOptions, KernelChoice};
+use berth_image::kernel::default_cache_dir;
+use berth_image::run::{self, RunOptions, RunOutcome};
+use berth_qemu::GuestExit;
+use clap::{Parser, Subcommand};
+
+/// Exit codes, documented in the README.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_MANIFEST: u8 = 3;
+    pub const GUEST_REBOOTED: u8 = 10;
+    pub const GUEST_PANICKED: u8 = 11;
+    pub const GUEST_OTHER: u8 = 12;
+    pub const TIMEOUT: u8 = 124;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Build and boot berth container-host images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a manifest and build a bootable image (kernel + initrd) from it.
+    Build {
+        /// Guest architecture: x86_64 or aarch64.
+        #[arg(long, default_value = "x86_64")]
+        arch: Arch,
+        /// The manifest (TOML).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Output directory: gets `kernel`, `initrd` and `image.json`.
+        #[arg(long)]
+        out: PathBuf,
+        /// A kernel image to use instead of Debian's default (needs --modules).
+        #[arg(long, requires = "modules")]
+        kernel: Option<PathBuf>,
+        /// The kernel's `/lib/modules/<release>` directory (with modules.dep).
+        #[arg(long, requires = "kernel")]
+        modules: Option<PathBuf>,
+        /// The init binary (a static musl build); found next to `berth` by default.
+        #[arg(long)]
+        init: Option<PathBuf>,
+    },
+    /// Boot a built image under QEMU, console on this terminal. Ctrl-C presses the power
+    /// button.
+    Run {
+        /// The directory `berth build --out` wrote.
+        dir: PathBuf,
+        /// Guest architecture; read from the image by default.
+        #[arg(long)]
+        arch: Option<Arch>,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = berth_qemu::machine_defaults::MEMORY_MIB)]
+        memory: u32,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Stop QEMU after this many seconds (exit code 124).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Extra kernel command-line parameters.
+        #[arg(long)]
+        append: Vec<String>,
+        /// Extra QEMU arguments, after `--`.
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
+}
+
+fn report(err: &dyn Error) {
+    eprintln!("berth: error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Build {
+            arch,
+            manifest,
+            out,
+            kernel,
+            modules,
+            init,
+        } => {
+            let kernel = match (kernel, modules) {
+                (Some(image), Some(modules_dir)) => KernelChoice::Paths { image, modules_dir },
+                _ => KernelChoice::DebianDefault {
+                    cache_dir: default_cache_dir(),
+                },
+            };
+            let options = BuildOptions {
+                arch,
+                manifest,
+                out,
+                kernel,
+                init,
+            };
+            match assemble::build(&options) {
+                Ok(metadata) => {
+                    println!(
+                        "berth: built {} image with kernel {} ({} modules) in {}",
+                        metadata.arch,
+                        metadata.kernel_release,
+                        metadata.modules.len(),
+                        options.out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    report(&err);
+                    match err {
+                        BuildError::Manifest(_) => ExitCode::from(exit::INVALID_MANIFEST),
+                        _ => ExitCode::from(exit::FAILURE),
+                    }
+                }
+            }
+        }
+        Command::Run {
+            dir,
+            arch,
+            memory,
+            cpus,
+            timeout,
+            append,
+            qemu_args,
+        } => {
+            let options = RunOptions {
+                dir,
+                arch,
+                memory_mib: memory,
+                cpus,
+                timeout: timeout.map(Duration::from_secs),
+                append,
+                qemu_args,
+            };
+            match run::run(&options) {
+                Ok(RunOutcome::Exited(GuestExit::PowerOff)) => ExitCode::SUCCESS,
+                Ok(RunOutcome::Exited(GuestExit::Reboot)) => ExitCode::from(exit::GUEST_REBOOTED),
+                Ok(RunOutcome::Exited(GuestExit::Panic)) => ExitCode::from(exit::GUEST_PANICKED),
+                Ok(RunOutcome::Exited(GuestExit::Other(how))) => {
+                    eprintln!("berth: guest ended: {how}");
+                    ExitCode::from(exit::GUEST_OTHER)
+                }
+                Ok(RunOutcome::TimedOut) => ExitCode::from(exit::TIMEOUT),
+                Err(err) => {
+                    report(&err);
+                    ExitCode::from(exit::FAILURE)
+                }
+            }
+        }
+    }
+}

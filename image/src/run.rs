@@ -1,0 +1,102 @@
+//! `berth run`: boot a built image under QEMU with the console on this terminal.
+//!
+//! Ctrl-C presses the guest's power button, so the guest shuts down cleanly; a second Ctrl-C
+//! pulls the plug.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_arch::Arch;
+use berth_qemu::{GuestExit, Machine, MachineConfig, RigError};
+
+use crate::assemble::{read_metadata, BuildError};
+
+/// How often the run loop looks at QEMU and at Ctrl-C.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub dir: PathBuf,
+    /// Overrides the arch recorded in `image.json`.
+    pub arch: Option<Arch>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub timeout: Option<Duration>,
+    pub append: Vec<String>,
+    pub qemu_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    Exited(GuestExit),
+    TimedOut,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{} is not a berth image: {source}", dir.display())]
+    NotAnImage {
+        dir: PathBuf,
+        #[source]
+        source: BuildError,
+    },
+    #[error("image.json names an unknown arch: {0}")]
+    Arch(#[from] berth_arch::UnknownArch),
+    #[error(transparent)]
+    Rig(#[from] RigError),
+    #[error("cannot catch Ctrl-C: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
+    let metadata = read_metadata(&options.dir).map_err(|source| RunError::NotAnImage {
+        dir: options.dir.clone(),
+        source,
+    })?;
+    let arch = match options.arch {
+        Some(arch) => arch,
+        None => metadata.arch.parse()?,
+    };
+    let mut config = MachineConfig::new(
+        arch,
+        &options.dir.join(&metadata.kernel),
+        &options.dir.join(&metadata.initrd),
+        &options.dir.join("run"),
+    );
+    config.memory_mib = options.memory_mib;
+    config.cpus = options.cpus;
+    config.append = options.append.clone();
+    config.extra_args = options.qemu_args.clone();
+    config.echo_console = true;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
+        .map_err(RunError::Signal)?;
+
+    let mut machine = Machine::start(&config)?;
+    let deadline = options.timeout.map(|t| Instant::now() + t);
+    let mut power_button_pressed = false;
+    while !machine.has_exited() {
+        if interrupted.swap(false, Ordering::SeqCst) {
+            if power_button_pressed {
+                eprintln!("berth: second Ctrl-C: stopping QEMU");
+                machine.kill();
+                break;
+            }
+            eprintln!("berth: Ctrl-C: pressing the power button (again to pull the plug)");
+            machine.press_power_button()?;
+            power_button_pressed = true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("berth: timeout reached: stopping QEMU");
+            machine.kill();
+            return Ok(RunOutcome::TimedOut);
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(RunOutcome::Exited(
+        machine.wait_exit(Duration::from_secs(5))?,
+    ))
+}

@@ -1,0 +1,185 @@
+//! The boot sequence, one step per function, in the order they must run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
+use log::LevelFilter;
+use nix::sys::signal::SigmaskHow;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::event::Event;
+use crate::event_loop::EventLoop;
+use crate::kmod::{self, KernelLoader, ModuleLoading};
+use crate::mounts::{self, SystemMounter};
+use crate::{clock, logger, signals};
+
+/// Module lists the image builder writes (power-button drivers and the like), in
+/// systemd's `modules-load.d` format.
+const MODULES_LOAD_DIR: &str = "/etc/modules-load.d";
+
+/// Boots the host and serves events until shutdown. Never returns.
+pub fn boot_and_serve() -> ! {
+    let init_started = clock::since_kernel_start();
+    logger::install(LevelFilter::Info);
+    install_panic_hook();
+
+    // /proc, /sys and /dev come first: everything after reads or writes them.
+    let mount_failures = mounts::mount_early(&mut SystemMounter);
+    logger::attach_kmsg();
+    Event::new("init-started")
+        .field("version", env!("CARGO_PKG_VERSION"))
+        .field("kernel_ms", clock::millis(init_started))
+        .emit();
+    for failure in &mount_failures {
+        log::error!("{failure}");
+    }
+
+    // Signals are blocked and read through a signalfd before anything can send one.
+    let signal_fd = open_signal_fd();
+    if let Err(err) = nix::sys::reboot::set_cad_enabled(false) {
+        log::warn!("cannot route Ctrl-Alt-Del to init: {err}");
+    }
+
+    // The manifest decides the rest; a bad one leaves the host up, degraded, and powered by
+    // the same event loop so the power button still works.
+    let manifest = load_manifest(Path::new(MANIFEST_PATH));
+    let hostname = manifest
+        .as_ref()
+        .map_or(Manifest::DEFAULT_HOSTNAME, Manifest::hostname);
+    if let Err(err) = nix::unistd::sethostname(hostname) {
+        log::error!("cannot set hostname {hostname}: {err}");
+    }
+    load_modules(manifest.as_ref().ok());
+
+    let Some(signal_fd) = signal_fd else {
+        log::error!("no signalfd: init cannot serve events; idling");
+        idle_forever()
+    };
+    let event_loop = EventLoop::new(signal_fd);
+    let now = clock::since_kernel_start();
+    match &manifest {
+        Ok(_) => Event::new("ready")
+            .field("hostname", hostname)
+            .field("boot_ms", clock::millis(now))
+            .field("init_ms", clock::millis(now.saturating_sub(init_started)))
+            .field("power_button", event_loop.power_buttons().count() > 0)
+            .emit(),
+        Err(err) => Event::new("degraded")
+            .field("reason", "manifest")
+            .field("boot_ms", clock::millis(now))
+            .field("error", err)
+            .emit(),
+    }
+    event_loop.serve()
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("init panicked at {location}: {message}");
+    }));
+}
+
+fn open_signal_fd() -> Option<SignalFd> {
+    let handled = signals::handled();
+    if let Err(err) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None) {
+        log::error!("cannot block signals: {err}");
+    }
+    match SignalFd::with_flags(&handled, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            log::error!("cannot open a signalfd: {err}");
+            None
+        }
+    }
+}
+
+fn load_manifest(path: &Path) -> Result<Manifest, ManifestError> {
+    let manifest = Manifest::load(path);
+    match &manifest {
+        Ok(_) => log::info!("manifest {} loaded", path.display()),
+        Err(
+            err @ ManifestError::Invalid {
+                file,
+                line,
+                column,
+                field,
+                message,
+            },
+        ) => {
+            log::error!("{err}");
+            Event::new("manifest-invalid")
+                .field("file", file.display())
+                .field("line", line)
+                .field("column", column)
+                .field("field", field)
+                .field("error", message)
+                .emit();
+        }
+        Err(err) => log::error!("{err}"),
+    }
+    manifest
+}
+
+/// Loads the image's own module lists, then the manifest's `[boot] modules`.
+fn load_modules(manifest: Option<&Manifest>) {
+    let index = match kmod::index_for_running_kernel() {
+        Ok(index) => index,
+        Err(err) => {
+            log::error!("no kernel modules can be loaded: {err}");
+            return;
+        }
+    };
+    let mut names = modules_load_d(Path::new(MODULES_LOAD_DIR));
+    if let Some(manifest) = manifest {
+        names.extend(manifest.boot_modules().map(|m| m.canonical()));
+    }
+    let started = std::time::Instant::now();
+    let mut loading = ModuleLoading::new(&index, KernelLoader);
+    let mut failed = 0usize;
+    for name in &names {
+        if let Err(err) = loading.load(name) {
+            failed += 1;
+            log::error!("module {name}: {err}");
+        }
+    }
+    log::info!(
+        "modules: {} requested, {failed} failed, in {} ms",
+        names.len(),
+        started.elapsed().as_millis()
+    );
+}
+
+fn modules_load_d(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "conf"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .flat_map(|text| kmod::parse_modules_load(&text))
+        .collect()
+}
+
+fn idle_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        crate::shutdown::reap_exited();
+    }
+}

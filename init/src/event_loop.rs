@@ -1,0 +1,144 @@
+//! PID 1's event loop: signals (reaping, shutdown requests) and the power button.
+//!
+//! One thread, one `poll(2)`. Each turn runs under `catch_unwind`, so a bug that panics in
+//! one turn is logged and the next turn goes on; PID 1 itself never unwinds out.
+
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+
+use crate::power_button::{self, PowerButton};
+use crate::shutdown::{self, ShutdownAction};
+use crate::signals::{self, SignalAction};
+
+/// How long after boot init keeps looking for a power button that has not appeared yet
+/// (drivers may probe late, after deferred probing).
+const POWER_BUTTON_SEARCH: Duration = Duration::from_secs(30);
+/// How often it looks meanwhile.
+const POWER_BUTTON_RESCAN: Duration = Duration::from_millis(500);
+/// Pause after a panicking turn, so a bug that panics every turn cannot spin the CPU.
+const PANIC_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+pub struct EventLoop {
+    signals: SignalFd,
+    buttons: Vec<PowerButton>,
+    search_until: Instant,
+}
+
+impl EventLoop {
+    pub fn new(signals: SignalFd) -> EventLoop {
+        let mut event_loop = EventLoop {
+            signals,
+            buttons: Vec::new(),
+            search_until: Instant::now() + POWER_BUTTON_SEARCH,
+        };
+        event_loop.look_for_power_buttons();
+        event_loop
+    }
+
+    pub fn power_buttons(&self) -> impl Iterator<Item = &PowerButton> {
+        self.buttons.iter()
+    }
+
+    fn look_for_power_buttons(&mut self) {
+        let known: HashSet<String> = self.buttons.iter().map(|b| b.node.clone()).collect();
+        for button in power_button::find_new(Path::new(power_button::SYS_CLASS_INPUT), &known) {
+            log::info!("power button: {} ({})", button.node, button.name);
+            self.buttons.push(button);
+        }
+    }
+
+    /// Serves events until a shutdown is asked for, then shuts down. Never returns.
+    pub fn serve(mut self) -> ! {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.turn())) {
+                Ok(Some((action, reason))) => shutdown::shutdown(action, reason),
+                Ok(None) => {}
+                Err(_) => {
+                    log::error!("an event loop turn panicked; carrying on");
+                    std::thread::sleep(PANIC_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One wait for events and their handling; `Some` when the host must shut down.
+    fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        let searching = self.buttons.is_empty() && Instant::now() < self.search_until;
+        let timeout = if searching {
+            PollTimeout::try_from(POWER_BUTTON_RESCAN).unwrap_or(PollTimeout::NONE)
+        } else {
+            PollTimeout::NONE
+        };
+        let ready: Vec<bool> = {
+            let mut fds = Vec::with_capacity(1 + self.buttons.len());
+            fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+            for button in &self.buttons {
+                fds.push(PollFd::new(button.file.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => fds
+                    .iter()
+                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+                Err(nix::errno::Errno::EINTR) => Vec::new(),
+                Err(err) => {
+                    log::error!("poll failed: {err}");
+                    std::thread::sleep(PANIC_BACKOFF);
+                    Vec::new()
+                }
+            }
+        };
+        let mut request = None;
+        if ready.first().copied().unwrap_or(false) {
+            request = self.handle_signals();
+        }
+        for (button, _) in self
+            .buttons
+            .iter_mut()
+            .zip(ready.iter().skip(1))
+            .filter(|(_, ready)| **ready)
+        {
+            if button.pressed() && request.is_none() {
+                request = Some((ShutdownAction::PowerOff, "power-button"));
+            }
+        }
+        if searching {
+            self.look_for_power_buttons();
+            if self.buttons.is_empty() && Instant::now() >= self.search_until {
+                log::warn!(
+                    "no power button found after {} s; the host powers off only by signal",
+                    POWER_BUTTON_SEARCH.as_secs()
+                );
+            }
+        }
+        request
+    }
+
+    fn handle_signals(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        let mut request = None;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
+                continue;
+            };
+            match signals::action_for(signal) {
+                SignalAction::Reap => {
+                    shutdown::reap_exited();
+                }
+                SignalAction::Shutdown(action) => {
+                    log::info!("received {signal}: {action}");
+                    request.get_or_insert((action, signal.as_str()));
+                }
+                SignalAction::Log => log::info!("received {signal}; nothing to do"),
+            }
+        }
+        request
+    }
+}

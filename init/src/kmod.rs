@@ -1,0 +1,148 @@
+//! Kernel modules: resolve a name through `modules.dep` and load it with its dependencies.
+//!
+//! There is no modprobe in a berth image; init reads the same index files modprobe reads
+//! (`modules.dep`, `modules.builtin`) from `/lib/modules/<release>`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use berth_kmod::{module_name_of, parse_modules_load, IndexError, ModuleIndex, MODULES_ROOT};
+use nix::errno::Errno;
+use nix::kmod::{finit_module, ModuleInitFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KmodError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("cannot tell the running kernel's release: {0}")]
+    KernelRelease(#[source] Errno),
+    #[error("cannot open module {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel refused module {} ({name}): {source}", path.display())]
+    Load {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// Reads the module index of the running kernel.
+pub fn index_for_running_kernel() -> Result<ModuleIndex, KmodError> {
+    let uts = nix::sys::utsname::uname().map_err(KmodError::KernelRelease)?;
+    Ok(ModuleIndex::read(
+        &Path::new(MODULES_ROOT).join(uts.release()),
+    )?)
+}
+
+/// How one module file reaches the kernel; a trait so the order is tested without root.
+pub trait ModuleLoader {
+    fn load(&mut self, path: &Path) -> Result<(), KmodError>;
+}
+
+/// Loads modules with `finit_module(2)`.
+#[derive(Debug, Default)]
+pub struct KernelLoader;
+
+impl ModuleLoader for KernelLoader {
+    fn load(&mut self, path: &Path) -> Result<(), KmodError> {
+        let file = File::open(path).map_err(|source| KmodError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(source) => Err(KmodError::Load {
+                name: module_name_of(&path.to_string_lossy()),
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Loads modules by name, each once, and logs what it did.
+#[derive(Debug)]
+pub struct ModuleLoading<'a, L: ModuleLoader> {
+    index: &'a ModuleIndex,
+    loader: L,
+    loaded: HashSet<String>,
+}
+
+impl<'a, L: ModuleLoader> ModuleLoading<'a, L> {
+    pub fn new(index: &'a ModuleIndex, loader: L) -> Self {
+        ModuleLoading {
+            index,
+            loader,
+            loaded: HashSet::new(),
+        }
+    }
+
+    /// Loads `name` after its dependencies. Built-in modules need nothing.
+    pub fn load(&mut self, name: &str) -> Result<(), KmodError> {
+        if self.index.is_builtin(name) {
+            log::debug!("module {name} is built into the kernel");
+            return Ok(());
+        }
+        for (module, path) in self.index.load_order(name)? {
+            if self.loaded.contains(&module) {
+                continue;
+            }
+            let started = Instant::now();
+            self.loader.load(&path)?;
+            log::info!(
+                "loaded module {module} in {} ms",
+                started.elapsed().as_millis()
+            );
+            self.loaded.insert(module);
+        }
+        Ok(())
+    }
+
+    pub fn into_loader(self) -> L {
+        self.loader
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+";
+
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl ModuleLoader for &mut Recorder {
+        fn load(&mut self, path: &Path) -> Result<(), KmodError> {
+            self.0.push(module_name_of(&path.to_string_lossy()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn dependencies_load_first_and_each_module_once() {
+        let index = ModuleIndex::parse(
+            Path::new("/lib/modules/6.1"),
+            DEP,
+            "kernel/drivers/virtio/virtio.ko\n",
+        );
+        let mut recorder = Recorder::default();
+        let mut loading = ModuleLoading::new(&index, &mut recorder);
+        loading.load("virtio-net").unwrap();
+        loading.load("net_failover").unwrap();
+        loading.load("virtio").unwrap();
+        assert_eq!(recorder.0, ["failover", "net_failover", "virtio_net"]);
+    }
+}

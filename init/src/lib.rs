@@ -1,0 +1,39 @@
+//! berth's PID 1.
+//!
+//! The boot sequence reads top to bottom in [`run`]: mount the kernel's filesystems, start
+//! logging, read the manifest, set the hostname, load kernel modules, find the power button,
+//! say "ready", then serve events until a shutdown is asked for. PID 1 never returns and never
+//! panics on purpose: a failed step is logged and the host goes on in a degraded state that
+//! still answers the power button, and a panic that slips through is caught at the top of the
+//! event loop.
+
+// PID 1 must not panic: an exiting init is a kernel panic.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
+mod boot;
+mod clock;
+pub mod event;
+mod event_loop;
+pub mod kmod;
+mod logger;
+pub mod mounts;
+mod power_button;
+mod shutdown;
+mod signals;
+
+/// Runs PID 1. Never returns.
+pub fn run() -> ! {
+    if nix::unistd::getpid().as_raw() != 1 {
+        eprintln!("berth init: must run as PID 1 (the kernel's init); refusing to start");
+        std::process::exit(1);
+    }
+    boot::boot_and_serve()
+}

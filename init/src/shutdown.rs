@@ -1,0 +1,131 @@
+//! Orderly shutdown: stop every process, flush and unmount, then ask the kernel to power off,
+//! reboot or halt. Each phase is logged with its duration.
+
+use std::fmt;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::event::Event;
+
+/// How long processes get between SIGTERM and SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for SIGKILLed processes to be reaped.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Pause between reaping rounds while waiting for processes to exit.
+const REAP_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownAction {
+    PowerOff,
+    Reboot,
+    Halt,
+}
+
+impl ShutdownAction {
+    fn reboot_mode(self) -> RebootMode {
+        match self {
+            ShutdownAction::PowerOff => RebootMode::RB_POWER_OFF,
+            ShutdownAction::Reboot => RebootMode::RB_AUTOBOOT,
+            ShutdownAction::Halt => RebootMode::RB_HALT_SYSTEM,
+        }
+    }
+}
+
+impl fmt::Display for ShutdownAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ShutdownAction::PowerOff => "poweroff",
+            ShutdownAction::Reboot => "reboot",
+            ShutdownAction::Halt => "halt",
+        })
+    }
+}
+
+/// Reaps every exited child without blocking; returns how many were reaped and whether any
+/// children are left.
+pub fn reap_exited() -> (usize, bool) {
+    let mut reaped = 0;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return (reaped, true),
+            Ok(_) => reaped += 1,
+            Err(Errno::EINTR) => {}
+            // ECHILD: no children at all.
+            Err(_) => return (reaped, false),
+        }
+    }
+}
+
+/// Sends `signal` to every process but PID 1 and waits, reaping, until none is left or
+/// `grace` runs out. Returns whether processes remain.
+fn signal_all_and_wait(signal: Signal, grace: Duration) -> bool {
+    match kill(Pid::from_raw(-1), signal) {
+        // ESRCH: there was nobody to signal.
+        Err(Errno::ESRCH) => return false,
+        Err(err) => log::warn!("shutdown: cannot send {signal} to all processes: {err}"),
+        Ok(()) => {}
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        let (_, children_left) = reap_exited();
+        if !children_left {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        sleep(REAP_POLL_INTERVAL);
+    }
+}
+
+fn phase<T>(name: &str, work: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = work();
+    Event::new("shutdown-phase")
+        .field("phase", name)
+        .field("duration_ms", started.elapsed().as_millis())
+        .emit();
+    result
+}
+
+/// Runs the shutdown sequence and hands the machine to the kernel. Never returns: if the
+/// kernel refuses, PID 1 stays alive and idle rather than exit (which would panic the kernel).
+pub fn shutdown(action: ShutdownAction, reason: &str) -> ! {
+    Event::new("shutdown")
+        .field("action", action)
+        .field("reason", reason)
+        .emit();
+    let started = Instant::now();
+    let survivors = phase("terminate", || {
+        signal_all_and_wait(Signal::SIGTERM, TERMINATE_GRACE)
+    });
+    if survivors {
+        phase("kill", || signal_all_and_wait(Signal::SIGKILL, KILL_GRACE));
+    }
+    phase("sync", nix::unistd::sync);
+    let (unmounted, kept) = phase("unmount", crate::mounts::unmount_all);
+    for mount in &kept {
+        log::warn!("shutdown: could not unmount {mount}");
+    }
+    nix::unistd::sync();
+    Event::new("shutdown-complete")
+        .field("action", action)
+        .field("unmounted", unmounted)
+        .field("duration_ms", started.elapsed().as_millis())
+        .emit();
+    let err = match reboot(action.reboot_mode()) {
+        Err(err) => err,
+        Ok(never) => match never {},
+    };
+    log::error!("the kernel refused to {action}: {err}; staying up with nothing running");
+    loop {
+        nix::unistd::pause();
+        reap_exited();
+    }
+}

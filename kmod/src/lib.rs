@@ -1,0 +1,203 @@
+//! The kernel module index as depmod writes it: `modules.dep` and `modules.builtin`.
+//!
+//! The image builder reads it to ship a module with exactly its dependencies; init reads the
+//! same files in the guest to load them in order. There is no modprobe in a berth image.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Where module trees live, one directory per kernel release.
+pub const MODULES_ROOT: &str = "/lib/modules";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot read {}: {source}", path.display())]
+    ReadIndex {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no module `{name}` in {}", index.display())]
+    NotFound { name: String, index: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+struct ModuleEntry {
+    /// Path relative to the release directory.
+    path: PathBuf,
+    /// Dependencies, as `modules.dep` lists them: the last one is loaded first.
+    depends: Vec<String>,
+}
+
+/// The parsed module index of one kernel release.
+#[derive(Debug, Default)]
+pub struct ModuleIndex {
+    release_dir: PathBuf,
+    modules: HashMap<String, ModuleEntry>,
+    builtin: HashSet<String>,
+}
+
+/// The kernel's name for a module file: `kernel/net/virtio-net.ko` is `virtio_net`.
+pub fn module_name_of(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+impl ModuleIndex {
+    /// Reads `modules.dep` (required) and `modules.builtin` (optional) from `release_dir`.
+    pub fn read(release_dir: &Path) -> Result<ModuleIndex, IndexError> {
+        let dep_path = release_dir.join("modules.dep");
+        let deps = std::fs::read_to_string(&dep_path).map_err(|source| IndexError::ReadIndex {
+            path: dep_path.clone(),
+            source,
+        })?;
+        let builtin =
+            std::fs::read_to_string(release_dir.join("modules.builtin")).unwrap_or_default();
+        Ok(ModuleIndex::parse(release_dir, &deps, &builtin))
+    }
+
+    pub fn parse(release_dir: &Path, modules_dep: &str, modules_builtin: &str) -> ModuleIndex {
+        let modules = modules_dep
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(path, depends)| {
+                let entry = ModuleEntry {
+                    path: PathBuf::from(path.trim()),
+                    depends: depends.split_whitespace().map(module_name_of).collect(),
+                };
+                (module_name_of(path.trim()), entry)
+            })
+            .collect();
+        let builtin = modules_builtin
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(module_name_of)
+            .collect();
+        ModuleIndex {
+            release_dir: release_dir.to_path_buf(),
+            modules,
+            builtin,
+        }
+    }
+
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&name.replace('-', "_"))
+    }
+
+    /// `name` and its dependencies, in the order they must be loaded (dependencies first).
+    pub fn load_order(&self, name: &str) -> Result<Vec<(String, PathBuf)>, IndexError> {
+        let name = name.replace('-', "_");
+        let entry = self
+            .modules
+            .get(&name)
+            .ok_or_else(|| IndexError::NotFound {
+                name: name.clone(),
+                index: self.release_dir.join("modules.dep"),
+            })?;
+        let mut order = Vec::with_capacity(entry.depends.len() + 1);
+        for dep in entry.depends.iter().rev() {
+            if let Some(dep_entry) = self.modules.get(dep) {
+                order.push((dep.clone(), self.release_dir.join(&dep_entry.path)));
+            }
+        }
+        order.push((name, self.release_dir.join(&entry.path)));
+        Ok(order)
+    }
+
+    /// Every module needed to load `names`, each once (release-relative paths).
+    pub fn closure<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<(String, PathBuf)>, IndexError> {
+        let mut seen = HashSet::new();
+        let mut closure = Vec::new();
+        for name in names {
+            if self.is_builtin(name) {
+                continue;
+            }
+            for (module, path) in self.load_order(name)? {
+                if seen.insert(module.clone()) {
+                    closure.push((module, path));
+                }
+            }
+        }
+        Ok(closure)
+    }
+
+    /// The `modules.dep` line of `module`, with paths relative to the release directory.
+    pub fn dep_line(&self, module: &str) -> Option<String> {
+        let entry = self.modules.get(module)?;
+        let depends: Vec<String> = entry
+            .depends
+            .iter()
+            .filter_map(|dep| self.modules.get(dep))
+            .map(|dep| dep.path.display().to_string())
+            .collect();
+        Some(
+            format!("{}: {}", entry.path.display(), depends.join(" "))
+                .trim_end()
+                .to_string(),
+        )
+    }
+
+    pub fn release_dir(&self) -> &Path {
+        &self.release_dir
+    }
+}
+
+/// Module names from a `modules-load.d` file: one per line, `#` and `;` start comments.
+pub fn parse_modules_load(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/drivers/input/evdev.ko:
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+";
+
+    #[test]
+    fn dependencies_come_first_in_reverse_listed_order() {
+        let index = ModuleIndex::parse(Path::new("/m"), DEP, "kernel/drivers/virtio/virtio.ko\n");
+        let order: Vec<String> = index
+            .load_order("virtio-net")
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(order, ["failover", "net_failover", "virtio_net"]);
+        assert!(index.is_builtin("virtio"));
+        let closure = index.closure(["virtio_net", "evdev"]).unwrap();
+        assert_eq!(closure.len(), 4);
+    }
+
+    #[test]
+    fn unknown_module_names_the_index() {
+        let index = ModuleIndex::parse(Path::new("/lib/modules/6.1"), DEP, "");
+        let err = index.load_order("nosuch").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no module `nosuch` in /lib/modules/6.1/modules.dep"
+        );
+    }
+
+    #[test]
+    fn modules_load_d_skips_comments() {
+        assert_eq!(
+            parse_modules_load("# power button\nbutton\n\n; x\n evdev \n"),
+            ["button", "evdev"]
+        );
+    }
+}

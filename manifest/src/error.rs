@@ -1,0 +1,159 @@
+//! Manifest errors that point at the file, line, column and field at fault.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The marker toml's `Spanned` leaves in serde paths; it is not a field the operator wrote.
+const SPANNED_PATH_SEGMENT: &str = ".$__serde_spanned_private_value";
+/// How far apart (in edits) a misspelt key may be from a known one to be suggested.
+const SUGGESTION_MAX_DISTANCE: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: cannot read the manifest: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", Located(self))]
+    Invalid {
+        file: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// The dotted path of the field (`boot.modules[1]`); empty for a syntax error.
+        field: String,
+        message: String,
+    },
+}
+
+struct Located<'a>(&'a ManifestError);
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ManifestError::Invalid {
+            file,
+            line,
+            column,
+            field,
+            message,
+        } = self.0
+        else {
+            return Ok(());
+        };
+        write!(f, "{}:{line}:{column}: ", file.display())?;
+        if !field.is_empty() {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(message)
+    }
+}
+
+impl ManifestError {
+    /// An error about the value at `span` of `text`, found after parsing (by a check that
+    /// needs more than the value itself, such as "this module exists in the kernel").
+    pub fn at(
+        file: &Path,
+        text: &str,
+        span: std::ops::Range<usize>,
+        field: &str,
+        message: String,
+    ) -> ManifestError {
+        let (line, column) = line_and_column(text, span.start);
+        ManifestError::Invalid {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    pub(crate) fn from_toml(
+        file: &Path,
+        text: &str,
+        field: &str,
+        err: &toml::de::Error,
+    ) -> ManifestError {
+        let offset = err.span().map_or(0, |span| span.start);
+        let (line, column) = line_and_column(text, offset);
+        let field = field.replace(SPANNED_PATH_SEGMENT, "");
+        let field = if field == "." { String::new() } else { field };
+        let mut message = err.message().trim_end().to_string();
+        if let Some(suggestion) = suggest_known_key(&message) {
+            message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+        }
+        ManifestError::Invalid {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field,
+            message,
+        }
+    }
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// For serde's "unknown field `x`, expected `a`, `b`" messages, the closest known key.
+fn suggest_known_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|known| (edit_distance(unknown, known), known))
+        .filter(|(distance, _)| *distance <= SUGGESTION_MAX_DISTANCE)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = Vec::with_capacity(b.len() + 1);
+        current.push(i + 1);
+        for (j, cb) in b.iter().enumerate() {
+            let substitute =
+                previous.get(j).copied().unwrap_or(usize::MAX - 1) + usize::from(ca != *cb);
+            let delete = previous.get(j + 1).copied().unwrap_or(usize::MAX - 1) + 1;
+            let insert = current.last().copied().unwrap_or(usize::MAX - 1) + 1;
+            current.push(substitute.min(delete).min(insert));
+        }
+        previous = current;
+    }
+    previous.last().copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_nearest_key_only_when_close() {
+        assert_eq!(
+            suggest_known_key("unknown field `hostnme`, expected `hostname` or `boot`"),
+            Some("hostname".to_string())
+        );
+        assert_eq!(
+            suggest_known_key("unknown field `zzzzzzzzz`, expected `hostname` or `boot`"),
+            None
+        );
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(line_and_column("a\nbé = 1", 5), (2, 3));
+        assert_eq!(line_and_column("", 0), (1, 1));
+    }
+}

@@ -1,0 +1,163 @@
+//! The guest's serial console, captured line by line with the time each line arrived.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One console line and when the rig saw it, counted from QEMU's start.
+#[derive(Debug, Clone)]
+pub struct ConsoleLine {
+    pub at: Duration,
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    lines: Vec<ConsoleLine>,
+    closed: bool,
+}
+
+/// Lines shared between the reader thread and the test.
+#[derive(Debug, Default)]
+pub(crate) struct Console {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Console {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads `source` until it closes, recording lines, copying raw bytes to `log` and, when
+    /// asked, to this process' stdout.
+    pub(crate) fn spawn_reader(
+        self: &Arc<Self>,
+        source: impl Read + Send + 'static,
+        mut log: File,
+        echo: bool,
+        started: Instant,
+    ) {
+        let console = Arc::clone(self);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(source);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let _ = log.write_all(&raw);
+                if echo {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&raw);
+                    let _ = out.flush();
+                }
+                let text = String::from_utf8_lossy(&raw)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                let mut state = console.lock();
+                state.lines.push(ConsoleLine {
+                    at: started.elapsed(),
+                    text,
+                });
+                console.changed.notify_all();
+            }
+            let _ = log.flush();
+            console.lock().closed = true;
+            console.changed.notify_all();
+        });
+    }
+
+    /// Waits until a line at index `from` or later satisfies `matches`; returns its index.
+    /// `None` when the deadline passes or the console closes first.
+    pub(crate) fn wait_for(
+        &self,
+        from: usize,
+        deadline: Instant,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<(usize, ConsoleLine)> {
+        let mut state = self.lock();
+        let mut next = from;
+        loop {
+            if let Some((offset, line)) = state
+                .lines
+                .iter()
+                .enumerate()
+                .skip(next)
+                .find(|(_, line)| matches(&line.text))
+            {
+                return Some((offset, line.clone()));
+            }
+            next = state.lines.len().max(from);
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+
+    pub(crate) fn wait_closed(&self, deadline: Instant) -> bool {
+        let mut state = self.lock();
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+        true
+    }
+
+    pub(crate) fn lines(&self) -> Vec<ConsoleLine> {
+        self.lock().lines.clone()
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_a_line_that_arrives_later_and_reports_closing() {
+        let console = Arc::new(Console::default());
+        let dir = std::env::temp_dir().join(format!("berth-console-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = File::create(dir.join("console.log")).unwrap();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        console.spawn_reader(reader, log, false, Instant::now());
+        writer
+            .write_all(b"booting\r\nberth event=ready boot_ms=1\n")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (index, line) = console
+            .wait_for(0, deadline, |l| l.contains("event=ready"))
+            .unwrap();
+        assert_eq!(
+            (index, line.text.as_str()),
+            (1, "berth event=ready boot_ms=1")
+        );
+        drop(writer);
+        assert!(console
+            .wait_for(2, deadline, |l| l.contains("never"))
+            .is_none());
+        assert!(console.wait_closed(deadline));
+        let logged = std::fs::read_to_string(dir.join("console.log")).unwrap();
+        assert!(logged.starts_with("booting\r\n"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

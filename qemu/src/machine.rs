@@ -1,0 +1,396 @@
+//! One QEMU process running one berth image.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_arch::Arch;
+use regex::Regex;
+
+use crate::console::{Console, ConsoleLine};
+use crate::qmp::{Qmp, QmpError};
+
+/// How long QEMU gets to open its QMP socket.
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the kernel prints when it panics, whatever the arch.
+const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub arch: Arch,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Appended to the kernel command line after the rig's own parameters.
+    pub append: Vec<String>,
+    /// Passed to QEMU after the rig's own arguments.
+    pub extra_args: Vec<String>,
+    /// User-mode networking on a virtio NIC.
+    pub user_net: bool,
+    /// Where `console.log` goes; created if missing.
+    pub log_dir: PathBuf,
+    /// Copy the console to this process' stdout as it arrives.
+    pub echo_console: bool,
+}
+
+impl MachineConfig {
+    pub fn new(arch: Arch, kernel: &Path, initrd: &Path, log_dir: &Path) -> MachineConfig {
+        MachineConfig {
+            arch,
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            memory_mib: crate::machine_defaults::MEMORY_MIB,
+            cpus: 1,
+            append: Vec::new(),
+            extra_args: Vec::new(),
+            user_net: true,
+            log_dir: log_dir.to_path_buf(),
+            echo_console: false,
+        }
+    }
+
+    /// The kernel command line: console on the arch's serial port, reboot at once on panic
+    /// (QEMU's `-no-reboot` turns that into an exit), quiet kernel, then the caller's.
+    pub fn kernel_cmdline(&self) -> String {
+        let mut params = vec![
+            format!("console={}", self.arch.console_device()),
+            "panic=-1".to_string(),
+            "quiet".to_string(),
+        ];
+        params.extend(self.append.iter().cloned());
+        params.join(" ")
+    }
+
+    fn qemu_args(&self, qmp_socket: &Path, kvm: bool) -> Vec<String> {
+        let mut args: Vec<String> = self
+            .arch
+            .qemu_machine_args(kvm)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        args.extend(
+            [
+                "-m",
+                &self.memory_mib.to_string(),
+                "-smp",
+                &self.cpus.to_string(),
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-kernel",
+                &self.kernel.to_string_lossy(),
+                "-initrd",
+                &self.initrd.to_string_lossy(),
+                "-append",
+                &self.kernel_cmdline(),
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qmp_socket.display()),
+            ]
+            .map(str::to_string),
+        );
+        if self.user_net {
+            args.extend(
+                [
+                    "-netdev",
+                    "user,id=net0",
+                    "-device",
+                    "virtio-net-pci,netdev=net0,romfile=",
+                ]
+                .map(str::to_string),
+            );
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest powered itself off.
+    PowerOff,
+    /// The guest asked for a reboot (QEMU runs with `-no-reboot`, so it exits).
+    Reboot,
+    /// The kernel panicked.
+    Panic,
+    /// QEMU exited for another reason (killed, quit over QMP, crashed).
+    Other(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RigError {
+    #[error("cannot create log directory {}: {source}", path.display())]
+    LogDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {binary}: {source} (is QEMU installed? scripts/setup installs it)")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP: {source}; console log: {}", console_log.display())]
+    Qmp {
+        #[source]
+        source: QmpError,
+        console_log: PathBuf,
+    },
+    #[error("no console line matched `{pattern}` within {timeout:?}{}; console log: {}", if *exited { " (QEMU exited)" } else { "" }, console_log.display())]
+    Timeout {
+        pattern: String,
+        timeout: Duration,
+        exited: bool,
+        console_log: PathBuf,
+    },
+    #[error("QEMU did not exit within {timeout:?}; console log: {}", console_log.display())]
+    StillRunning {
+        timeout: Duration,
+        console_log: PathBuf,
+    },
+}
+
+/// True when KVM can run a guest of `arch` here: the device opens and the CPU has
+/// virtualisation extensions (on the build machines `/dev/kvm` exists without them).
+pub fn kvm_usable(arch: Arch) -> bool {
+    if Arch::host() != Some(arch) {
+        return false;
+    }
+    let device_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let cpu_has_extensions = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    });
+    device_opens && (cpu_has_extensions || arch == Arch::Aarch64)
+}
+
+/// A running guest.
+#[derive(Debug)]
+pub struct Machine {
+    child: Child,
+    console: Arc<Console>,
+    qmp: Qmp,
+    console_log: PathBuf,
+    qmp_dir: PathBuf,
+    started: Instant,
+    /// Index of the console line after the last one `wait_for_line` matched.
+    cursor: usize,
+    exit_status: Option<ExitStatus>,
+}
+
+fn private_socket_dir() -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    // Unix socket paths are limited to 108 bytes, so the socket lives in a short temp path
+    // rather than in the (possibly deep) log directory.
+    std::env::temp_dir().join(format!(
+        "berth-qmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+impl Machine {
+    /// Starts QEMU and connects QMP. The console is recorded from the first byte.
+    pub fn start(config: &MachineConfig) -> Result<Machine, RigError> {
+        let log_dir_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RigError::LogDir { path, source }
+        };
+        std::fs::create_dir_all(&config.log_dir).map_err(log_dir_error(&config.log_dir))?;
+        let console_log = config.log_dir.join("console.log");
+        let log = File::create(&console_log).map_err(log_dir_error(&console_log))?;
+        let qmp_dir = private_socket_dir();
+        std::fs::create_dir_all(&qmp_dir).map_err(log_dir_error(&qmp_dir))?;
+        let qmp_socket = qmp_dir.join("qmp.sock");
+
+        let kvm = kvm_usable(config.arch);
+        let binary = config.arch.qemu_binary();
+        let mut command = Command::new(binary);
+        command
+            .args(config.qemu_args(&qmp_socket, kvm))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C in the terminal reaches the rig, which presses
+            // the power button, instead of killing QEMU mid-write.
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+        // which is async-signal-safe; it touches no memory shared with the parent.
+        unsafe {
+            command.pre_exec(|| {
+                // QEMU dies with the rig, so a killed test leaves no stray guest behind.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let started = Instant::now();
+        let mut child = command.spawn().map_err(|source| RigError::Spawn {
+            binary: binary.to_string(),
+            source,
+        })?;
+        let console = Arc::new(Console::default());
+        if let Some(stdout) = child.stdout.take() {
+            console.spawn_reader(stdout, log, config.echo_console, started);
+        }
+        let qmp = match Qmp::connect(&qmp_socket, Instant::now() + QMP_CONNECT_TIMEOUT) {
+            Ok(qmp) => qmp,
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RigError::Qmp {
+                    source,
+                    console_log,
+                });
+            }
+        };
+        Ok(Machine {
+            child,
+            console,
+            qmp,
+            console_log,
+            qmp_dir,
+            started,
+            cursor: 0,
+            exit_status: None,
+        })
+    }
+
+    pub fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+
+    /// Time since QEMU was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Every console line so far.
+    pub fn console_lines(&self) -> Vec<ConsoleLine> {
+        self.console.lines()
+    }
+
+    /// The whole console so far, as text.
+    pub fn console_text(&self) -> String {
+        self.console
+            .lines()
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for the next console line (after the previous match) that matches `pattern`.
+    pub fn wait_for_line(
+        &mut self,
+        pattern: &Regex,
+        timeout: Duration,
+    ) -> Result<ConsoleLine, RigError> {
+        let deadline = Instant::now() + timeout;
+        match self
+            .console
+            .wait_for(self.cursor, deadline, |line| pattern.is_match(line))
+        {
+            Some((index, line)) => {
+                self.cursor = index + 1;
+                Ok(line)
+            }
+            None => Err(RigError::Timeout {
+                pattern: pattern.to_string(),
+                timeout,
+                exited: self.child.try_wait().ok().flatten().is_some(),
+                console_log: self.console_log.clone(),
+            }),
+        }
+    }
+
+    /// Sends a QMP command.
+    pub fn qmp(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, RigError> {
+        self.qmp
+            .execute(command, arguments)
+            .map_err(|source| RigError::Qmp {
+                source,
+                console_log: self.console_log.clone(),
+            })
+    }
+
+    /// Presses the power button (ACPI on x86_64, gpio-keys on aarch64 `virt`).
+    pub fn press_power_button(&mut self) -> Result<(), RigError> {
+        self.qmp("system_powerdown", None).map(drop)
+    }
+
+    /// True once QEMU has exited.
+    pub fn has_exited(&mut self) -> bool {
+        if self.exit_status.is_none() {
+            self.exit_status = self.child.try_wait().ok().flatten();
+        }
+        self.exit_status.is_some()
+    }
+
+    /// Waits for QEMU to exit by itself and says how the guest ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<GuestExit, RigError> {
+        let deadline = Instant::now() + timeout;
+        while !self.has_exited() {
+            if Instant::now() >= deadline {
+                return Err(RigError::StillRunning {
+                    timeout,
+                    console_log: self.console_log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The console reader drains what QEMU wrote before exiting.
+        self.console
+            .wait_closed(Instant::now() + Duration::from_secs(2));
+        if self.console_text().contains(KERNEL_PANIC_MARKER) {
+            return Ok(GuestExit::Panic);
+        }
+        Ok(match self.qmp.shutdown_reason().as_deref() {
+            Some("guest-shutdown") => GuestExit::PowerOff,
+            Some("guest-reset") => GuestExit::Reboot,
+            Some("guest-panic") => GuestExit::Panic,
+            Some(other) => GuestExit::Other(other.to_string()),
+            None => GuestExit::Other(format!(
+                "QEMU exited ({}) with no SHUTDOWN event",
+                self.exit_status
+                    .map_or_else(|| "unknown status".to_string(), |s| s.to_string())
+            )),
+        })
+    }
+
+    /// Stops QEMU now, as pulling the plug would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            self.exit_status = Some(status);
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if self.exit_status.is_none() {
+            self.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.qmp_dir);
+    }
+}
