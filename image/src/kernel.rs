@@ -4,12 +4,12 @@
 //! and `modules.alias` that depmod writes at install time, so the cache runs
 //! `depmod -b <root> <release>` (host kmod; it works across arches) once per kernel.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_arch::Arch;
-use nix::fcntl::{Flock, FlockArg};
+
+use crate::debian::{self, DebianError};
 
 /// A kernel image and its module tree.
 #[derive(Debug, Clone)]
@@ -28,14 +28,8 @@ pub enum KernelError {
     MissingImage { path: PathBuf },
     #[error("module directory {} has no modules.dep (run `depmod -b <root> <release>` for it)", dir.display())]
     NoModulesDep { dir: PathBuf },
-    #[error("cannot create kernel cache {}: {source}", dir.display())]
-    Cache {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed: {detail} (scripts/setup adds the arm64 package lists and installs kmod)")]
-    Tool { command: String, detail: String },
+    #[error(transparent)]
+    Debian(#[from] DebianError),
     #[error("package {package} has no kernel image under {}", dir.display())]
     NoImageInPackage { package: String, dir: PathBuf },
 }
@@ -71,34 +65,22 @@ impl Kernel {
     }
 }
 
-fn run_tool(command: &mut Command) -> Result<String, KernelError> {
-    let shown = format!("{command:?}").replace('"', "");
-    let output = command.output().map_err(|err| KernelError::Tool {
-        command: shown.clone(),
-        detail: err.to_string(),
-    })?;
-    if !output.status.success() {
-        return Err(KernelError::Tool {
-            command: shown,
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// The versioned package behind the arch's kernel metapackage
 /// (`linux-image-cloud-amd64` → `linux-image-6.1.0-56-cloud-amd64`).
 fn resolve_versioned_package(arch: Arch) -> Result<String, KernelError> {
     let meta = format!("{}:{}", arch.default_kernel_package(), arch.debian_arch());
-    let output = run_tool(Command::new("apt-cache").args(["depends", "--important", &meta]))?;
+    let output =
+        debian::run_tool(Command::new("apt-cache").args(["depends", "--important", &meta]))?;
     output
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends: "))
         .map(|dep| dep.split(':').next().unwrap_or(dep).trim().to_string())
         .find(|dep| dep.starts_with("linux-image-"))
-        .ok_or_else(|| KernelError::Tool {
-            command: format!("apt-cache depends {meta}"),
-            detail: "no linux-image dependency listed".to_string(),
+        .ok_or_else(|| {
+            KernelError::Debian(DebianError::Tool {
+                command: format!("apt-cache depends {meta}"),
+                detail: "no linux-image dependency listed".to_string(),
+            })
         })
 }
 
@@ -107,58 +89,13 @@ fn fetch_debian_package(
     package: &str,
     cache_dir: &Path,
 ) -> Result<Kernel, KernelError> {
-    let kernels = cache_dir.join("kernels");
-    let cache_error = |dir: &Path| {
-        let dir = dir.to_path_buf();
-        move |source| KernelError::Cache { dir, source }
-    };
-    std::fs::create_dir_all(&kernels).map_err(cache_error(&kernels))?;
-    // One fetch at a time, across processes: parallel tests share the cache.
-    let lock_path = kernels.join(".lock");
-    let lock_file = File::create(&lock_path).map_err(cache_error(&lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| cache_error(&lock_path)(errno.into()))?;
-
-    let dir = kernels.join(format!("{package}_{}", arch.debian_arch()));
-    let root = dir.join("root");
-    if !dir.join(".complete").exists() {
-        let staging = kernels.join(format!(".staging-{package}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(cache_error(&staging))?;
-        let package_arch = format!("{package}:{}", arch.debian_arch());
-        run_tool(
-            Command::new("apt-get")
-                .args(["download", "-q", &package_arch])
-                .current_dir(&staging),
-        )?;
-        let deb = std::fs::read_dir(&staging)
-            .map_err(cache_error(&staging))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .ok_or_else(|| KernelError::Tool {
-                command: format!("apt-get download {package_arch}"),
-                detail: "no .deb was written".to_string(),
-            })?;
-        let staged_root = staging.join("root");
-        run_tool(
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(&deb)
-                .arg(&staged_root),
-        )?;
-        let release = release_in(&staged_root, package)?;
-        run_tool(
-            Command::new("depmod")
-                .arg("-b")
-                .arg(&staged_root)
-                .arg(&release),
-        )?;
-        let _ = std::fs::remove_file(&deb);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&staging, &dir).map_err(cache_error(&dir))?;
-        File::create(dir.join(".complete")).map_err(cache_error(&dir))?;
-    }
+    let root = debian::unpacked_package(package, arch, cache_dir, |root| {
+        // dpkg-deb leaves out what depmod writes at install time.
+        let release = release_in(root, package).map_err(|e| e.to_string())?;
+        debian::run_tool(Command::new("depmod").arg("-b").arg(root).arg(&release))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
     let release = release_in(&root, package)?;
     Kernel::from_paths(
         &root.join("boot").join(format!("vmlinuz-{release}")),

@@ -4,6 +4,7 @@
 //! code the operator runs.
 
 pub mod assemble;
+pub mod debian;
 pub mod elf;
 pub mod initramfs;
 pub mod kernel;

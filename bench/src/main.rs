@@ -1,0 +1,183 @@
+//! `berth-bench`: figures for berth beside a peer measured in the same run.
+//!
+//! `boot`: per arch, the time from QEMU's start to init's ready line, beside the time to the
+//! first line of a trivial static `/init` (Debian's busybox-static) that powers off at once,
+//! under the same kernel and QEMU flags. Runs are interleaved so that a slow moment of the
+//! machine hits both alike. The difference is what berth costs at boot.
+
+mod stats;
+mod trivial;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_arch::Arch;
+use berth_image::kernel::default_cache_dir;
+use berth_image::{BuildOptions, KernelChoice};
+use berth_qemu::{Machine, MachineConfig};
+use clap::{Parser, Subcommand};
+use regex::Regex;
+use serde::Serialize;
+
+use crate::stats::Summary;
+
+/// How long one boot may take before the run counts as failed.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot time: berth's ready line against a trivial /init, per arch.
+    Boot {
+        /// Arches to measure (default: both).
+        #[arg(long)]
+        arch: Vec<Arch>,
+        /// Boots of each kind per arch.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The manifest of the berth image.
+        #[arg(long, default_value = "examples/default.toml")]
+        manifest: PathBuf,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct BootFigures {
+    arch: String,
+    runs: usize,
+    berth_ready_s: Summary,
+    berth_init_ms: Summary,
+    trivial_init_s: Summary,
+    berth_cost_s: f64,
+}
+
+fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()))
+}
+
+/// Boots once and returns the time from QEMU's start to the first line matching `marker`,
+/// and that line.
+fn time_to_line(config: &MachineConfig, marker: &Regex) -> Result<(Duration, String), String> {
+    let mut machine = Machine::start(config).map_err(|e| e.to_string())?;
+    let line = machine
+        .wait_for_line(marker, BOOT_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    machine.kill();
+    Ok((line.at, line.text))
+}
+
+fn init_ms(ready_line: &str) -> Option<f64> {
+    ready_line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("init_ms="))
+        .and_then(|v| v.parse().ok())
+}
+
+fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, String> {
+    let dir = work_dir().join(arch.name());
+    let image = dir.join("berth");
+    let metadata = berth_image::build(&BuildOptions {
+        arch,
+        manifest: manifest.to_path_buf(),
+        out: image.clone(),
+        kernel: KernelChoice::DebianDefault {
+            cache_dir: default_cache_dir(),
+        },
+        init: None,
+    })
+    .map_err(|e| format!("berth build: {e}"))?;
+    let trivial_initrd = trivial::build_initrd(arch, &dir).map_err(|e| e.to_string())?;
+
+    let berth_config = MachineConfig::new(
+        arch,
+        &image.join(&metadata.kernel),
+        &image.join(&metadata.initrd),
+        &dir.join("logs-berth"),
+    );
+    let mut trivial_config = berth_config.clone();
+    trivial_config.initrd = trivial_initrd;
+    trivial_config.log_dir = dir.join("logs-trivial");
+
+    let ready = Regex::new(r"^berth event=ready ").map_err(|e| e.to_string())?;
+    let trivial_marker = Regex::new(trivial::MARKER).map_err(|e| e.to_string())?;
+    let (mut berth_ready, mut berth_init, mut trivial_times) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let (at, line) = time_to_line(&berth_config, &ready)?;
+        berth_ready.push(at.as_secs_f64());
+        berth_init.extend(init_ms(&line));
+        let (at, _) = time_to_line(&trivial_config, &trivial_marker)?;
+        trivial_times.push(at.as_secs_f64());
+        eprintln!(
+            "  {arch} run {run}/{runs}: berth ready {:.2} s, trivial init {:.2} s",
+            berth_ready.last().copied().unwrap_or_default(),
+            trivial_times.last().copied().unwrap_or_default()
+        );
+    }
+    let berth_ready_s = Summary::of(&berth_ready);
+    let trivial_init_s = Summary::of(&trivial_times);
+    Ok(BootFigures {
+        arch: arch.name().to_string(),
+        runs,
+        berth_cost_s: berth_ready_s.mean - trivial_init_s.mean,
+        berth_ready_s,
+        berth_init_ms: Summary::of(&berth_init),
+        trivial_init_s,
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let Command::Boot {
+        arch,
+        runs,
+        manifest,
+        json,
+    } = Cli::parse().command;
+    let arches = if arch.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        arch
+    };
+    let mut figures = Vec::new();
+    for arch in arches {
+        eprintln!("boot benchmark, {arch}: {runs} runs of each");
+        match bench_boot(arch, runs, &manifest) {
+            Ok(f) => figures.push(f),
+            Err(err) => {
+                eprintln!("berth-bench: {arch}: {err}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("QEMU start to first sign of life, TCG, same kernel and flags ({runs} runs each, mean ± sd)");
+    println!(
+        "{:<8} {:>18} {:>18} {:>12} {:>14}",
+        "arch", "berth ready (s)", "trivial init (s)", "berth cost", "init work (ms)"
+    );
+    for f in &figures {
+        println!(
+            "{:<8} {:>18} {:>18} {:>10.2} s {:>14}",
+            f.arch,
+            f.berth_ready_s.display(2),
+            f.trivial_init_s.display(2),
+            f.berth_cost_s,
+            f.berth_init_ms.display(0),
+        );
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&figures).unwrap_or_default();
+        if let Err(err) = std::fs::write(&path, text) {
+            eprintln!("berth-bench: cannot write {}: {err}", path.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(work_dir());
+    std::process::ExitCode::SUCCESS
+}

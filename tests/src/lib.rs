@@ -1,0 +1,132 @@
+//! Helpers for the integration tests: build the guest binaries and images the tests boot,
+//! and keep each test's evidence in `target/test-logs/<test>/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use berth_arch::Arch;
+use berth_image::kernel::default_cache_dir;
+use berth_image::{BuildOptions, KernelChoice};
+use berth_qemu::{Machine, MachineConfig};
+
+/// How long a guest may take to say it is ready. Generous: CI machines are shared and TCG
+/// speed varies; typical figures are 2 s (x86_64) and 2 to 7 s (aarch64).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a guest may take from the power button to QEMU's exit.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The line init prints when the host is ready.
+pub const READY_PATTERN: &str = r"^berth event=ready ";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// A fresh evidence directory for one test: its console logs and manifests go there.
+pub fn log_dir(test: &str) -> PathBuf {
+    let dir = target_dir().join("test-logs").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Builds a guest binary (static musl, guest profile) for `arch`, once per test process.
+pub fn guest_binary(package: &str, binary: &str, arch: Arch) -> Result<PathBuf, String> {
+    static BUILT: Mutex<Option<HashMap<(String, Arch), PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(&(package.to_string(), arch)) {
+        return Ok(path.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "guest",
+            "-p",
+            package,
+            "--target",
+            arch.rust_target(),
+        ])
+        .status()
+        .map_err(|err| format!("cannot run cargo: {err}"))?;
+    if !status.success() {
+        return Err(format!("building {package} for {arch} failed: {status}"));
+    }
+    let path = target_dir()
+        .join(arch.rust_target())
+        .join("guest")
+        .join(binary);
+    built.insert((package.to_string(), arch), path.clone());
+    Ok(path)
+}
+
+/// The host `berth` CLI, built once per test process.
+pub fn berth_cli() -> Result<PathBuf, String> {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "berth-image", "--bin", "berth"])
+            .status()
+            .map_err(|err| format!("cannot run cargo: {err}"))?;
+        if !status.success() {
+            return Err(format!("building the berth CLI failed: {status}"));
+        }
+        *built = true;
+    }
+    Ok(target_dir().join("debug").join("berth"))
+}
+
+pub fn guest_init(arch: Arch) -> Result<PathBuf, String> {
+    guest_binary("berth-init", "init", arch)
+}
+
+/// Builds an image for `arch` from `manifest` (TOML text) into `<log_dir>/image`.
+pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf, String> {
+    let manifest_path = log_dir.join("manifest.toml");
+    std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
+    let out = log_dir.join("image");
+    let options = BuildOptions {
+        arch,
+        manifest: manifest_path,
+        out: out.clone(),
+        kernel: KernelChoice::DebianDefault {
+            cache_dir: default_cache_dir(),
+        },
+        init: Some(guest_init(arch)?),
+    };
+    berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
+    Ok(out)
+}
+
+/// The rig configuration to boot an image built by [`build_image`].
+pub fn machine_config(arch: Arch, image: &Path, log_dir: &Path) -> MachineConfig {
+    MachineConfig::new(arch, &image.join("kernel"), &image.join("initrd"), log_dir)
+}
+
+/// Builds and boots `manifest` on `arch`; returns the running machine.
+pub fn boot(arch: Arch, manifest: &str, test: &str) -> Result<Machine, String> {
+    let dir = log_dir(test);
+    let image = build_image(arch, manifest, &dir)?;
+    Machine::start(&machine_config(arch, &image, &dir)).map_err(|e| e.to_string())
+}
+
+/// A regex that the tests' patterns are known to be valid for.
+pub fn pattern(text: &str) -> regex::Regex {
+    regex::Regex::new(text).unwrap_or_else(|err| panic!("bad test pattern {text}: {err}"))
+}
