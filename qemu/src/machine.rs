@@ -377,6 +377,13 @@ impl Machine {
         })
     }
 
+    /// Asks QEMU to quit over QMP (the guest gets no say) and waits for it to exit.
+    pub fn quit(&mut self, timeout: Duration) -> Result<GuestExit, RigError> {
+        // QEMU may close the socket before it answers; its exit is what counts.
+        let _ = self.qmp("quit", None);
+        self.wait_exit(timeout)
+    }
+
     /// Stops QEMU now, as pulling the plug would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -60,3 +60,17 @@ fn x86_64_boots_to_ready_and_powers_off_on_the_button() {
 fn aarch64_boots_to_ready_and_powers_off_on_the_button() {
     boots_to_ready_and_powers_off_on_the_button(Arch::Aarch64);
 }
+
+#[test]
+fn qmp_quit_ends_the_guest_without_a_guest_shutdown() {
+    let mut machine =
+        boot(Arch::X86_64, MANIFEST, "boot-qmp-quit").unwrap_or_else(|e| panic!("{e}"));
+    machine
+        .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exit = machine
+        .quit(SHUTDOWN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit, GuestExit::Other("host-qmp-quit".to_string()));
+    assert!(!machine.console_text().contains("event=shutdown "));
+}
