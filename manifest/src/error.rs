@@ -107,11 +107,16 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 fn suggest_known_key(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (unknown, expected) = rest.split_once('`')?;
-    expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(|known| (edit_distance(unknown, known), known))
+    closest(unknown, expected.split('`').skip(1).step_by(2))
+}
+
+/// The candidate nearest to `wanted`, if it is near enough to be a likely misspelling.
+pub(crate) fn closest<'a>(
+    wanted: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    candidates
+        .map(|known| (edit_distance(wanted, known), known))
         .filter(|(distance, _)| *distance <= SUGGESTION_MAX_DISTANCE)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, known)| known.to_string())

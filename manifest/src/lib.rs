@@ -5,15 +5,35 @@
 //! wrong" runs inside deserialization, so the error carries the value's line and column; a
 //! check that relates several fields keeps their spans with [`toml::Spanned`].
 
+// On PID 1's path: init parses the manifest.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
+mod container;
+mod duration;
 mod error;
 mod names;
+mod validate;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
+pub use container::{
+    AbsolutePath, Command, Condition, Container, DependsOn, Environment, RestartPolicy, SignalName,
+    Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
+};
+pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
-pub use names::{Hostname, ModuleName};
+pub use names::{ContainerName, Hostname, ModuleName};
 
 /// Where init reads the manifest inside the image.
 pub const MANIFEST_PATH: &str = "/etc/berth/manifest.toml";
@@ -27,6 +47,9 @@ pub struct Manifest {
     /// What init does before anything else.
     #[serde(default)]
     pub boot: Boot,
+    /// The containers the host runs, by name.
+    #[serde(default)]
+    pub containers: BTreeMap<ContainerName, Container>,
 }
 
 /// The `[boot]` table.
@@ -46,10 +69,29 @@ impl Manifest {
     pub fn parse(text: &str, origin: &Path) -> Result<Manifest, ManifestError> {
         let deserializer = toml::Deserializer::parse(text)
             .map_err(|err| ManifestError::from_toml(origin, text, "", &err))?;
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let manifest: Manifest = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let field = err.path().to_string();
             ManifestError::from_toml(origin, text, &field, err.inner())
-        })
+        })?;
+        validate::dependencies(&manifest, text, origin)?;
+        Ok(manifest)
+    }
+
+    /// Containers in an order that starts every dependency before its dependants (names
+    /// break ties). Stopping goes in the reverse order.
+    pub fn start_order(&self) -> Vec<&ContainerName> {
+        validate::start_order(self)
+    }
+
+    /// Refuses a container whose `image` is not among `known` (the image store's names),
+    /// pointing at the `image` value.
+    pub fn check_images(
+        &self,
+        text: &str,
+        origin: &Path,
+        known: &[String],
+    ) -> Result<(), ManifestError> {
+        validate::images(self, text, origin, known)
     }
 
     /// Reads, parses and validates the manifest at `path`.
@@ -74,7 +116,11 @@ impl Manifest {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests fail loudly")]
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly"
+)]
 mod tests {
     use super::*;
 
@@ -119,6 +165,131 @@ mod tests {
         let err = parse("\nhostname = \"bad_name\"\n").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("m.toml:2:12: hostname: "), "{text}");
+    }
+
+    const ISSUE_EXAMPLE: &str = r#"
+hostname = "node-1"
+
+[containers.web]
+image = "busybox:1.35"
+command = ["httpd", "-f", "-p", "8080"]
+environment = { GREETING = "hello" }
+working_dir = "/www"
+user = "1000:1000"
+restart = "always"
+depends_on = ["db"]
+stop_signal = "SIGTERM"
+stop_grace_period = "10s"
+volumes = ["/var/lib/berth/volumes/web:/data", "/etc/ssl:/etc/ssl:ro"]
+tmpfs = ["/tmp"]
+
+[containers.db]
+image = "busybox:1.35"
+command = "sh -c 'echo ready; sleep 1000'"
+restart = "on-failure:5"
+environment = ["A=1", "B=two=2"]
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let manifest = parse(ISSUE_EXAMPLE).unwrap();
+        let web = &manifest.containers[&ContainerName::new("web").unwrap()];
+        assert_eq!(web.image.get_ref(), "busybox:1.35");
+        assert_eq!(web.restart, RestartPolicy::Always);
+        assert_eq!(web.stop_grace(), std::time::Duration::from_secs(10));
+        assert_eq!(web.volumes.len(), 2);
+        let db = &manifest.containers[&ContainerName::new("db").unwrap()];
+        assert_eq!(
+            db.restart,
+            RestartPolicy::OnFailure {
+                max_restarts: Some(5)
+            }
+        );
+        assert_eq!(
+            db.command.as_ref().unwrap().0,
+            ["sh", "-c", "echo ready; sleep 1000"]
+        );
+        assert_eq!(db.environment.0["B"], "two=2");
+        let order: Vec<&str> = manifest.start_order().iter().map(|n| n.as_str()).collect();
+        assert_eq!(order, ["db", "web"]);
+    }
+
+    #[test]
+    fn depends_on_table_form_with_conditions() {
+        let manifest = parse(
+            "[containers.a]\nimage = \"x:1\"\n[containers.b]\nimage = \"x:1\"\n\
+             depends_on = { a = { condition = \"service_completed_successfully\" } }\n",
+        )
+        .unwrap();
+        let b = &manifest.containers[&ContainerName::new("b").unwrap()];
+        assert_eq!(b.depends_on.0[0].1, Condition::ServiceCompletedSuccessfully);
+    }
+
+    #[test]
+    fn unknown_dependency_points_at_it_and_suggests() {
+        let err = parse("[containers.web]\nimage = \"x:1\"\ndepends_on = [\"dbb\"]\n[containers.db]\nimage = \"x:1\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:3:15: containers.web.depends_on[0]: no container `dbb` in this manifest (did you mean `db`?)"
+        );
+    }
+
+    #[test]
+    fn dependency_cycles_are_refused() {
+        let err = parse(
+            "[containers.a]\nimage = \"x:1\"\ndepends_on = [\"b\"]\n\
+             [containers.b]\nimage = \"x:1\"\ndepends_on = [\"a\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:3:15: containers.a.depends_on: dependency cycle: a -> b -> a"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (
+                "[containers.w]\nimage = \"x:1\"\nrestart = \"sometimes\"\n",
+                "containers.w.restart",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\nstop_grace_period = \"10\"\n",
+                "containers.w.stop_grace_period",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\nstop_signal = \"SIGNOPE\"\n",
+                "containers.w.stop_signal",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\nvolumes = [\"relative:dir\"]\n",
+                "containers.w.volumes[0]",
+            ),
+            ("[containers.\"-bad\"]\nimage = \"x:1\"\n", "containers"),
+            (
+                "[containers.w]\nimage = \"x:1\"\ncomand = []\n",
+                "containers.w.comand",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!(" {field}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_images_are_refused_with_a_suggestion() {
+        let text = "[containers.w]\nimage = \"busybox:1.36\"\n";
+        let manifest = parse(text).unwrap();
+        let err = manifest
+            .check_images(text, Path::new("m.toml"), &["busybox:1.35".to_string()])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:2:9: containers.w.image: no image `busybox:1.36` in the image store (it has: busybox:1.35) (did you mean `busybox:1.35`?)"
+        );
     }
 
     #[test]

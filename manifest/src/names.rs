@@ -74,6 +74,34 @@ impl ModuleName {
     }
 }
 
+/// The longest container name: it becomes the container's hostname.
+const CONTAINER_NAME_MAX_LEN: usize = 63;
+
+/// A container's name, as Docker allows it: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`. It names the
+/// container in events, logs and cgroups, and is its hostname.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerName(String);
+
+impl ContainerName {
+    pub fn new(name: &str) -> Result<ContainerName, String> {
+        let mut bytes = name.bytes();
+        let valid = name.len() <= CONTAINER_NAME_MAX_LEN
+            && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+        if valid {
+            Ok(ContainerName(name.to_string()))
+        } else {
+            Err(format!(
+                "`{name}` is not a container name: start with a letter or digit, then letters, digits, `_`, `.` or `-` (at most {CONTAINER_NAME_MAX_LEN})"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 macro_rules! deserialize_validated_string {
     ($ty:ty) => {
         impl<'de> Deserialize<'de> for $ty {
@@ -93,6 +121,7 @@ macro_rules! deserialize_validated_string {
 
 deserialize_validated_string!(Hostname);
 deserialize_validated_string!(ModuleName);
+deserialize_validated_string!(ContainerName);
 
 #[cfg(test)]
 mod tests {

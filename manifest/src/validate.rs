@@ -1,0 +1,187 @@
+//! Checks that relate several parts of the manifest: dependencies exist and form no cycle,
+//! images exist in the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::error::closest;
+use crate::{ContainerName, Manifest, ManifestError};
+
+pub(crate) fn dependencies(
+    manifest: &Manifest,
+    text: &str,
+    origin: &Path,
+) -> Result<(), ManifestError> {
+    for (name, container) in &manifest.containers {
+        for (position, (dependency, _)) in container.depends_on.0.iter().enumerate() {
+            let field = format!("containers.{}.depends_on[{position}]", name.as_str());
+            let wanted = dependency.get_ref();
+            let known = ContainerName::new(wanted)
+                .ok()
+                .is_some_and(|d| manifest.containers.contains_key(&d));
+            if !known {
+                let mut message = format!("no container `{wanted}` in this manifest");
+                if let Some(suggestion) = closest(
+                    wanted,
+                    manifest.containers.keys().map(ContainerName::as_str),
+                ) {
+                    message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+                }
+                return Err(ManifestError::at(
+                    origin,
+                    text,
+                    dependency.span(),
+                    &field,
+                    message,
+                ));
+            }
+            if wanted == name.as_str() {
+                return Err(ManifestError::at(
+                    origin,
+                    text,
+                    dependency.span(),
+                    &field,
+                    format!("container `{wanted}` cannot depend on itself"),
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(manifest) {
+        let first = cycle.first().cloned().unwrap_or_default();
+        let second = cycle.get(1).cloned().unwrap_or_default();
+        let span = manifest
+            .containers
+            .get(&ContainerName::new(&first).map_err(|m| cycle_error(origin, &m))?)
+            .and_then(|c| c.depends_on.0.iter().find(|(d, _)| d.get_ref() == &second))
+            .map(|(d, _)| d.span())
+            .unwrap_or(0..0);
+        return Err(ManifestError::at(
+            origin,
+            text,
+            span,
+            &format!("containers.{first}.depends_on"),
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        ));
+    }
+    Ok(())
+}
+
+fn cycle_error(origin: &Path, message: &str) -> ManifestError {
+    ManifestError::at(origin, "", 0..0, "containers", message.to_string())
+}
+
+fn edges(manifest: &Manifest) -> BTreeMap<&str, Vec<&str>> {
+    manifest
+        .containers
+        .iter()
+        .map(|(name, c)| {
+            let deps = c
+                .depends_on
+                .0
+                .iter()
+                .map(|(d, _)| d.get_ref().as_str())
+                .collect();
+            (name.as_str(), deps)
+        })
+        .collect()
+}
+
+/// A dependency cycle as `a, b, ..., a`, if there is one.
+fn find_cycle(manifest: &Manifest) -> Option<Vec<String>> {
+    let edges = edges(manifest);
+    let mut done = BTreeSet::new();
+    for start in edges.keys() {
+        let mut path = Vec::new();
+        if let Some(cycle) = visit(start, &edges, &mut path, &mut done) {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+fn visit<'a>(
+    node: &'a str,
+    edges: &BTreeMap<&'a str, Vec<&'a str>>,
+    path: &mut Vec<&'a str>,
+    done: &mut BTreeSet<&'a str>,
+) -> Option<Vec<String>> {
+    if let Some(position) = path.iter().position(|n| *n == node) {
+        let mut cycle: Vec<String> = path.iter().skip(position).map(|n| n.to_string()).collect();
+        cycle.push(node.to_string());
+        return Some(cycle);
+    }
+    if done.contains(node) {
+        return None;
+    }
+    path.push(node);
+    for next in edges.get(node).into_iter().flatten() {
+        if let Some(cycle) = visit(next, edges, path, done) {
+            return Some(cycle);
+        }
+    }
+    path.pop();
+    done.insert(node);
+    None
+}
+
+pub(crate) fn start_order(manifest: &Manifest) -> Vec<&ContainerName> {
+    let edges = edges(manifest);
+    let mut order: Vec<&ContainerName> = Vec::with_capacity(manifest.containers.len());
+    let mut started = BTreeSet::new();
+    // Repeatedly take, by name, every container whose dependencies are all placed; a cycle
+    // (refused at parse time) would simply stop the loop.
+    loop {
+        let ready: Vec<&ContainerName> = manifest
+            .containers
+            .keys()
+            .filter(|name| !started.contains(name.as_str()))
+            .filter(|name| {
+                edges
+                    .get(name.as_str())
+                    .into_iter()
+                    .flatten()
+                    .all(|d| started.contains(d))
+            })
+            .collect();
+        if ready.is_empty() {
+            return order;
+        }
+        for name in ready {
+            started.insert(name.as_str());
+            order.push(name);
+        }
+    }
+}
+
+pub(crate) fn images(
+    manifest: &Manifest,
+    text: &str,
+    origin: &Path,
+    known: &[String],
+) -> Result<(), ManifestError> {
+    for (name, container) in &manifest.containers {
+        let wanted = container.image.get_ref();
+        if known.iter().any(|k| k == wanted) {
+            continue;
+        }
+        let mut message = if known.is_empty() {
+            format!("no image `{wanted}`: the image store is empty (give images to `berth build --image name:tag=DIR`)")
+        } else {
+            format!(
+                "no image `{wanted}` in the image store (it has: {})",
+                known.join(", ")
+            )
+        };
+        if let Some(suggestion) = closest(wanted, known.iter().map(String::as_str)) {
+            message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+        }
+        return Err(ManifestError::at(
+            origin,
+            text,
+            container.image.span(),
+            &format!("containers.{}.image", name.as_str()),
+            message,
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Unpacking layers into overlayfs lower directories, through the public API. These tests run
+//! as root: they create device nodes, chown files and set `trusted.*` xattrs.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use berth_oci::{
+    layer_dir, unpack_layer, unpack_layer_into_store, Digest, OciError, MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
+};
+use support::{gzip, lgetxattr, require_trusted_xattrs, zstd, LayerTar, Scratch, MTIME};
+use tar::EntryType;
+
+fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn files_directories_links_and_nodes_keep_their_metadata() {
+    let scratch = Scratch::new("metadata");
+    let mut layer = LayerTar::new();
+    layer
+        .dir("./", 0o755)
+        .dir("etc/", 0o750)
+        .owned_file("etc/motd", 0o640, 1000, 100, b"hello\n")
+        .dir("bin/", 0o755)
+        .file("bin/busybox", 0o755, b"\x7fELF")
+        .owned_file("bin/su", 0o4755, 0, 0, b"su")
+        .symlink("bin/sh", "busybox")
+        .hardlink("bin/ls", "bin/busybox")
+        // A directory listed after its children, with a restrictive mode and an old mtime.
+        .file("opt/app/run", 0o700, b"#!/bin/sh\n")
+        .dir_with("opt/app/", 0o2710, 1_000_000)
+        .node("dev/null", EntryType::Char, 1, 3, 0o666)
+        .node("dev/vda", EntryType::Block, 254, 0, 0o660)
+        .node("run/fifo", EntryType::Fifo, 0, 0, 0o600);
+    let tar = layer.finish();
+    let diff_id = Digest::sha256_of(&tar);
+    let dest = scratch.join("layer");
+
+    let stats = unpack_layer(&gzip(&tar), MEDIA_TYPE_LAYER_TAR_GZIP, &diff_id, &dest).unwrap();
+    assert_eq!(stats.entries, 13);
+    assert_eq!(stats.bytes, tar.len() as u64);
+
+    assert_eq!(mode_of(&dest.join("etc")), 0o750);
+    let motd = fs::metadata(dest.join("etc/motd")).unwrap();
+    assert_eq!(
+        (motd.mode() & 0o7777, motd.uid(), motd.gid()),
+        (0o640, 1000, 100)
+    );
+    assert_eq!(u64::try_from(motd.mtime()).unwrap(), MTIME);
+    assert_eq!(fs::read(dest.join("etc/motd")).unwrap(), b"hello\n");
+    assert_eq!(mode_of(&dest.join("bin/su")), 0o4755, "setuid bit kept");
+    assert_eq!(
+        fs::read_link(dest.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        fs::metadata(dest.join("bin/ls")).unwrap().ino(),
+        fs::metadata(dest.join("bin/busybox")).unwrap().ino(),
+        "hard link shares the inode"
+    );
+    let app = fs::metadata(dest.join("opt/app")).unwrap();
+    assert_eq!(
+        app.mode() & 0o7777,
+        0o2710,
+        "late directory entry sets the mode"
+    );
+    assert_eq!(
+        app.mtime(),
+        1_000_000,
+        "directory mtime survives its children"
+    );
+    assert_eq!(
+        u64::try_from(fs::metadata(&dest).unwrap().mtime()).unwrap(),
+        MTIME,
+        "root entry applies"
+    );
+
+    let null = fs::symlink_metadata(dest.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(
+        (null.rdev(), null.mode() & 0o7777),
+        (nix::sys::stat::makedev(1, 3), 0o666)
+    );
+    let vda = fs::symlink_metadata(dest.join("dev/vda")).unwrap();
+    assert!(vda.file_type().is_block_device());
+    assert_eq!(vda.rdev(), nix::sys::stat::makedev(254, 0));
+    assert!(fs::symlink_metadata(dest.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[test]
+fn whiteouts_become_overlayfs_whiteouts_and_opaque_directories() {
+    let scratch = Scratch::new("whiteouts");
+    require_trusted_xattrs(scratch.path());
+    let mut layer = LayerTar::new();
+    layer
+        .dir("etc/", 0o755)
+        .file("etc/.wh.hosts", 0o644, b"")
+        .file("var/lib/.wh..wh..opq", 0o644, b"")
+        .file("var/lib/kept", 0o644, b"same layer")
+        .file(".wh..wh.aufs", 0o644, b"")
+        .file(".wh..wh.plnk/1234", 0o644, b"aufs");
+    let tar = layer.finish();
+    let dest = scratch.join("layer");
+
+    unpack_layer(&tar, MEDIA_TYPE_LAYER_TAR, &Digest::sha256_of(&tar), &dest).unwrap();
+
+    let hosts = fs::symlink_metadata(dest.join("etc/hosts")).unwrap();
+    assert!(hosts.file_type().is_char_device(), "{hosts:?}");
+    assert_eq!((hosts.rdev(), hosts.mode() & 0o7777), (0, 0));
+    assert!(!dest.join("etc/.wh.hosts").exists());
+    assert_eq!(
+        lgetxattr(&dest.join("var/lib"), "trusted.overlay.opaque").unwrap(),
+        b"y"
+    );
+    assert!(!dest.join("var/lib/.wh..wh..opq").exists());
+    assert_eq!(fs::read(dest.join("var/lib/kept")).unwrap(), b"same layer");
+    assert!(lgetxattr(&dest.join("etc"), "trusted.overlay.opaque").is_err());
+    let mut top: Vec<_> = fs::read_dir(&dest)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["etc", "var"], "no whiteout or aufs files written");
+}
+
+#[test]
+fn whiteouts_only_hide_lower_layers() {
+    let scratch = Scratch::new("same-layer");
+    require_trusted_xattrs(scratch.path());
+    let mut layer = LayerTar::new();
+    layer
+        // An entry before its whiteout stays.
+        .file("kept", 0o644, b"kept")
+        .file(".wh.kept", 0o644, b"")
+        // A directory recreated after its whiteout hides the lower one's content.
+        .file(".wh.data", 0o644, b"")
+        .dir("data/", 0o755)
+        .file("data/new", 0o644, b"new")
+        // So does one recreated implicitly, by a path under it.
+        .file(".wh.cache", 0o644, b"")
+        .file("cache/entry", 0o644, b"x");
+    let tar = layer.finish();
+    let dest = scratch.join("layer");
+
+    unpack_layer(&tar, MEDIA_TYPE_LAYER_TAR, &Digest::sha256_of(&tar), &dest).unwrap();
+
+    assert_eq!(fs::read(dest.join("kept")).unwrap(), b"kept");
+    for dir in ["data", "cache"] {
+        assert!(
+            fs::symlink_metadata(dest.join(dir)).unwrap().is_dir(),
+            "{dir}"
+        );
+        assert_eq!(
+            lgetxattr(&dest.join(dir), "trusted.overlay.opaque").unwrap(),
+            b"y",
+            "{dir}"
+        );
+    }
+    assert_eq!(fs::read(dest.join("data/new")).unwrap(), b"new");
+}
+
+#[test]
+fn entries_escaping_the_layer_are_refused_by_name() {
+    for (name, reason) in [
+        (&b"../evil"[..], "`..`"),
+        (b"a/../../evil", "`..`"),
+        (b"//etc/evil", "absolute"),
+    ] {
+        let scratch = Scratch::new("escape");
+        let mut layer = LayerTar::new();
+        layer.file("ok", 0o644, b"").raw_name(name);
+        let tar = layer.finish();
+        let dest = scratch.join("layer");
+
+        let err =
+            unpack_layer(&tar, MEDIA_TYPE_LAYER_TAR, &Digest::sha256_of(&tar), &dest).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, OciError::UnsafeEntry { .. }), "{message}");
+        assert!(
+            message.contains(&format!("`{}`", String::from_utf8_lossy(name))),
+            "{message}"
+        );
+        assert!(message.contains(reason), "{message}");
+        assert!(!dest.exists(), "a failed unpack leaves no directory");
+        assert!(!scratch.join("evil").exists());
+    }
+}
+
+#[test]
+fn symlinks_never_lead_outside_the_layer() {
+    let scratch = Scratch::new("symlinks");
+    let outside = scratch.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_text = outside.to_str().unwrap();
+
+    // A whiteout through a symlink is refused, even one that points inside the layer.
+    let mut layer = LayerTar::new();
+    layer
+        .dir("real/", 0o755)
+        .symlink("link", "real")
+        .file("link/.wh.x", 0o644, b"");
+    let tar = layer.finish();
+    let err = unpack_layer(
+        &tar,
+        MEDIA_TYPE_LAYER_TAR,
+        &Digest::sha256_of(&tar),
+        &scratch.join("a"),
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("`link/.wh.x`") && message.contains("symlink"),
+        "{message}"
+    );
+
+    // So are files, opaque markers and device nodes through a symlink out of the layer.
+    for entry in [
+        "escape/file",
+        "escape/.wh..wh..opq",
+        "escape/.wh.file",
+        "escape/fifo",
+    ] {
+        let mut layer = LayerTar::new();
+        layer.symlink("escape", outside_text);
+        if entry.ends_with("fifo") {
+            layer.node(entry, EntryType::Fifo, 0, 0, 0o644);
+        } else {
+            layer.file(entry, 0o644, b"");
+        }
+        let tar = layer.finish();
+        let dest = scratch.join("b");
+        let err =
+            unpack_layer(&tar, MEDIA_TYPE_LAYER_TAR, &Digest::sha256_of(&tar), &dest).unwrap_err();
+        assert!(err.to_string().contains(&format!("`{entry}`")), "{err}");
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{entry} wrote outside"
+        );
+        assert!(
+            lgetxattr(&outside, "trusted.overlay.opaque").is_err(),
+            "{entry}"
+        );
+        assert!(!dest.exists());
+    }
+}
+
+#[test]
+fn zstd_layers_and_trailing_padding_are_hashed_whole() {
+    let scratch = Scratch::new("zstd");
+    let mut layer = LayerTar::new();
+    layer.file("hello", 0o644, b"hello from zstd");
+    let mut tar = layer.finish();
+    // Some writers pad the archive past its end marker; diff_id covers the padding too.
+    tar.extend_from_slice(&[0u8; 4096]);
+    let dest = scratch.join("layer");
+
+    let stats = unpack_layer(
+        &zstd(&tar),
+        MEDIA_TYPE_LAYER_TAR_ZSTD,
+        &Digest::sha256_of(&tar),
+        &dest,
+    )
+    .unwrap();
+    assert_eq!(stats.bytes, tar.len() as u64);
+    assert_eq!(fs::read(dest.join("hello")).unwrap(), b"hello from zstd");
+}
+
+#[test]
+fn docker_gzip_layers_are_accepted_and_unknown_media_types_named() {
+    let scratch = Scratch::new("media-types");
+    let mut layer = LayerTar::new();
+    layer.file("f", 0o644, b"");
+    let tar = layer.finish();
+    let diff_id = Digest::sha256_of(&tar);
+    let docker = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    unpack_layer(&gzip(&tar), docker, &diff_id, &scratch.join("docker")).unwrap();
+
+    let bzip2 = "application/vnd.oci.image.layer.v1.tar+bzip2";
+    let err = unpack_layer(&tar, bzip2, &diff_id, &scratch.join("bzip2")).unwrap_err();
+    assert!(err.to_string().contains(bzip2), "{err}");
+    assert!(!scratch.join("bzip2").exists());
+}
+
+#[test]
+fn an_existing_destination_is_refused_and_left_alone() {
+    let scratch = Scratch::new("existing");
+    let dest = scratch.join("layer");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("mine"), b"keep").unwrap();
+    let tar = LayerTar::new().finish();
+    let err =
+        unpack_layer(&tar, MEDIA_TYPE_LAYER_TAR, &Digest::sha256_of(&tar), &dest).unwrap_err();
+    assert!(matches!(err, OciError::CreateLayerDir { .. }), "{err}");
+    assert_eq!(fs::read(dest.join("mine")).unwrap(), b"keep");
+}
+
+#[test]
+fn store_unpacks_a_layer_once() {
+    let scratch = Scratch::new("store");
+    let store = scratch.join("store");
+    let mut layer = LayerTar::new();
+    layer
+        .dir("etc/", 0o755)
+        .file("etc/os-release", 0o644, b"ID=berth\n");
+    let tar = layer.finish();
+    let blob = gzip(&tar);
+    let diff_id = Digest::sha256_of(&tar);
+
+    assert!(unpack_layer_into_store(&blob, MEDIA_TYPE_LAYER_TAR_GZIP, &diff_id, &store).unwrap());
+    let dir = layer_dir(&store, &diff_id);
+    assert_eq!(dir, store.join("sha256").join(diff_id.hex()));
+    assert_eq!(fs::read(dir.join("etc/os-release")).unwrap(), b"ID=berth\n");
+    assert!(!unpack_layer_into_store(&blob, MEDIA_TYPE_LAYER_TAR_GZIP, &diff_id, &store).unwrap());
+    assert_eq!(
+        fs::read_dir(store.join("sha256")).unwrap().count(),
+        1,
+        "no partial left"
+    );
+}
+
+#[test]
+fn diff_id_mismatch_leaves_nothing_in_the_store() {
+    let scratch = Scratch::new("mismatch");
+    let store = scratch.join("store");
+    let mut layer = LayerTar::new();
+    layer.file("f", 0o644, b"content");
+    let tar = layer.finish();
+    let wrong = Digest::sha256_of(b"something else");
+
+    let err = unpack_layer_into_store(&gzip(&tar), MEDIA_TYPE_LAYER_TAR_GZIP, &wrong, &store)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, OciError::DiffIdMismatch { .. }), "{message}");
+    assert!(message.contains(&wrong.to_string()), "{message}");
+    assert!(
+        message.contains(&Digest::sha256_of(&tar).to_string()),
+        "{message}"
+    );
+    assert!(!layer_dir(&store, &wrong).exists());
+    assert_eq!(
+        fs::read_dir(store.join("sha256")).unwrap().count(),
+        0,
+        "no partial left"
+    );
+}
+
+#[test]
+fn corrupt_compressed_data_is_a_read_error() {
+    let scratch = Scratch::new("corrupt");
+    let mut layer = LayerTar::new();
+    layer.file("f", 0o644, &[5u8; 10_000]);
+    let tar = layer.finish();
+    let mut blob = gzip(&tar);
+    let middle = blob.len() / 2;
+    blob[middle] ^= 0xff;
+    let dest = scratch.join("layer");
+    let err = unpack_layer(
+        &blob,
+        MEDIA_TYPE_LAYER_TAR_GZIP,
+        &Digest::sha256_of(&tar),
+        &dest,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OciError::ReadLayer { .. }
+                | OciError::UnpackEntry { .. }
+                | OciError::DiffIdMismatch { .. }
+        ),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}

@@ -1,0 +1,311 @@
+//! The child half of a container start: runs inside the new namespaces, builds the root
+//! filesystem, drops to the container's user and execs. One helper per step, in order.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
+use nix::unistd::{chdir, execve, pivot_root, setgid, setgroups, sethostname, setuid, Gid, Uid};
+
+use crate::spawn::SETUP_FAILED_EXIT;
+use crate::user::{resolve_user, ResolvedUser};
+use crate::{devices, ContainerSpec, ExtraMount, RootfsSpec};
+
+/// `PATH` when the container's environment sets none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+type StepResult<T = ()> = Result<T, String>;
+
+fn step<T, E: std::fmt::Display>(
+    what: impl FnOnce() -> String,
+    result: Result<T, E>,
+) -> StepResult<T> {
+    result.map_err(|err| format!("{}: {err}", what()))
+}
+
+/// Entry point of the cloned child. Returns only on failure, after reporting it.
+pub(crate) fn run(spec: &ContainerSpec, go: &OwnedFd, errors: &OwnedFd) -> isize {
+    let message = match setup_and_exec(spec, go) {
+        Err(message) => message,
+        Ok(never) => match never {},
+    };
+    let _ = nix::unistd::write(errors, message.as_bytes());
+    SETUP_FAILED_EXIT
+}
+
+fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd) -> StepResult<Infallible> {
+    // The parent moves us into our cgroup first, so that the cgroup namespace entered next is
+    // rooted there.
+    wait_for_parent(go)?;
+    step(
+        || "enter a new cgroup namespace".into(),
+        unshare(CloneFlags::CLONE_NEWCGROUP),
+    )?;
+    redirect_stdio(spec)?;
+    // Private propagation before any mount, so nothing mounted below leaks to the host.
+    step(
+        || "make mounts private".into(),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    mount_overlay(&spec.rootfs)?;
+    let root = &spec.rootfs.merged_dir;
+    mount_extra(root, &spec.mounts)?;
+    // /proc, /sys and /dev go in after the operator's mounts so that none can shadow them.
+    devices::mount_kernel_filesystems(root)?;
+    pivot_into(root)?;
+    step(
+        || format!("set hostname {}", spec.name),
+        sethostname(&spec.name),
+    )?;
+    // The user is looked up in the container's own /etc/passwd, so after pivot_root.
+    let user = resolve_user(
+        spec.user.as_deref(),
+        &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+    )?;
+    // Created as root, before the privileges go.
+    enter_working_dir(&spec.cwd)?;
+    drop_privileges(&user)?;
+    reset_signals()?;
+    exec(spec, &user)
+}
+
+fn wait_for_parent(go: &OwnedFd) -> StepResult {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(go.as_fd(), &mut byte) {
+        Ok(1) => Ok(()),
+        _ => Err("the parent did not let the container start (cgroup placement failed)".into()),
+    }
+}
+
+fn redirect_stdio(spec: &ContainerSpec) -> StepResult {
+    let null = step(|| "open /dev/null".into(), std::fs::File::open("/dev/null"))?;
+    step(|| "redirect stdin".into(), nix::unistd::dup2_stdin(&null))?;
+    step(
+        || "redirect stdout".into(),
+        nix::unistd::dup2_stdout(&spec.stdout),
+    )?;
+    step(
+        || "redirect stderr".into(),
+        nix::unistd::dup2_stderr(&spec.stderr),
+    )
+}
+
+fn mount_overlay(rootfs: &RootfsSpec) -> StepResult {
+    let lower = rootfs
+        .lower_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let options = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        rootfs.upper_dir.display(),
+        rootfs.work_dir.display()
+    );
+    step(
+        || {
+            format!(
+                "mount overlay on {} ({options})",
+                rootfs.merged_dir.display()
+            )
+        },
+        mount(
+            Some("overlay"),
+            &rootfs.merged_dir,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        ),
+    )
+}
+
+/// `target` inside the container root, refusing `..` (the manifest refuses it too).
+pub(crate) fn inside(root: &Path, target: &str) -> StepResult<PathBuf> {
+    if target.split('/').any(|part| part == "..") {
+        return Err(format!("mount target {target} must not contain `..`"));
+    }
+    Ok(root.join(target.trim_start_matches('/')))
+}
+
+fn mount_extra(root: &Path, mounts: &[ExtraMount]) -> StepResult {
+    for extra in mounts {
+        match extra {
+            ExtraMount::Bind {
+                source,
+                target,
+                read_only,
+            } => {
+                let dest = inside(root, target)?;
+                if source.is_dir() {
+                    step(
+                        || format!("create {}", dest.display()),
+                        std::fs::create_dir_all(&dest),
+                    )?;
+                } else {
+                    if let Some(parent) = dest.parent() {
+                        step(
+                            || format!("create {}", parent.display()),
+                            std::fs::create_dir_all(parent),
+                        )?;
+                    }
+                    if !dest.exists() {
+                        step(
+                            || format!("create {}", dest.display()),
+                            std::fs::File::create(&dest),
+                        )?;
+                    }
+                }
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+                step(
+                    || format!("bind {} on {target}", source.display()),
+                    mount(Some(source), &dest, None::<&str>, flags, None::<&str>),
+                )?;
+                if *read_only {
+                    step(
+                        || format!("make {target} read-only"),
+                        mount(
+                            None::<&str>,
+                            &dest,
+                            None::<&str>,
+                            flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                            None::<&str>,
+                        ),
+                    )?;
+                }
+            }
+            ExtraMount::Tmpfs { target, options } => {
+                let dest = inside(root, target)?;
+                step(
+                    || format!("create {}", dest.display()),
+                    std::fs::create_dir_all(&dest),
+                )?;
+                step(
+                    || format!("mount tmpfs on {target}"),
+                    mount(
+                        Some("tmpfs"),
+                        &dest,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        (!options.is_empty()).then_some(options.as_str()),
+                    ),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes `root` the root of this mount namespace and lets go of the host's tree.
+fn pivot_into(root: &Path) -> StepResult {
+    step(|| format!("chdir {}", root.display()), chdir(root))?;
+    // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only
+    // the container's tree (runc does the same).
+    step(
+        || format!("pivot_root into {}", root.display()),
+        pivot_root(".", "."),
+    )?;
+    step(
+        || "detach the host's root".into(),
+        umount2(".", MntFlags::MNT_DETACH),
+    )?;
+    step(|| "chdir /".into(), chdir("/"))
+}
+
+fn enter_working_dir(cwd: &str) -> StepResult {
+    let path = Path::new(cwd);
+    if !path.exists() {
+        step(
+            || format!("create working directory {cwd}"),
+            std::fs::create_dir_all(path),
+        )?;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+    }
+    step(|| format!("chdir to working directory {cwd}"), chdir(path))
+}
+
+fn drop_privileges(user: &ResolvedUser) -> StepResult {
+    let groups: Vec<Gid> = user
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    step(|| "set supplementary groups".into(), setgroups(&groups))?;
+    step(
+        || format!("set gid {}", user.gid),
+        setgid(Gid::from_raw(user.gid)),
+    )?;
+    step(
+        || format!("set uid {}", user.uid),
+        setuid(Uid::from_raw(user.uid)),
+    )
+}
+
+/// init blocks the signals it reads through a signalfd, and Rust's runtime ignores SIGPIPE;
+/// both would be inherited across exec.
+fn reset_signals() -> StepResult {
+    step(
+        || "unblock signals".into(),
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None),
+    )?;
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler code, so no Rust function can run in signal
+        // context; the previous disposition is discarded.
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+    }
+    Ok(())
+}
+
+fn find_in_path(program: &str, env: &[String]) -> StepResult<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok())
+        .ok_or_else(|| format!("exec {program}: not found in PATH {path}"))
+}
+
+fn cstrings(items: &[String], what: &str) -> StepResult<Vec<CString>> {
+    items
+        .iter()
+        .map(|item| {
+            CString::new(item.as_str()).map_err(|_| format!("{what} `{item}` contains a NUL byte"))
+        })
+        .collect()
+}
+
+fn exec(spec: &ContainerSpec, user: &ResolvedUser) -> StepResult<Infallible> {
+    let program = spec.args.first().ok_or("no command")?;
+    let path = find_in_path(program, &spec.env)?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    let path_c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("program path {} contains a NUL byte", path.display()))?;
+    let args = cstrings(&spec.args, "argument")?;
+    let env = cstrings(&env, "environment entry")?;
+    step(
+        || format!("exec {}", path.display()),
+        execve(&path_c, &args, &env),
+    )
+}

@@ -1,0 +1,104 @@
+//! berth's container runtime: starts one process in its own namespaces on an overlay root.
+//!
+//! [`spawn`] is called by PID 1 (and, later, by `berth run-container` on a build host). It
+//! clones a child into new mount, PID, UTS and IPC namespaces; the parent places the child in
+//! its cgroup and lets it go on; the child builds its root filesystem and execs. The child's
+//! setup reads top to bottom in [`child::setup_and_exec`], one helper per step. A setup error
+//! travels back to the parent over a close-on-exec pipe, so `spawn` returns it instead of
+//! leaving a silent exit code 127.
+
+// On PID 1's path: the parent half runs inside init.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
+mod child;
+mod devices;
+mod spawn;
+mod user;
+
+pub use spawn::{spawn, Spawned};
+pub use user::{resolve_user, ResolvedUser};
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+/// The container's root filesystem: an overlay of image layers under a writable directory.
+#[derive(Debug, Clone)]
+pub struct RootfsSpec {
+    /// Image layer directories, topmost first (overlayfs `lowerdir` order).
+    pub lower_dirs: Vec<PathBuf>,
+    /// The container's own writable layer.
+    pub upper_dir: PathBuf,
+    /// overlayfs' scratch directory, on the same filesystem as `upper_dir`.
+    pub work_dir: PathBuf,
+    /// Where the overlay is mounted (inside the container's mount namespace only).
+    pub merged_dir: PathBuf,
+}
+
+/// A mount added on top of the root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraMount {
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
+    Tmpfs {
+        target: String,
+        options: String,
+    },
+}
+
+/// Everything needed to start one container process.
+#[derive(Debug)]
+pub struct ContainerSpec {
+    /// The container's name, also its hostname.
+    pub name: String,
+    pub rootfs: RootfsSpec,
+    pub mounts: Vec<ExtraMount>,
+    /// argv; `args[0]` is looked up in the container's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Working directory inside the container (created if missing, as Docker does).
+    pub cwd: String,
+    /// `uid[:gid]` or names from the container's `/etc/passwd` and `/etc/group`; root when
+    /// `None`.
+    pub user: Option<String>,
+    /// The cgroup directory the process is placed in before it runs anything.
+    pub cgroup: Option<PathBuf>,
+    /// Where the container's stdout and stderr go (write ends; stdin is `/dev/null`).
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// A failed container start, naming the step and what it acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the container has no command: the image sets no Entrypoint or Cmd and the manifest no `command`")]
+    NoCommand,
+    #[error("cannot create {what}: {source}")]
+    Pipe {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot clone the container process: {0}")]
+    Clone(#[source] nix::Error),
+    #[error("cannot place the container in cgroup {}: {source}", cgroup.display())]
+    Cgroup {
+        cgroup: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step inside the new namespaces failed; the child reported it before exiting.
+    #[error("{0}")]
+    Setup(String),
+}

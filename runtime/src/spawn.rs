@@ -1,0 +1,95 @@
+//! The parent half of a container start, run by PID 1.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+use nix::unistd::{pipe2, Pid};
+
+use crate::{child, ContainerSpec, RuntimeError};
+
+/// Stack of the cloned child until it execs. It runs the setup steps, which format messages
+/// and read small files; 1 MiB leaves room, and untouched pages are never allocated.
+const CHILD_STACK_SIZE: usize = 1 << 20;
+
+/// The namespaces every container gets. The cgroup namespace is entered by the child itself,
+/// once the parent has moved it into its cgroup, so that the container sees that cgroup as
+/// its root.
+fn namespaces() -> CloneFlags {
+    CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+}
+
+/// A started container process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// The process' PID as the host sees it.
+    pub pid: Pid,
+}
+
+fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|source| RuntimeError::Pipe { what, source })
+}
+
+/// Starts the container and returns once its process has exec'd its command, or with the
+/// error of the step that failed (the child is reaped then).
+pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
+    if spec.args.is_empty() {
+        return Err(RuntimeError::NoCommand);
+    }
+    let (go_read, go_write) = pipe("the start pipe")?;
+    let (error_read, error_write) = pipe("the error pipe")?;
+    let mut stack = vec![0u8; CHILD_STACK_SIZE];
+    let child_main = Box::new(|| child::run(spec, &go_read, &error_write));
+    // SAFETY: without CLONE_VM the child gets its own copy of the address space, as after
+    // fork(2), so nothing it does touches the parent's memory. The caller (PID 1) is single
+    // threaded, so no lock can be held by another thread at the time of the copy and the
+    // child may allocate. `stack` outlives the call and is only used by the child.
+    let pid = unsafe {
+        nix::sched::clone(
+            child_main,
+            &mut stack,
+            namespaces(),
+            Some(Signal::SIGCHLD as i32),
+        )
+    }
+    .map_err(RuntimeError::Clone)?;
+    drop(go_read);
+    drop(error_write);
+
+    let abort = |error: RuntimeError| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        error
+    };
+    if let Some(cgroup) = &spec.cgroup {
+        std::fs::create_dir_all(cgroup)
+            .and_then(|()| std::fs::write(cgroup.join("cgroup.procs"), pid.as_raw().to_string()))
+            .map_err(|source| {
+                abort(RuntimeError::Cgroup {
+                    cgroup: cgroup.clone(),
+                    source,
+                })
+            })?;
+    }
+    // Whether or not this write works, the child learns of it: it reads a byte or EOF.
+    let _ = nix::unistd::write(&go_write, b"g");
+    drop(go_write);
+
+    let mut report = String::new();
+    let _ = std::fs::File::from(error_read).read_to_string(&mut report);
+    if !report.is_empty() {
+        let _ = waitpid(pid, None);
+        return Err(RuntimeError::Setup(report));
+    }
+    Ok(Spawned { pid })
+}
+
+/// The PID namespace's first process gets only the signals it handles; this is the exit code
+/// of a setup failure, as shells use for "command not found".
+pub(crate) const SETUP_FAILED_EXIT: isize = 127;
