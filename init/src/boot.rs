@@ -10,9 +10,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::event::Event;
 use crate::event_loop::EventLoop;
+use crate::images;
 use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
-use crate::{clock, logger, signals};
+use crate::supervisor::Supervisor;
+use crate::{clock, logger, root_switch, signals};
 
 /// Module lists the image builder writes (power-button drivers and the like), in
 /// systemd's `modules-load.d` format.
@@ -24,6 +26,15 @@ pub fn boot_and_serve() -> ! {
     logger::install(LevelFilter::Info);
     install_panic_hook();
 
+    // Off the initramfs before anything else: containers pivot_root, which rootfs forbids.
+    // On success this re-executes init from the new root and does not return.
+    let root_switch_error = if root_switch::already_switched() {
+        None
+    } else {
+        Some(root_switch::switch_to_tmpfs_root(init_started))
+    };
+    let init_started = root_switch::first_start().unwrap_or(init_started);
+
     // /proc, /sys and /dev come first: everything after reads or writes them.
     let mount_failures = mounts::mount_early(&mut SystemMounter);
     logger::attach_kmsg();
@@ -33,6 +44,9 @@ pub fn boot_and_serve() -> ! {
         .emit();
     for failure in &mount_failures {
         log::error!("{failure}");
+    }
+    if let Some(err) = root_switch_error {
+        log::error!("cannot move the root off the initramfs ({err}); containers cannot start");
     }
 
     // Signals are blocked and read through a signalfd before anything can send one.
@@ -56,7 +70,7 @@ pub fn boot_and_serve() -> ! {
         log::error!("no signalfd: init cannot serve events; idling");
         idle_forever()
     };
-    let event_loop = EventLoop::new(signal_fd);
+    let mut event_loop = EventLoop::new(signal_fd);
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")
@@ -70,6 +84,9 @@ pub fn boot_and_serve() -> ! {
             .field("boot_ms", clock::millis(now))
             .field("error", err)
             .emit(),
+    }
+    if let Ok(manifest) = &manifest {
+        event_loop.supervise(Supervisor::new(manifest));
     }
     event_loop.serve()
 }
@@ -104,8 +121,19 @@ fn open_signal_fd() -> Option<SignalFd> {
     }
 }
 
+/// Reads, parses and validates the manifest, including that every image it names is in the
+/// image store: the same checks `berth build` makes.
 fn load_manifest(path: &Path) -> Result<Manifest, ManifestError> {
-    let manifest = Manifest::load(path);
+    let manifest = std::fs::read_to_string(path)
+        .map_err(|source| ManifestError::Read {
+            file: path.to_path_buf(),
+            source,
+        })
+        .and_then(|text| {
+            let manifest = Manifest::parse(&text, path)?;
+            manifest.check_images(&text, path, &images::store_references())?;
+            Ok(manifest)
+        });
     match &manifest {
         Ok(_) => log::info!("manifest {} loaded", path.display()),
         Err(

@@ -30,8 +30,12 @@ impl Event {
         &self.line
     }
 
+    /// Writes the line, stamped with the time since the kernel started (`uptime_ms`), which
+    /// is what intervals between events are measured on.
     pub fn emit(self) {
-        crate::logger::write_line(log::Level::Info, &self.line);
+        let uptime = crate::clock::millis(crate::clock::since_kernel_start());
+        let line = self.field("uptime_ms", uptime).line;
+        crate::logger::write_line(log::Level::Info, &line);
     }
 }
 

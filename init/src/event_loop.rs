@@ -14,8 +14,10 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
 use crate::power_button::{self, PowerButton};
+use crate::reap;
 use crate::shutdown::{self, ShutdownAction};
 use crate::signals::{self, SignalAction};
+use crate::supervisor::{StreamId, Supervisor};
 
 /// How long after boot init keeps looking for a power button that has not appeared yet
 /// (drivers may probe late, after deferred probing).
@@ -30,6 +32,7 @@ pub struct EventLoop {
     signals: SignalFd,
     buttons: Vec<PowerButton>,
     search_until: Instant,
+    supervisor: Option<Supervisor>,
 }
 
 impl EventLoop {
@@ -38,6 +41,7 @@ impl EventLoop {
             signals,
             buttons: Vec::new(),
             search_until: Instant::now() + POWER_BUTTON_SEARCH,
+            supervisor: None,
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -55,11 +59,27 @@ impl EventLoop {
         }
     }
 
+    /// Hands the containers to the loop; they start on its first turn.
+    pub fn supervise(&mut self, supervisor: Supervisor) {
+        self.supervisor = Some(supervisor);
+    }
+
     /// Serves events until a shutdown is asked for, then shuts down. Never returns.
     pub fn serve(mut self) -> ! {
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.turn())) {
-                Ok(Some((action, reason))) => shutdown::shutdown(action, reason),
+                Ok(Some((action, reason))) => {
+                    // Containers go first, each with its own stop signal and grace period;
+                    // the generic SIGTERM/SIGKILL sweep then takes whatever is left.
+                    if let Some(supervisor) = self.supervisor.as_mut() {
+                        let stopping = catch_unwind(AssertUnwindSafe(|| supervisor.stop_all()));
+                        if stopping.is_err() {
+                            log::error!("stopping the containers panicked; going on with shutdown");
+                        }
+                    }
+                    drop(self);
+                    shutdown::shutdown(action, reason)
+                }
                 Ok(None) => {}
                 Err(_) => {
                     log::error!("an event loop turn panicked; carrying on");
@@ -71,17 +91,26 @@ impl EventLoop {
 
     /// One wait for events and their handling; `Some` when the host must shut down.
     fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        if let Some(supervisor) = self.supervisor.as_mut() {
+            supervisor.tick(Instant::now());
+        }
         let searching = self.buttons.is_empty() && Instant::now() < self.search_until;
-        let timeout = if searching {
-            PollTimeout::try_from(POWER_BUTTON_RESCAN).unwrap_or(PollTimeout::NONE)
-        } else {
-            PollTimeout::NONE
-        };
+        let timeout = self.poll_timeout(searching);
+        let stream_ids: Vec<StreamId> = self
+            .supervisor
+            .as_ref()
+            .map(|s| s.streams().into_iter().map(|(id, _)| id).collect())
+            .unwrap_or_default();
         let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(1 + self.buttons.len());
+            let mut fds = Vec::with_capacity(1 + self.buttons.len() + stream_ids.len());
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             for button in &self.buttons {
                 fds.push(PollFd::new(button.file.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(supervisor) = self.supervisor.as_ref() {
+                for (_, fd) in supervisor.streams() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => fds
@@ -110,6 +139,20 @@ impl EventLoop {
                 request = Some((ShutdownAction::PowerOff, "power-button"));
             }
         }
+        let first_stream = 1 + self.buttons.len();
+        if let Some(supervisor) = self.supervisor.as_mut() {
+            // Highest index first: a stream that ends is removed, shifting those after it.
+            for (id, _) in stream_ids
+                .iter()
+                .zip(ready.iter().skip(first_stream))
+                .filter(|(_, ready)| **ready)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                supervisor.on_stream_ready(*id);
+            }
+        }
         if searching {
             self.look_for_power_buttons();
             if self.buttons.is_empty() && Instant::now() >= self.search_until {
@@ -122,6 +165,24 @@ impl EventLoop {
         request
     }
 
+    /// Until the next timer: the power-button rescan while searching, the earliest restart.
+    fn poll_timeout(&self, searching: bool) -> PollTimeout {
+        let now = Instant::now();
+        let rescan = searching.then_some(POWER_BUTTON_RESCAN);
+        let restart = self
+            .supervisor
+            .as_ref()
+            .and_then(Supervisor::next_deadline)
+            .map(|deadline| deadline.saturating_duration_since(now));
+        match rescan.into_iter().chain(restart).min() {
+            // Round up so that a timer is never woken for a millisecond early.
+            Some(wait) => {
+                PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        }
+    }
+
     fn handle_signals(&mut self) -> Option<(ShutdownAction, &'static str)> {
         let mut request = None;
         while let Ok(Some(info)) = self.signals.read_signal() {
@@ -130,7 +191,12 @@ impl EventLoop {
             };
             match signals::action_for(signal) {
                 SignalAction::Reap => {
-                    shutdown::reap_exited();
+                    let now = Instant::now();
+                    for (pid, status) in reap::reap_exited().exited {
+                        if let Some(supervisor) = self.supervisor.as_mut() {
+                            supervisor.on_exit(pid, status, now);
+                        }
+                    }
                 }
                 SignalAction::Shutdown(action) => {
                     log::info!("received {signal}: {action}");

@@ -22,12 +22,16 @@ mod boot;
 mod clock;
 pub mod event;
 mod event_loop;
+mod images;
 pub mod kmod;
 mod logger;
 pub mod mounts;
 mod power_button;
+mod reap;
+mod root_switch;
 mod shutdown;
 mod signals;
+pub mod supervisor;
 
 /// Runs PID 1. Never returns.
 pub fn run() -> ! {

@@ -49,6 +49,13 @@ pub fn write_line(level: Level, line: &str) {
     }
 }
 
+/// Writes one line to the console only (container output: it has its own log files).
+pub fn console_line(line: &str) {
+    let mut console = std::io::stdout().lock();
+    let _ = console.write_all(format!("{line}\n").as_bytes());
+    let _ = console.flush();
+}
+
 fn syslog_level(level: Level) -> u8 {
     match level {
         Level::Error => 3,

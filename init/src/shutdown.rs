@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::event::Event;
@@ -47,19 +46,9 @@ impl fmt::Display for ShutdownAction {
     }
 }
 
-/// Reaps every exited child without blocking; returns how many were reaped and whether any
-/// children are left.
-pub fn reap_exited() -> (usize, bool) {
-    let mut reaped = 0;
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return (reaped, true),
-            Ok(_) => reaped += 1,
-            Err(Errno::EINTR) => {}
-            // ECHILD: no children at all.
-            Err(_) => return (reaped, false),
-        }
-    }
+/// Reaps every exited child without blocking; whether children are left.
+pub fn reap_exited() -> bool {
+    crate::reap::reap_exited().children_left
 }
 
 /// Sends `signal` to every process but PID 1 and waits, reaping, until none is left or
@@ -73,8 +62,7 @@ fn signal_all_and_wait(signal: Signal, grace: Duration) -> bool {
     }
     let deadline = Instant::now() + grace;
     loop {
-        let (_, children_left) = reap_exited();
-        if !children_left {
+        if !reap_exited() {
             return false;
         }
         if Instant::now() >= deadline {

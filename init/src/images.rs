@@ -1,0 +1,101 @@
+//! The image store in the guest: images baked by `berth build` as one OCI layout, and their
+//! layers unpacked once each into a content-addressed directory that overlayfs stacks.
+//!
+//! Every blob is checked against its digest as it is read, and every layer's uncompressed
+//! stream against the image config's `diff_id`, so a corrupted image never runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use berth_oci::{ContainerConfig, Layout};
+
+/// The OCI layout `berth build` writes into the image.
+pub const IMAGE_STORE: &str = "/var/lib/berth/images";
+/// Unpacked layers, one directory per `diff_id`, shared by every image and container.
+pub const LAYER_STORE: &str = "/var/lib/berth/layers";
+
+/// The names of the images in the store; none when the image has no store.
+pub fn store_references() -> Vec<String> {
+    Layout::open(Path::new(IMAGE_STORE))
+        .map(|layout| layout.references())
+        .unwrap_or_default()
+}
+
+/// An image ready to run: its layers on disk and its default process settings.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// Layer directories, topmost first, as overlayfs' `lowerdir` wants them.
+    pub lower_dirs: Vec<PathBuf>,
+    pub config: ContainerConfig,
+}
+
+/// Images prepared so far, by reference; each is prepared once per boot.
+#[derive(Debug, Default)]
+pub struct ImageCache {
+    layout: Option<Layout>,
+    prepared: HashMap<String, Result<PreparedImage, String>>,
+}
+
+impl ImageCache {
+    pub fn new() -> ImageCache {
+        ImageCache::default()
+    }
+
+    /// The image named `reference` (`name:tag`), unpacking its layers if this boot has not.
+    pub fn prepare(&mut self, reference: &str) -> Result<PreparedImage, String> {
+        if let Some(result) = self.prepared.get(reference) {
+            return result.clone();
+        }
+        let result = self.prepare_uncached(reference);
+        self.prepared.insert(reference.to_string(), result.clone());
+        result
+    }
+
+    fn layout(&mut self) -> Result<&Layout, String> {
+        if self.layout.is_none() {
+            let layout = Layout::open(Path::new(IMAGE_STORE))
+                .map_err(|e| format!("image store {IMAGE_STORE}: {e}"))?;
+            self.layout = Some(layout);
+        }
+        self.layout
+            .as_ref()
+            .ok_or_else(|| format!("image store {IMAGE_STORE} is not open"))
+    }
+
+    fn prepare_uncached(&mut self, reference: &str) -> Result<PreparedImage, String> {
+        let started = Instant::now();
+        let layout = self.layout()?;
+        let image = layout.resolve(reference).map_err(|e| e.to_string())?;
+        let mut lower_dirs = Vec::new();
+        let mut unpacked = 0;
+        for (descriptor, diff_id) in image.layers() {
+            let dir = berth_oci::layer_dir(Path::new(LAYER_STORE), diff_id);
+            if !dir.is_dir() {
+                let blob = layout
+                    .read_descriptor(descriptor)
+                    .map_err(|e| e.to_string())?;
+                berth_oci::unpack_layer_into_store(
+                    &blob,
+                    &descriptor.media_type,
+                    diff_id,
+                    Path::new(LAYER_STORE),
+                )
+                .map_err(|e| e.to_string())?;
+                unpacked += 1;
+            }
+            lower_dirs.push(dir);
+        }
+        // The manifest lists layers bottom first; overlayfs wants the top first.
+        lower_dirs.reverse();
+        log::info!(
+            "image {reference}: {} layers ({unpacked} unpacked now) in {} ms",
+            lower_dirs.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(PreparedImage {
+            lower_dirs,
+            config: image.config.config.clone().unwrap_or_default(),
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! A container's stdout and stderr, line by line, to the console as `<name> | <line>` and
+//! to `/var/log/berth/<name>.log`, which is rotated once it reaches its size cap.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+/// Where container logs go.
+pub const LOG_DIR: &str = "/var/log/berth";
+/// A log file is rotated (to `<name>.log.1`, replacing the previous one) past this size.
+pub const LOG_FILE_CAP: u64 = 1 << 20;
+/// A line longer than this is cut into pieces, so one endless line cannot grow init.
+const MAX_LINE: usize = 16 << 10;
+/// Bytes read per `read(2)`.
+const READ_CHUNK: usize = 8 << 10;
+
+/// One container's log file.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+}
+
+impl LogFile {
+    pub fn new(container: &str) -> LogFile {
+        let path = PathBuf::from(LOG_DIR).join(format!("{container}.log"));
+        LogFile {
+            path,
+            file: None,
+            size: 0,
+        }
+    }
+
+    fn open(&mut self) -> Option<&mut File> {
+        if self.file.is_none() {
+            let _ = std::fs::create_dir_all(LOG_DIR);
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
+                Ok(file) => {
+                    self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.file = Some(file);
+                }
+                Err(err) => log::warn!("cannot open {}: {err}", self.path.display()),
+            }
+        }
+        self.file.as_mut()
+    }
+
+    fn append(&mut self, line: &str) {
+        if self.size >= LOG_FILE_CAP {
+            self.file = None;
+            let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+        }
+        let Some(file) = self.open() else { return };
+        let bytes = format!("{line}\n");
+        if file.write_all(bytes.as_bytes()).is_ok() {
+            self.size += bytes.len() as u64;
+        }
+    }
+}
+
+/// A pipe end the container writes its output to, and the part of a line read so far.
+#[derive(Debug)]
+pub struct LogStream {
+    fd: OwnedFd,
+    partial: Vec<u8>,
+}
+
+impl LogStream {
+    /// Takes the read end of the container's output pipe; reads never block.
+    pub fn new(fd: OwnedFd) -> LogStream {
+        if let Ok(flags) = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL) {
+            let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags));
+        }
+        LogStream {
+            fd,
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads what is there and logs each complete line. Returns false at end of stream.
+    pub fn drain(&mut self, container: &str, file: &mut LogFile) -> bool {
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) => {
+                    self.flush_partial(container, file);
+                    return false;
+                }
+                Ok(n) => {
+                    self.partial
+                        .extend_from_slice(buf.get(..n).unwrap_or_default());
+                    self.emit_lines(container, file);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn emit_lines(&mut self, container: &str, file: &mut LogFile) {
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            emit(container, file, line.get(..end).unwrap_or_default());
+        }
+        while self.partial.len() >= MAX_LINE {
+            let piece: Vec<u8> = self.partial.drain(..MAX_LINE).collect();
+            emit(container, file, &piece);
+        }
+    }
+
+    fn flush_partial(&mut self, container: &str, file: &mut LogFile) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            emit(container, file, &rest);
+        }
+    }
+}
+
+fn emit(container: &str, file: &mut LogFile, raw: &[u8]) {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim_end_matches('\r');
+    file.append(text);
+    crate::logger::console_line(&format!("{container} | {text}"));
+}

@@ -1,0 +1,430 @@
+//! The supervisor: one state machine per container, started in dependency order and kept
+//! running by its restart policy.
+//!
+//! ```text
+//! created ──deps met──▶ running ──exit──▶ backing-off ──delay──▶ running ...
+//!    │                     │                                   
+//!    └─dependency failed──▶ stopped ◀──policy says no / shutdown
+//! ```
+//! Every transition is one event line. Nothing here blocks on a container: restarts wait
+//! on timers in the event loop, so a crash loop never delays the others.
+
+pub mod logs;
+pub mod policy;
+mod spec;
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use berth_manifest::{Condition, Container, ContainerName, Manifest, RestartPolicy};
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::event::Event;
+use crate::images::ImageCache;
+use crate::reap;
+use logs::{LogFile, LogStream};
+use policy::Backoff;
+
+/// Exit code reported for a container whose start failed (as a shell's "cannot run").
+const START_FAILED_CODE: i32 = 127;
+/// How often the shutdown loop looks for stopped containers.
+const STOP_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Declared, waiting for its dependencies.
+    Created,
+    Running {
+        pid: Pid,
+        since: Instant,
+    },
+    BackingOff {
+        until: Instant,
+    },
+    /// Will not run again this boot.
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Supervised {
+    name: ContainerName,
+    config: Container,
+    state: State,
+    restarts: u32,
+    backoff: Backoff,
+    ever_started: bool,
+    last_exit: Option<i32>,
+    stopped_by_operator: bool,
+    waiting_reported: bool,
+    streams: Vec<LogStream>,
+    log_file: LogFile,
+}
+
+impl Supervised {
+    fn name(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+/// A log stream the event loop should poll: (container index, stream index).
+pub type StreamId = (usize, usize);
+
+#[derive(Debug)]
+pub struct Supervisor {
+    /// In start order (dependencies first).
+    containers: Vec<Supervised>,
+    images: ImageCache,
+    shutting_down: bool,
+}
+
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+impl Supervisor {
+    pub fn new(manifest: &Manifest) -> Supervisor {
+        let containers = manifest
+            .start_order()
+            .into_iter()
+            .filter_map(|name| {
+                let config = manifest.containers.get(name)?.clone();
+                Event::new("created")
+                    .field("container", name.as_str())
+                    .field("image", config.image.get_ref())
+                    .field("restart", config.restart)
+                    .emit();
+                Some(Supervised {
+                    name: name.clone(),
+                    log_file: LogFile::new(name.as_str()),
+                    config,
+                    state: State::Created,
+                    restarts: 0,
+                    backoff: Backoff::default(),
+                    ever_started: false,
+                    last_exit: None,
+                    stopped_by_operator: false,
+                    waiting_reported: false,
+                    streams: Vec::new(),
+                })
+            })
+            .collect();
+        Supervisor {
+            containers,
+            images: ImageCache::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Starts every container whose time has come: dependencies met, or backoff elapsed.
+    pub fn tick(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for index in 0..self.containers.len() {
+            let Some(state) = self.containers.get(index).map(|c| c.state) else {
+                continue;
+            };
+            match state {
+                State::Created => match self.dependencies(index) {
+                    Dependencies::Met => self.start(index, now),
+                    Dependencies::Pending(on) => self.report_waiting(index, &on),
+                    Dependencies::Failed(on) => {
+                        self.stop_for_good(index, "dependency-failed", Some(&on))
+                    }
+                },
+                State::BackingOff { until } if now >= until => self.start(index, now),
+                _ => {}
+            }
+        }
+    }
+
+    fn dependencies(&self, index: usize) -> Dependencies {
+        let Some(container) = self.containers.get(index) else {
+            return Dependencies::Met;
+        };
+        for (dependency, condition) in &container.config.depends_on.0 {
+            let Some(dep) = self
+                .containers
+                .iter()
+                .find(|c| c.name() == dependency.get_ref())
+            else {
+                continue;
+            };
+            let met = match condition {
+                Condition::ServiceStarted => dep.ever_started,
+                Condition::ServiceCompletedSuccessfully => {
+                    dep.last_exit == Some(0) && !matches!(dep.state, State::Running { .. })
+                }
+            };
+            if met {
+                continue;
+            }
+            let on = format!("{}:{}", dep.name(), condition_name(*condition));
+            return if dep.state == State::Stopped {
+                Dependencies::Failed(on)
+            } else {
+                Dependencies::Pending(on)
+            };
+        }
+        Dependencies::Met
+    }
+
+    fn report_waiting(&mut self, index: usize, on: &str) {
+        if let Some(c) = self.containers.get_mut(index) {
+            if !c.waiting_reported {
+                c.waiting_reported = true;
+                Event::new("waiting")
+                    .field("container", c.name())
+                    .field("for", on)
+                    .emit();
+            }
+        }
+    }
+
+    fn start(&mut self, index: usize, now: Instant) {
+        let Some(c) = self.containers.get_mut(index) else {
+            return;
+        };
+        if matches!(c.state, State::BackingOff { .. }) {
+            c.restarts += 1;
+        }
+        Event::new("starting")
+            .field("container", c.name())
+            .field("restarts", c.restarts)
+            .emit();
+        let reference = c.config.image.get_ref().clone();
+        let result = self
+            .images
+            .prepare(&reference)
+            .and_then(|image| spawn_container(c, &image));
+        match result {
+            Ok(pid) => {
+                // The run is timed from the exec, not from the image preparation before it.
+                c.state = State::Running {
+                    pid,
+                    since: Instant::now(),
+                };
+                c.ever_started = true;
+                Event::new("started")
+                    .field("container", c.name())
+                    .field("pid", pid)
+                    .field("restarts", c.restarts)
+                    .emit();
+            }
+            Err(error) => {
+                Event::new("start-failed")
+                    .field("container", c.name())
+                    .field("error", &error)
+                    .emit();
+                self.after_exit(index, START_FAILED_CODE, Duration::ZERO, now);
+            }
+        }
+    }
+
+    /// Handles a reaped child. False when it was not one of the containers.
+    pub fn on_exit(&mut self, pid: Pid, status: WaitStatus, now: Instant) -> bool {
+        let Some(index) = self
+            .containers
+            .iter()
+            .position(|c| matches!(c.state, State::Running { pid: p, .. } if p == pid))
+        else {
+            return false;
+        };
+        let Some(code) = policy::exit_code(status) else {
+            return true;
+        };
+        let ran = match self.containers.get(index).map(|c| c.state) {
+            Some(State::Running { since, .. }) => now.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        };
+        if let Some(c) = self.containers.get_mut(index) {
+            // Output written before the exit is logged before the exit event.
+            drain_streams(c);
+        }
+        self.after_exit(index, code, ran, now);
+        true
+    }
+
+    fn after_exit(&mut self, index: usize, code: i32, ran: Duration, now: Instant) {
+        let shutting_down = self.shutting_down;
+        let Some(c) = self.containers.get_mut(index) else {
+            return;
+        };
+        c.last_exit = Some(code);
+        let restart = !shutting_down
+            && policy::should_restart(c.config.restart, code, c.restarts, c.stopped_by_operator);
+        let event = Event::new("exited")
+            .field("container", c.name())
+            .field("code", code)
+            .field("restarts", c.restarts)
+            .field("ran", millis(ran));
+        if restart {
+            let delay = c.backoff.delay_after(ran);
+            c.state = State::BackingOff { until: now + delay };
+            event.field("next_in", millis(delay)).emit();
+            return;
+        }
+        event.emit();
+        let reason = match (shutting_down, c.config.restart) {
+            (true, _) => "shutdown",
+            (
+                false,
+                RestartPolicy::OnFailure {
+                    max_restarts: Some(_),
+                },
+            ) if code != 0 => "restart-limit",
+            _ => "exited",
+        };
+        self.stop_for_good(index, reason, None);
+    }
+
+    fn stop_for_good(&mut self, index: usize, reason: &str, dependency: Option<&str>) {
+        if let Some(c) = self.containers.get_mut(index) {
+            c.state = State::Stopped;
+            let mut event = Event::new("stopped")
+                .field("container", c.name())
+                .field("reason", reason);
+            if let Some(dependency) = dependency {
+                event = event.field("dependency", dependency);
+            }
+            event.emit();
+        }
+    }
+
+    /// The earliest restart timer, for the event loop's poll timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.containers
+            .iter()
+            .filter_map(|c| match c.state {
+                State::BackingOff { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Every open log stream, to poll for output.
+    pub fn streams(&self) -> Vec<(StreamId, BorrowedFd<'_>)> {
+        self.containers
+            .iter()
+            .enumerate()
+            .flat_map(|(ci, c)| {
+                c.streams
+                    .iter()
+                    .enumerate()
+                    .map(move |(si, s)| ((ci, si), s.fd()))
+            })
+            .collect()
+    }
+
+    /// Logs what a stream has; closes it at end of stream.
+    pub fn on_stream_ready(&mut self, (container, stream): StreamId) {
+        let Some(c) = self.containers.get_mut(container) else {
+            return;
+        };
+        let name = c.name.as_str().to_string();
+        let open = match c.streams.get_mut(stream) {
+            Some(s) => s.drain(&name, &mut c.log_file),
+            None => return,
+        };
+        if !open && stream < c.streams.len() {
+            c.streams.remove(stream);
+        }
+    }
+
+    /// Stops every container, dependants before their dependencies, each with its stop
+    /// signal and grace period; then SIGKILL. Blocks until all are down.
+    pub fn stop_all(&mut self) {
+        self.shutting_down = true;
+        for index in (0..self.containers.len()).rev() {
+            let Some(state) = self.containers.get(index).map(|c| c.state) else {
+                continue;
+            };
+            match state {
+                State::Running { pid, .. } => self.stop_one(index, pid),
+                State::Stopped => {}
+                State::Created | State::BackingOff { .. } => {
+                    self.stop_for_good(index, "shutdown", None)
+                }
+            }
+        }
+    }
+
+    fn stop_one(&mut self, index: usize, pid: Pid) {
+        let Some(c) = self.containers.get(index) else {
+            return;
+        };
+        let signal = Signal::try_from(c.config.stop_signal_number()).unwrap_or(Signal::SIGTERM);
+        let grace = c.config.stop_grace();
+        Event::new("stopping")
+            .field("container", c.name())
+            .field("signal", signal.as_str())
+            .field("grace", millis(grace))
+            .emit();
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + grace;
+        let mut killed = false;
+        loop {
+            for (exited, status) in reap::reap_exited().exited {
+                self.on_exit(exited, status, Instant::now());
+            }
+            let still_running = self
+                .containers
+                .get(index)
+                .is_some_and(|c| matches!(c.state, State::Running { .. }));
+            if !still_running {
+                return;
+            }
+            if !killed && Instant::now() >= deadline {
+                // A PID namespace's first process ignores signals it has no handler for, so
+                // SIGKILL (sent from outside the namespace) is what ends most of them.
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                killed = true;
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+    }
+}
+
+enum Dependencies {
+    Met,
+    Pending(String),
+    Failed(String),
+}
+
+fn condition_name(condition: Condition) -> &'static str {
+    match condition {
+        Condition::ServiceStarted => "service_started",
+        Condition::ServiceCompletedSuccessfully => "service_completed_successfully",
+    }
+}
+
+fn drain_streams(c: &mut Supervised) {
+    let name = c.name.as_str().to_string();
+    let log_file = &mut c.log_file;
+    c.streams.retain_mut(|s| s.drain(&name, log_file));
+}
+
+fn spawn_container(
+    c: &mut Supervised,
+    image: &crate::images::PreparedImage,
+) -> Result<Pid, String> {
+    let pipe =
+        || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create output pipe: {e}"));
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    let spec = spec::build(
+        c.name.as_str(),
+        &c.config,
+        image,
+        stdout_write,
+        stderr_write,
+    )?;
+    let spawned = berth_runtime::spawn(&spec).map_err(|e| e.to_string())?;
+    // The parent's write ends close with `spec`, so the streams end when the container does.
+    drop(spec);
+    c.streams = vec![LogStream::new(stdout_read), LogStream::new(stderr_read)];
+    Ok(spawned.pid)
+}

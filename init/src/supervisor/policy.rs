@@ -1,0 +1,105 @@
+//! Docker's restart semantics, as pure functions of what happened.
+
+use std::time::Duration;
+
+use berth_manifest::RestartPolicy;
+
+/// The first restart delay.
+pub const INITIAL_DELAY: Duration = Duration::from_millis(100);
+/// The delay doubles up to this.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+/// A run at least this long resets the delay to [`INITIAL_DELAY`].
+pub const RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// The restart delay of one container: 100 ms, doubling to 1 min, reset by a long run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: INITIAL_DELAY,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the restart that follows a run of `run_lasted`.
+    pub fn delay_after(&mut self, run_lasted: Duration) -> Duration {
+        if run_lasted >= RESET_AFTER {
+            self.next = INITIAL_DELAY;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX_DELAY);
+        delay
+    }
+}
+
+/// Whether a container that exited with `code` after `restarts` restarts is started again.
+pub fn should_restart(
+    policy: RestartPolicy,
+    code: i32,
+    restarts: u32,
+    stopped_by_operator: bool,
+) -> bool {
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::UnlessStopped => !stopped_by_operator,
+        RestartPolicy::OnFailure { max_restarts } => {
+            code != 0 && max_restarts.is_none_or(|max| restarts < max)
+        }
+    }
+}
+
+/// Docker's exit code: the process' own, or 128 + the signal that killed it.
+pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_to_a_minute_and_reset_after_a_long_run() {
+        let mut backoff = Backoff::default();
+        let short = Duration::from_millis(10);
+        let delays: Vec<u128> = (0..12)
+            .map(|_| backoff.delay_after(short).as_millis())
+            .collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 60000, 60000]
+        );
+        assert_eq!(backoff.delay_after(RESET_AFTER), INITIAL_DELAY);
+        assert_eq!(backoff.delay_after(short), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn policies() {
+        let on_failure_3 = RestartPolicy::OnFailure {
+            max_restarts: Some(3),
+        };
+        assert!(should_restart(on_failure_3, 1, 2, false));
+        assert!(!should_restart(on_failure_3, 1, 3, false));
+        assert!(!should_restart(on_failure_3, 0, 0, false));
+        assert!(should_restart(
+            RestartPolicy::OnFailure { max_restarts: None },
+            2,
+            1000,
+            false
+        ));
+        assert!(should_restart(RestartPolicy::Always, 0, 0, true));
+        assert!(!should_restart(RestartPolicy::UnlessStopped, 0, 0, true));
+        assert!(should_restart(RestartPolicy::UnlessStopped, 0, 0, false));
+        assert!(!should_restart(RestartPolicy::No, 1, 0, false));
+    }
+}

@@ -1,0 +1,124 @@
+//! From a manifest entry and its image to what the runtime needs: Docker's rules for
+//! combining the image's defaults with the operator's overrides.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use berth_manifest::{Container, VolumeSource};
+use berth_runtime::{ContainerSpec, ExtraMount, RootfsSpec};
+
+use crate::images::PreparedImage;
+
+/// Per-container state: the writable layer and the mount point of the root.
+pub const CONTAINERS_DIR: &str = "/var/lib/berth/containers";
+/// Named volumes live here, one directory each.
+pub const VOLUMES_DIR: &str = "/var/lib/berth/volumes";
+/// The parent cgroup of every container.
+pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/berth";
+
+/// argv as Docker computes it: an overridden entrypoint drops the image's Cmd.
+pub fn command_line(config: &Container, image: &PreparedImage) -> Vec<String> {
+    let image_entrypoint = image.config.entrypoint.clone().unwrap_or_default();
+    let image_cmd = image.config.cmd.clone().unwrap_or_default();
+    match (&config.entrypoint, &config.command) {
+        (Some(entrypoint), command) => {
+            let mut args = entrypoint.0.clone();
+            args.extend(command.as_ref().map(|c| c.0.clone()).unwrap_or_default());
+            args
+        }
+        (None, Some(command)) => image_entrypoint
+            .into_iter()
+            .chain(command.0.clone())
+            .collect(),
+        (None, None) => image_entrypoint.into_iter().chain(image_cmd).collect(),
+    }
+}
+
+/// The image's Env with the manifest's `environment` over it, in a stable order.
+pub fn environment(config: &Container, image: &PreparedImage) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = image
+        .config
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(config.environment.0.clone());
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn create_dir(path: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))
+}
+
+pub fn mounts(config: &Container) -> Result<Vec<ExtraMount>, String> {
+    let mut mounts = Vec::new();
+    for volume in &config.volumes {
+        let source = match &volume.source {
+            VolumeSource::HostPath(path) => PathBuf::from(path),
+            VolumeSource::Named(name) => {
+                let dir = Path::new(VOLUMES_DIR).join(name);
+                create_dir(&dir)?;
+                dir
+            }
+        };
+        if !source.exists() {
+            create_dir(&source)?;
+        }
+        mounts.push(ExtraMount::Bind {
+            source,
+            target: volume.target.0.clone(),
+            read_only: volume.read_only,
+        });
+    }
+    for tmpfs in &config.tmpfs {
+        mounts.push(ExtraMount::Tmpfs {
+            target: tmpfs.target.0.clone(),
+            options: tmpfs.options.clone(),
+        });
+    }
+    Ok(mounts)
+}
+
+pub fn build(
+    name: &str,
+    config: &Container,
+    image: &PreparedImage,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<ContainerSpec, String> {
+    let dir = Path::new(CONTAINERS_DIR).join(name);
+    let rootfs = RootfsSpec {
+        lower_dirs: image.lower_dirs.clone(),
+        upper_dir: dir.join("upper"),
+        work_dir: dir.join("work"),
+        merged_dir: dir.join("rootfs"),
+    };
+    for d in [&rootfs.upper_dir, &rootfs.work_dir, &rootfs.merged_dir] {
+        create_dir(d)?;
+    }
+    let cwd = config
+        .working_dir
+        .as_ref()
+        .map(|w| w.0.clone())
+        .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".to_string());
+    let user = config
+        .user
+        .clone()
+        .or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
+    Ok(ContainerSpec {
+        name: name.to_string(),
+        rootfs,
+        mounts: mounts(config)?,
+        args: command_line(config, image),
+        env: environment(config, image),
+        cwd,
+        user,
+        cgroup: Some(Path::new(CGROUP_PARENT).join(name)),
+        stdout,
+        stderr,
+    })
+}
