@@ -8,11 +8,14 @@ use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
 use serde::{Deserialize, Serialize};
 
 use crate::elf::{self, ElfError};
+use crate::images::{self, ImageError, ImageSource};
 use crate::initramfs::Initramfs;
 use crate::kernel::{Kernel, KernelError};
 
 /// The module list init loads before the manifest's, in `modules-load.d` format.
 const IMAGE_MODULES_LOAD: &str = "/etc/modules-load.d/berth.conf";
+/// Drivers every image with containers needs: their root filesystems are overlays.
+const CONTAINER_MODULES: &[&str] = &["overlay"];
 /// Index files copied into the image next to the modules.
 const MODULE_INDEX_FILES: &[&str] = &["modules.builtin"];
 /// What the image's description file is called in the output directory.
@@ -38,6 +41,8 @@ pub struct BuildOptions {
     pub kernel: KernelChoice,
     /// The init binary; found next to the `berth` executable when not given.
     pub init: Option<PathBuf>,
+    /// OCI image layouts to bake into the image store.
+    pub images: Vec<ImageSource>,
 }
 
 /// What `berth build` wrote, as recorded in `image.json`.
@@ -49,6 +54,9 @@ pub struct ImageMetadata {
     pub initrd: String,
     /// Modules shipped in the initrd.
     pub modules: Vec<String>,
+    /// Images in the image store, by the names manifests use.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,8 @@ pub enum BuildError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Elf(#[from] ElfError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("module index of kernel {release}: {source}")]
     ModuleIndex {
         release: String,
@@ -169,6 +179,11 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     let manifest_text = String::from_utf8_lossy(&read(&options.manifest)?).into_owned();
     let manifest = Manifest::parse(&manifest_text, &options.manifest)?;
 
+    // Images next: the manifest may only name images the store will hold.
+    let mut initramfs = Initramfs::new();
+    let image_names = images::bake(&options.images, options.arch, &mut initramfs)?;
+    manifest.check_images(&manifest_text, &options.manifest, &image_names)?;
+
     let init_path = find_init(options)?;
     let init = read(&init_path)?;
     elf::check_static_executable(&init_path, &init, options.arch)?;
@@ -192,7 +207,10 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         &kernel.release,
     )?;
 
-    let image_modules = options.arch.power_button_modules();
+    let mut image_modules: Vec<&str> = options.arch.power_button_modules().to_vec();
+    if !manifest.containers.is_empty() {
+        image_modules.extend(CONTAINER_MODULES);
+    }
     let wanted: Vec<String> = image_modules
         .iter()
         .map(|m| m.to_string())
@@ -205,7 +223,6 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             source,
         })?;
 
-    let mut initramfs = Initramfs::new();
     initramfs
         .char_device("/dev/console", 0o600, 5, 1)
         .directory("/proc", 0o755)
@@ -263,6 +280,7 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         kernel: "kernel".to_string(),
         initrd: "initrd".to_string(),
         modules: closure.into_iter().map(|(name, _)| name).collect(),
+        images: image_names,
     };
     let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
     write_atomically(&options.out.join(IMAGE_METADATA_FILE), &json)?;

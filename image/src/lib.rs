@@ -6,6 +6,7 @@
 pub mod assemble;
 pub mod debian;
 pub mod elf;
+pub mod images;
 pub mod initramfs;
 pub mod kernel;
 pub mod run;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use berth_arch::Arch;
 use berth_image::assemble::{self, BuildError, BuildOptions, KernelChoice};
+use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
 use berth_image::run::{self, RunOptions, RunOutcome};
 use berth_qemu::GuestExit;
@@ -55,6 +56,10 @@ enum Command {
         /// The init binary (a static musl build); found next to `berth` by default.
         #[arg(long)]
         init: Option<PathBuf>,
+        /// An OCI image layout to bake in: `NAME:TAG=DIR`, or `DIR` to use the layout's own
+        /// `org.opencontainers.image.ref.name`. Repeat for more images.
+        #[arg(long = "image", value_name = "NAME:TAG=DIR")]
+        images: Vec<ImageSource>,
     },
     /// Boot a built image under QEMU, console on this terminal. Ctrl-C presses the power
     /// button.
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
             kernel,
             modules,
             init,
+            images,
         } => {
             let kernel = match (kernel, modules) {
                 (Some(image), Some(modules_dir)) => KernelChoice::Paths { image, modules_dir },
@@ -113,6 +119,7 @@ fn main() -> ExitCode {
                 out,
                 kernel,
                 init,
+                images,
             };
             match assemble::build(&options) {
                 Ok(metadata) => {

@@ -40,7 +40,7 @@ pub enum RunError {
     NotAnImage {
         dir: PathBuf,
         #[source]
-        source: BuildError,
+        source: Box<BuildError>,
     },
     #[error("image.json names an unknown arch: {0}")]
     Arch(#[from] berth_arch::UnknownArch),
@@ -53,7 +53,7 @@ pub enum RunError {
 pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     let metadata = read_metadata(&options.dir).map_err(|source| RunError::NotAnImage {
         dir: options.dir.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let arch = match options.arch {
         Some(arch) => arch,

@@ -1,6 +1,9 @@
 //! Helpers for the integration tests: build the guest binaries and images the tests boot,
 //! and keep each test's evidence in `target/test-logs/<test>/`.
 
+pub mod events;
+pub mod images;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use berth_arch::Arch;
+use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
 use berth_image::{BuildOptions, KernelChoice};
 use berth_qemu::{Machine, MachineConfig};
@@ -96,7 +100,8 @@ pub fn guest_init(arch: Arch) -> Result<PathBuf, String> {
     guest_binary("berth-init", "init", arch)
 }
 
-/// Builds an image for `arch` from `manifest` (TOML text) into `<log_dir>/image`.
+/// Builds an image for `arch` from `manifest` (TOML text) into `<log_dir>/image`, with the
+/// busybox test image baked in as `busybox:1.35`.
 pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf, String> {
     let manifest_path = log_dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
@@ -109,6 +114,10 @@ pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf
             cache_dir: default_cache_dir(),
         },
         init: Some(guest_init(arch)?),
+        images: vec![ImageSource {
+            name: Some(images::BUSYBOX.to_string()),
+            dir: images::busybox_layout(arch)?,
+        }],
     };
     berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
     Ok(out)

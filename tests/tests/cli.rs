@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use berth_arch::Arch;
+use berth_tests::images::busybox_layout;
 use berth_tests::{berth_cli, guest_init, log_dir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -12,7 +13,8 @@ use nix::unistd::Pid;
 /// `berth build`'s exit code for a manifest it refuses.
 const EXIT_INVALID_MANIFEST: i32 = 3;
 
-fn berth_build(dir: &Path, manifest: &str) -> Output {
+/// `berth build` for x86_64 of `manifest` into `<dir>/image`, with `extra` arguments.
+fn berth_build_with(dir: &Path, manifest: &str, extra: &[String]) -> Output {
     let manifest_path = dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).unwrap_or_else(|e| panic!("{e}"));
     let init = guest_init(Arch::X86_64).unwrap_or_else(|e| panic!("{e}"));
@@ -23,8 +25,13 @@ fn berth_build(dir: &Path, manifest: &str) -> Output {
         .arg(dir.join("image"))
         .arg("--init")
         .arg(init)
+        .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn berth_build(dir: &Path, manifest: &str) -> Output {
+    berth_build_with(dir, manifest, &[])
 }
 
 fn refused_with(dir: &Path, manifest: &str) -> String {
@@ -133,5 +140,76 @@ fn berth_run_boots_the_image_and_ctrl_c_powers_it_off() {
         status.code(),
         Some(0),
         "berth run exits 0 when the guest powers off"
+    );
+}
+
+fn berth_build_with_busybox(dir: &Path, manifest: &str) -> Output {
+    let layout = busybox_layout(Arch::X86_64).unwrap_or_else(|e| panic!("{e}"));
+    let image = format!("busybox:1.35={}", layout.display());
+    berth_build_with(dir, manifest, &["--image".to_string(), image])
+}
+
+#[test]
+fn unknown_images_cycles_and_bad_durations_are_refused_with_line_and_field() {
+    let dir = log_dir("cli-container-errors");
+    let cases = [
+        (
+            "[containers.web]\nimage = \"busybox:1.36\"\n",
+            ":2:9: containers.web.image: no image `busybox:1.36` in the image store (it has: busybox:1.35) (did you mean `busybox:1.35`?)",
+        ),
+        (
+            "[containers.a]\nimage = \"busybox:1.35\"\ndepends_on = [\"b\"]\n[containers.b]\nimage = \"busybox:1.35\"\ndepends_on = [\"a\"]\n",
+            ":3:15: containers.a.depends_on: dependency cycle: a -> b -> a",
+        ),
+        (
+            "[containers.web]\nimage = \"busybox:1.35\"\nstop_grace_period = \"ten seconds\"\n",
+            ":3:21: containers.web.stop_grace_period: `ten seconds` is not a duration",
+        ),
+        (
+            "[containers.web]\nimage = \"busybox:1.35\"\nrestrat = \"always\"\n",
+            ":3:1: containers.web.restrat: unknown field `restrat`",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let output = berth_build_with_busybox(&dir, manifest);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_INVALID_MANIFEST),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in: {stderr}"
+        );
+        assert!(!dir.join("image").exists());
+    }
+    let fine = berth_build_with_busybox(&dir, "[containers.web]\nimage = \"busybox:1.35\"\n");
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+}
+
+#[test]
+fn an_image_layout_for_the_wrong_arch_is_refused() {
+    let dir = log_dir("cli-wrong-arch-image");
+    std::fs::write(dir.join("manifest.toml"), "").unwrap_or_else(|e| panic!("{e}"));
+    let layout = busybox_layout(Arch::Aarch64).unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(berth_cli().unwrap_or_else(|e| panic!("{e}")))
+        .args(["build", "--arch", "x86_64", "--manifest"])
+        .arg(dir.join("manifest.toml"))
+        .arg("--out")
+        .arg(dir.join("image"))
+        .arg("--image")
+        .arg(format!("busybox:1.35={}", layout.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is built for arm64, not x86_64"),
+        "{stderr}"
     );
 }

@@ -1,0 +1,101 @@
+//! Reading berth's event lines (`berth event=KIND key=value ...`) off a guest's console.
+
+use std::collections::HashMap;
+
+use berth_qemu::Machine;
+
+/// One parsed event line.
+#[derive(Debug, Clone)]
+pub struct EventLine {
+    pub kind: String,
+    pub fields: HashMap<String, String>,
+    pub line: String,
+}
+
+impl EventLine {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+
+    /// A numeric field, for the figures tests compare.
+    pub fn number(&self, key: &str) -> Option<u64> {
+        self.get(key)
+            .map(|v| v.trim_end_matches("ms"))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// Parses a logfmt event line; `None` for any other line.
+pub fn parse(line: &str) -> Option<EventLine> {
+    let rest = line.strip_prefix("berth event=")?;
+    let mut fields = HashMap::new();
+    let mut chars = format!("event={rest}")
+        .chars()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ' ').collect();
+        }
+        fields.insert(key, value);
+    }
+    Some(EventLine {
+        kind: fields.get("event").cloned().unwrap_or_default(),
+        fields,
+        line: line.to_string(),
+    })
+}
+
+/// Every event of `kind` (for `container`, when given) seen on the console so far.
+pub fn events(machine: &Machine, kind: &str, container: Option<&str>) -> Vec<EventLine> {
+    machine
+        .console_lines()
+        .iter()
+        .filter_map(|l| parse(&l.text))
+        .filter(|e| e.kind == kind)
+        .filter(|e| container.is_none_or(|c| e.get("container") == Some(c)))
+        .collect()
+}
+
+/// Lines a container wrote, as the console shows them (`<name> | <line>`).
+pub fn output(machine: &Machine, container: &str) -> Vec<String> {
+    let prefix = format!("{container} | ");
+    machine
+        .console_lines()
+        .iter()
+        .filter_map(|l| l.text.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_quoted_fields() {
+        let e = parse(r#"berth event=exited container=web code=1 error="a \"b\" c" next_in=800ms"#);
+        let e = e.unwrap_or_else(|| panic!("not parsed"));
+        assert_eq!(e.kind, "exited");
+        assert_eq!(e.get("error"), Some(r#"a "b" c"#));
+        assert_eq!(e.number("next_in"), Some(800));
+        assert!(parse("web | berth event=fake").is_none());
+    }
+}

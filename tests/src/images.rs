@@ -1,0 +1,119 @@
+//! Test images: Debian's busybox-static packed into an OCI layout by `umoci`, a tool that is
+//! not berth's, so the tests read images as the outside world writes them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use berth_arch::Arch;
+use berth_image::debian;
+use berth_image::kernel::default_cache_dir;
+
+use crate::target_dir;
+
+/// The tag the test images carry inside their layouts (umoci's ref name).
+pub const BUSYBOX_TAG: &str = "1.35";
+/// The name the manifests use.
+pub const BUSYBOX: &str = "busybox:1.35";
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+daemon:x:1:1:daemon:/usr/sbin:/bin/false\n\
+www:x:1000:1000:www:/www:/bin/sh\n\
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\ndaemon:x:1:\nwww:x:1000:\nlogs:x:4:www\nnogroup:x:65534:\n";
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|e| format!("{shown}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// The applets of Debian's busybox-static; both arches are built from one configuration, so
+/// the host's busybox lists them for either.
+fn applets() -> Result<Vec<String>, String> {
+    let output = Command::new("busybox")
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("busybox --list: {e} (scripts/setup installs busybox-static)"))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|a| a != "busybox")
+        .collect())
+}
+
+fn build_rootfs(arch: Arch, rootfs: &Path) -> Result<(), String> {
+    let busybox_root =
+        debian::unpacked_package("busybox-static", arch, &default_cache_dir(), |_| Ok(()))
+            .map_err(|e| e.to_string())?;
+    let bin = rootfs.join("bin");
+    for dir in ["bin", "etc", "root", "tmp", "www"] {
+        std::fs::create_dir_all(rootfs.join(dir)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy(busybox_root.join("bin/busybox"), bin.join("busybox"))
+        .map_err(|e| e.to_string())?;
+    for applet in applets()? {
+        let link = bin.join(&applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).map_err(|e| e.to_string())?;
+        }
+    }
+    std::fs::write(rootfs.join("etc/passwd"), PASSWD).map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("etc/group"), GROUP).map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("www/index.html"), "hello from berth\n")
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// An OCI layout holding busybox for `arch` as `1.35`, built once and kept under
+/// `target/test-images/`.
+pub fn busybox_layout(arch: Arch) -> Result<PathBuf, String> {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _guard = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    let base = target_dir()
+        .join("test-images")
+        .join(format!("busybox-{arch}"));
+    let layout = base.join("layout");
+    if base.join(".complete").exists() {
+        return Ok(layout);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+    let image = format!("{}:{BUSYBOX_TAG}", layout.display());
+    let bundle = base.join("bundle");
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout))?;
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle))?;
+    build_rootfs(arch, &bundle.join("rootfs"))?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle))?;
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--architecture",
+        arch.debian_arch(),
+        "--os",
+        "linux",
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]))?;
+    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout))?;
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::write(base.join(".complete"), "").map_err(|e| e.to_string())?;
+    Ok(layout)
+}
