@@ -16,6 +16,46 @@ use crate::kernel::{Kernel, KernelError};
 const IMAGE_MODULES_LOAD: &str = "/etc/modules-load.d/berth.conf";
 /// Drivers every image with containers needs: their root filesystems are overlays.
 const CONTAINER_MODULES: &[&str] = &["overlay"];
+/// What every image ships for coldplug and for init to load on demand: virtual and common
+/// server hardware, the filesystems `[[mount]]` takes, and what container networking needs.
+/// A name the kernel lacks (or builds in) is skipped; `--module` adds more.
+pub const DEFAULT_MODULES: &[&str] = &[
+    // Virtual machines.
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_console",
+    "qemu_fw_cfg",
+    "vmxnet3",
+    "ena",
+    // Disks and filesystems.
+    "nvme",
+    "ahci",
+    "sd_mod",
+    "ext4",
+    "vfat",
+    "isofs",
+    // Common server NICs.
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "r8169",
+    "tg3",
+    // Containers and their networks.
+    "overlay",
+    "bridge",
+    "veth",
+    "8021q",
+    "bonding",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_nat",
+    "nf_nat",
+];
 /// Index files copied into the image next to the modules.
 const MODULE_INDEX_FILES: &[&str] = &["modules.builtin"];
 /// What the image's description file is called in the output directory.
@@ -43,6 +83,9 @@ pub struct BuildOptions {
     pub init: Option<PathBuf>,
     /// OCI image layouts to bake into the image store.
     pub images: Vec<ImageSource>,
+    /// Kernel modules to ship beyond [`DEFAULT_MODULES`] (coldplug loads them when their
+    /// hardware is there).
+    pub extra_modules: Vec<String>,
 }
 
 /// What `berth build` wrote, as recorded in `image.json`.
@@ -75,6 +118,8 @@ pub enum BuildError {
         #[source]
         source: IndexError,
     },
+    #[error("--module {name}: kernel {release} has no such module")]
+    UnknownModule { name: String, release: String },
     #[error("no init binary for {arch}; looked at {}. Build it with `cargo build --profile guest -p berth-init --target {}`, or pass --init", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), arch.rust_target())]
     InitNotFound { arch: Arch, tried: Vec<PathBuf> },
     #[error("cannot read {}: {source}", path.display())]
@@ -211,9 +256,17 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     if !manifest.containers.is_empty() {
         image_modules.extend(CONTAINER_MODULES);
     }
+    if let Some(name) = options.extra_modules.iter().find(|m| !index.has(m)) {
+        return Err(BuildError::UnknownModule {
+            name: name.clone(),
+            release: kernel.release.clone(),
+        });
+    }
     let wanted: Vec<String> = image_modules
         .iter()
+        .chain(DEFAULT_MODULES.iter().filter(|m| index.has(m)))
         .map(|m| m.to_string())
+        .chain(options.extra_modules.iter().cloned())
         .chain(manifest.boot_modules().map(|m| m.canonical()))
         .collect();
     let closure = index
@@ -256,6 +309,13 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         &format!("{image_modules_dir}/modules.dep"),
         0o644,
         dep_lines.join("\n").into_bytes(),
+    );
+    let mut alias_lines = index.alias_lines(closure.iter().map(|(name, _)| name.as_str()));
+    alias_lines.push(String::new());
+    initramfs.file(
+        &format!("{image_modules_dir}/modules.alias"),
+        0o644,
+        alias_lines.join("\n").into_bytes(),
     );
     for name in MODULE_INDEX_FILES {
         let path = kernel.modules_dir.join(name);

@@ -12,7 +12,7 @@ use berth_oci::{Descriptor, Layout, OciError};
 use crate::initramfs::Initramfs;
 
 /// Where the image store goes inside the image (init's `IMAGE_STORE`).
-pub const IMAGE_STORE: &str = "/var/lib/berth/images";
+pub const IMAGE_STORE: &str = "/usr/lib/berth/images";
 /// The media type of an OCI image manifest, for manifests that do not say.
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 

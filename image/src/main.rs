@@ -60,6 +60,10 @@ enum Command {
         /// `org.opencontainers.image.ref.name`. Repeat for more images.
         #[arg(long = "image", value_name = "NAME:TAG=DIR")]
         images: Vec<ImageSource>,
+        /// A kernel module to ship beyond the default set; coldplug loads it when its hardware
+        /// is present. Repeat for more.
+        #[arg(long = "module", value_name = "NAME")]
+        modules_extra: Vec<String>,
     },
     /// Boot a built image under QEMU, console on this terminal. Ctrl-C presses the power
     /// button.
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             modules,
             init,
             images,
+            modules_extra,
         } => {
             let kernel = match (kernel, modules) {
                 (Some(image), Some(modules_dir)) => KernelChoice::Paths { image, modules_dir },
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
                 kernel,
                 init,
                 images,
+                extra_modules: modules_extra,
             };
             match assemble::build(&options) {
                 Ok(metadata) => {

@@ -3,18 +3,19 @@
 use std::path::Path;
 use std::time::Duration;
 
-use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
+use berth_manifest::{Manifest, ManifestError};
 use log::LevelFilter;
 use nix::sys::signal::SigmaskHow;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::coldplug::Coldplug;
 use crate::event::Event;
 use crate::event_loop::EventLoop;
 use crate::images;
 use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
 use crate::supervisor::Supervisor;
-use crate::{clock, logger, root_switch, signals};
+use crate::{clock, cmdline, host_setup, logger, root_switch, signals, storage};
 
 /// Module lists the image builder writes (power-button drivers and the like), in
 /// systemd's `modules-load.d` format.
@@ -45,6 +46,11 @@ pub fn boot_and_serve() -> ! {
     for failure in &mount_failures {
         log::error!("{failure}");
     }
+    let (params, warnings) = cmdline::read();
+    log::set_max_level(params.log_level);
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
     if let Some(err) = root_switch_error {
         log::error!("cannot move the root off the initramfs ({err}); containers cannot start");
     }
@@ -57,20 +63,32 @@ pub fn boot_and_serve() -> ! {
 
     // The manifest decides the rest; a bad one leaves the host up, degraded, and powered by
     // the same event loop so the power button still works.
-    let manifest = load_manifest(Path::new(MANIFEST_PATH));
+    let manifest = load_manifest(&params.manifest);
     let hostname = manifest
         .as_ref()
         .map_or(Manifest::DEFAULT_HOSTNAME, Manifest::hostname);
     if let Err(err) = nix::unistd::sethostname(hostname) {
         log::error!("cannot set hostname {hostname}: {err}");
     }
-    load_modules(manifest.as_ref().ok());
+    let mut coldplug = load_modules(manifest.as_ref().ok());
+
+    // Storage before anything that writes state: the machine-id and the containers may live
+    // on it.
+    let failed_mounts = match &manifest {
+        Ok(manifest) => storage::mount_all(&manifest.mounts, &mut coldplug),
+        Err(_) => Vec::new(),
+    };
+    host_setup::write_hosts(hostname);
+    host_setup::machine_id();
+    if let Ok(manifest) = &manifest {
+        host_setup::apply_sysctls(manifest);
+    }
 
     let Some(signal_fd) = signal_fd else {
         log::error!("no signalfd: init cannot serve events; idling");
         idle_forever()
     };
-    let mut event_loop = EventLoop::new(signal_fd);
+    let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")
@@ -86,7 +104,7 @@ pub fn boot_and_serve() -> ! {
             .emit(),
     }
     if let Ok(manifest) = &manifest {
-        event_loop.supervise(Supervisor::new(manifest));
+        event_loop.supervise(Supervisor::new(manifest, &failed_mounts));
     }
     event_loop.serve()
 }
@@ -159,13 +177,14 @@ fn load_manifest(path: &Path) -> Result<Manifest, ManifestError> {
     manifest
 }
 
-/// Loads the image's own module lists, then the manifest's `[boot] modules`.
-fn load_modules(manifest: Option<&Manifest>) {
+/// Loads the image's own module lists and the manifest's `[boot] modules`, then drivers for
+/// the hardware that is there. None when the kernel's module index cannot be read.
+fn load_modules(manifest: Option<&Manifest>) -> Option<Coldplug> {
     let index = match kmod::index_for_running_kernel() {
         Ok(index) => index,
         Err(err) => {
             log::error!("no kernel modules can be loaded: {err}");
-            return;
+            return None;
         }
     };
     let mut names = modules_load_d(Path::new(MODULES_LOAD_DIR));
@@ -173,7 +192,7 @@ fn load_modules(manifest: Option<&Manifest>) {
         names.extend(manifest.boot_modules().map(|m| m.canonical()));
     }
     let started = std::time::Instant::now();
-    let mut loading = ModuleLoading::new(&index, KernelLoader);
+    let mut loading = ModuleLoading::new(index, KernelLoader);
     let mut failed = 0usize;
     for name in &names {
         if let Err(err) = loading.load(name) {
@@ -186,6 +205,9 @@ fn load_modules(manifest: Option<&Manifest>) {
         names.len(),
         started.elapsed().as_millis()
     );
+    let mut coldplug = Coldplug::new(loading);
+    coldplug.scan();
+    Some(coldplug)
 }
 
 fn modules_load_d(dir: &Path) -> Vec<String> {

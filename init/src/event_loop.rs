@@ -13,6 +13,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
+use crate::cmdline::{BootParams, ButtonAction};
+use crate::coldplug::Coldplug;
 use crate::power_button::{self, PowerButton};
 use crate::reap;
 use crate::shutdown::{self, ShutdownAction};
@@ -33,15 +35,21 @@ pub struct EventLoop {
     buttons: Vec<PowerButton>,
     search_until: Instant,
     supervisor: Option<Supervisor>,
+    power_button: ButtonAction,
+    shutdown_timeout: Duration,
+    coldplug: Option<Coldplug>,
 }
 
 impl EventLoop {
-    pub fn new(signals: SignalFd) -> EventLoop {
+    pub fn new(signals: SignalFd, params: &BootParams, coldplug: Option<Coldplug>) -> EventLoop {
         let mut event_loop = EventLoop {
             signals,
             buttons: Vec::new(),
             search_until: Instant::now() + POWER_BUTTON_SEARCH,
             supervisor: None,
+            power_button: params.power_button,
+            shutdown_timeout: params.shutdown_timeout,
+            coldplug,
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -69,6 +77,8 @@ impl EventLoop {
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.turn())) {
                 Ok(Some((action, reason))) => {
+                    let started = Instant::now();
+                    shutdown::announce(action, reason);
                     // Containers go first, each with its own stop signal and grace period;
                     // the generic SIGTERM/SIGKILL sweep then takes whatever is left.
                     if let Some(supervisor) = self.supervisor.as_mut() {
@@ -77,8 +87,9 @@ impl EventLoop {
                             log::error!("stopping the containers panicked; going on with shutdown");
                         }
                     }
+                    let timeout = self.shutdown_timeout;
                     drop(self);
-                    shutdown::shutdown(action, reason)
+                    shutdown::shutdown(action, started, timeout)
                 }
                 Ok(None) => {}
                 Err(_) => {
@@ -102,8 +113,18 @@ impl EventLoop {
             .map(|s| s.streams().into_iter().map(|(id, _)| id).collect())
             .unwrap_or_default();
         let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(1 + self.buttons.len() + stream_ids.len());
+            let mut fds = Vec::with_capacity(2 + self.buttons.len() + stream_ids.len());
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+            // Always one slot for uevents, so the indexes below do not depend on it.
+            let uevents = self.coldplug.as_ref().and_then(Coldplug::fd);
+            fds.push(PollFd::new(
+                uevents.unwrap_or(self.signals.as_fd()),
+                if uevents.is_some() {
+                    PollFlags::POLLIN
+                } else {
+                    PollFlags::empty()
+                },
+            ));
             for button in &self.buttons {
                 fds.push(PollFd::new(button.file.as_fd(), PollFlags::POLLIN));
             }
@@ -129,17 +150,29 @@ impl EventLoop {
         if ready.first().copied().unwrap_or(false) {
             request = self.handle_signals();
         }
+        if ready.get(1).copied().unwrap_or(false) {
+            if let Some(coldplug) = self.coldplug.as_mut() {
+                coldplug.on_uevents();
+            }
+        }
         for (button, _) in self
             .buttons
             .iter_mut()
-            .zip(ready.iter().skip(1))
+            .zip(ready.iter().skip(2))
             .filter(|(_, ready)| **ready)
         {
-            if button.pressed() && request.is_none() {
-                request = Some((ShutdownAction::PowerOff, "power-button"));
+            if button.pressed() {
+                match self.power_button {
+                    ButtonAction::Shutdown(action) => {
+                        request.get_or_insert((action, "power-button"));
+                    }
+                    ButtonAction::Ignore => {
+                        log::info!("power button pressed; ignored (berth.power_button=ignore)")
+                    }
+                }
             }
         }
-        let first_stream = 1 + self.buttons.len();
+        let first_stream = 2 + self.buttons.len();
         if let Some(supervisor) = self.supervisor.as_mut() {
             // Highest index first: a stream that ends is removed, shifting those after it.
             for (id, _) in stream_ids

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use berth_oci::{ContainerConfig, Layout};
 
-/// The OCI layout `berth build` writes into the image.
-pub const IMAGE_STORE: &str = "/var/lib/berth/images";
+/// The OCI layout `berth build` writes into the image: read-only, and outside
+/// `/var/lib/berth` so that a data disk mounted there does not hide it.
+pub const IMAGE_STORE: &str = "/usr/lib/berth/images";
 /// Unpacked layers, one directory per `diff_id`, shared by every image and container.
 pub const LAYER_STORE: &str = "/var/lib/berth/layers";
 

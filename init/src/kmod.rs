@@ -69,14 +69,14 @@ impl ModuleLoader for KernelLoader {
 
 /// Loads modules by name, each once, and logs what it did.
 #[derive(Debug)]
-pub struct ModuleLoading<'a, L: ModuleLoader> {
-    index: &'a ModuleIndex,
+pub struct ModuleLoading<L: ModuleLoader> {
+    index: ModuleIndex,
     loader: L,
     loaded: HashSet<String>,
 }
 
-impl<'a, L: ModuleLoader> ModuleLoading<'a, L> {
-    pub fn new(index: &'a ModuleIndex, loader: L) -> Self {
+impl<L: ModuleLoader> ModuleLoading<L> {
+    pub fn new(index: ModuleIndex, loader: L) -> Self {
         ModuleLoading {
             index,
             loader,
@@ -105,8 +105,23 @@ impl<'a, L: ModuleLoader> ModuleLoading<'a, L> {
         Ok(())
     }
 
-    pub fn into_loader(self) -> L {
-        self.loader
+    pub fn index(&self) -> &ModuleIndex {
+        &self.index
+    }
+
+    /// Loads every module whose alias matches `modalias`; how many were newly loaded.
+    pub fn load_for_alias(&mut self, modalias: &str) -> usize {
+        let mut loaded = 0;
+        for module in self.index.modules_for(modalias) {
+            if self.loaded.contains(&module) {
+                continue;
+            }
+            match self.load(&module) {
+                Ok(()) => loaded += 1,
+                Err(err) => log::warn!("{modalias}: {err}"),
+            }
+        }
+        loaded
     }
 }
 
@@ -139,7 +154,7 @@ kernel/net/core/failover.ko:
             "kernel/drivers/virtio/virtio.ko\n",
         );
         let mut recorder = Recorder::default();
-        let mut loading = ModuleLoading::new(&index, &mut recorder);
+        let mut loading = ModuleLoading::new(index, &mut recorder);
         loading.load("virtio-net").unwrap();
         loading.load("net_failover").unwrap();
         loading.load("virtio").unwrap();

@@ -20,8 +20,11 @@
 
 mod boot;
 mod clock;
+mod cmdline;
+mod coldplug;
 pub mod event;
 mod event_loop;
+mod host_setup;
 mod images;
 pub mod kmod;
 mod logger;
@@ -31,6 +34,7 @@ mod reap;
 mod root_switch;
 mod shutdown;
 mod signals;
+mod storage;
 pub mod supervisor;
 
 /// Runs PID 1. Never returns.

@@ -12,8 +12,6 @@ use nix::unistd::Pid;
 
 use crate::event::Event;
 
-/// How long processes get between SIGTERM and SIGKILL.
-const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for SIGKILLed processes to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Pause between reaping rounds while waiting for processes to exit.
@@ -82,16 +80,20 @@ fn phase<T>(name: &str, work: impl FnOnce() -> T) -> T {
     result
 }
 
-/// Runs the shutdown sequence and hands the machine to the kernel. Never returns: if the
-/// kernel refuses, PID 1 stays alive and idle rather than exit (which would panic the kernel).
-pub fn shutdown(action: ShutdownAction, reason: &str) -> ! {
+/// Says a shutdown begins; the containers stop after this, then [`shutdown`] runs.
+pub fn announce(action: ShutdownAction, reason: &str) {
     Event::new("shutdown")
         .field("action", action)
         .field("reason", reason)
         .emit();
-    let started = Instant::now();
+}
+
+/// Runs the rest of the shutdown sequence and hands the machine to the kernel. Never
+/// returns: if the kernel refuses, PID 1 stays alive and idle rather than exit (which would
+/// panic the kernel).
+pub fn shutdown(action: ShutdownAction, started: Instant, terminate_grace: Duration) -> ! {
     let survivors = phase("terminate", || {
-        signal_all_and_wait(Signal::SIGTERM, TERMINATE_GRACE)
+        signal_all_and_wait(Signal::SIGTERM, terminate_grace)
     });
     if survivors {
         phase("kill", || signal_all_and_wait(Signal::SIGKILL, KILL_GRACE));

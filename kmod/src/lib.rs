@@ -3,8 +3,12 @@
 //! The image builder reads it to ship a module with exactly its dependencies; init reads the
 //! same files in the guest to load them in order. There is no modprobe in a berth image.
 
+mod alias;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+pub use alias::{glob_match, parse_aliases, Alias};
 
 /// Where module trees live, one directory per kernel release.
 pub const MODULES_ROOT: &str = "/lib/modules";
@@ -35,6 +39,7 @@ pub struct ModuleIndex {
     release_dir: PathBuf,
     modules: HashMap<String, ModuleEntry>,
     builtin: HashSet<String>,
+    aliases: Vec<Alias>,
 }
 
 /// The kernel's name for a module file: `kernel/net/virtio-net.ko` is `virtio_net`.
@@ -52,9 +57,10 @@ impl ModuleIndex {
             path: dep_path.clone(),
             source,
         })?;
-        let builtin =
-            std::fs::read_to_string(release_dir.join("modules.builtin")).unwrap_or_default();
-        Ok(ModuleIndex::parse(release_dir, &deps, &builtin))
+        let optional =
+            |name: &str| std::fs::read_to_string(release_dir.join(name)).unwrap_or_default();
+        let index = ModuleIndex::parse(release_dir, &deps, &optional("modules.builtin"));
+        Ok(index.with_aliases(parse_aliases(&optional("modules.alias"))))
     }
 
     pub fn parse(release_dir: &Path, modules_dep: &str, modules_builtin: &str) -> ModuleIndex {
@@ -79,7 +85,42 @@ impl ModuleIndex {
             release_dir: release_dir.to_path_buf(),
             modules,
             builtin,
+            aliases: Vec::new(),
         }
+    }
+
+    /// Uses these `modules.alias` entries for [`ModuleIndex::modules_for`].
+    pub fn with_aliases(mut self, aliases: Vec<Alias>) -> ModuleIndex {
+        self.aliases = aliases;
+        self
+    }
+
+    /// Modules whose alias patterns match `modalias` (a device's, or `fs-vfat` and the like),
+    /// each once, in `modules.alias` order.
+    pub fn modules_for(&self, modalias: &str) -> Vec<String> {
+        let mut found: Vec<String> = Vec::new();
+        for alias in &self.aliases {
+            if glob_match(&alias.pattern, modalias) && !found.contains(&alias.module) {
+                found.push(alias.module.clone());
+            }
+        }
+        found
+    }
+
+    /// The `modules.alias` lines of the given modules, to ship with them.
+    pub fn alias_lines<'a>(&self, modules: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let wanted: HashSet<&str> = modules.into_iter().collect();
+        self.aliases
+            .iter()
+            .filter(|a| wanted.contains(a.module.as_str()))
+            .map(|a| format!("alias {} {}", a.pattern, a.module))
+            .collect()
+    }
+
+    /// True when the kernel has `name`, as a module or built in.
+    pub fn has(&self, name: &str) -> bool {
+        let name = name.replace('-', "_");
+        self.modules.contains_key(&name) || self.builtin.contains(&name)
     }
 
     pub fn is_builtin(&self, name: &str) -> bool {
@@ -181,6 +222,31 @@ kernel/net/core/failover.ko:
         assert!(index.is_builtin("virtio"));
         let closure = index.closure(["virtio_net", "evdev"]).unwrap();
         assert_eq!(closure.len(), 4);
+    }
+
+    #[test]
+    fn reads_dep_builtin_and_alias_files_from_disk() {
+        let dir = std::env::temp_dir().join(format!("berth-kmod-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modules.dep"), DEP).unwrap();
+        std::fs::write(
+            dir.join("modules.builtin"),
+            "kernel/drivers/virtio/virtio.ko\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("modules.alias"),
+            "alias virtio:d00000001v* virtio_net\n",
+        )
+        .unwrap();
+        let index = ModuleIndex::read(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            index.modules_for("virtio:d00000001v00001AF4"),
+            ["virtio_net"]
+        );
+        assert!(index.is_builtin("virtio"));
+        assert!(index.has("virtio_net") && !index.has("e1000"));
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub struct Container {
     pub volumes: Vec<Volume>,
     #[serde(default)]
     pub tmpfs: Vec<Tmpfs>,
+    /// `"host"` shares the host's PID namespace (Compose's `pid: host`): the container sees
+    /// every process, and its orphans are re-parented to berth's init. For system tools.
+    pub pid: Option<PidMode>,
+}
+
+/// Compose's `pid` values berth supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PidMode {
+    Host,
 }
 
 impl Container {

@@ -80,7 +80,11 @@ impl ManifestError {
         let offset = err.span().map_or(0, |span| span.start);
         let (line, column) = line_and_column(text, offset);
         let field = field.replace(SPANNED_PATH_SEGMENT, "");
-        let field = if field == "." { String::new() } else { field };
+        let field = match field.as_str() {
+            // A syntax error has no serde path: name what is written on that line instead.
+            "" | "." => key_on_line(text, line),
+            _ => field,
+        };
         let mut message = err.message().trim_end().to_string();
         if let Some(suggestion) = suggest_known_key(&message) {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
@@ -93,6 +97,24 @@ impl ManifestError {
             message,
         }
     }
+}
+
+/// The table header or key written on 1-based `line`: `containers.web` for
+/// `[containers.web`, `hostname` for `hostname = ...`.
+fn key_on_line(text: &str, line: usize) -> String {
+    let Some(source) = text.lines().nth(line.saturating_sub(1)) else {
+        return String::new();
+    };
+    let source = source.trim();
+    let key = match source.strip_prefix('[') {
+        Some(header) => header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or(header),
+        None => source.split('=').next().unwrap_or_default(),
+    };
+    key.trim().trim_matches('"').to_string()
 }
 
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -154,6 +176,14 @@ mod tests {
             suggest_known_key("unknown field `zzzzzzzzz`, expected `hostname` or `boot`"),
             None
         );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_key_on_their_line() {
+        assert_eq!(key_on_line("a = 1\n[containers.web\n", 2), "containers.web");
+        assert_eq!(key_on_line("[[mount]]\n", 1), "mount");
+        assert_eq!(key_on_line("hostname = \"x\n", 1), "hostname");
+        assert_eq!(key_on_line("", 3), "");
     }
 
     #[test]

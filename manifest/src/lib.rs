@@ -20,6 +20,7 @@ mod container;
 mod duration;
 mod error;
 mod names;
+mod storage;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -28,12 +29,13 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use container::{
-    AbsolutePath, Command, Condition, Container, DependsOn, Environment, RestartPolicy, SignalName,
-    Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
+    AbsolutePath, Command, Condition, Container, DependsOn, Environment, PidMode, RestartPolicy,
+    SignalName, Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
 };
 pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
 pub use names::{ContainerName, Hostname, ModuleName};
+pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
 
 /// Where init reads the manifest inside the image.
 pub const MANIFEST_PATH: &str = "/etc/berth/manifest.toml";
@@ -50,6 +52,9 @@ pub struct Manifest {
     /// The containers the host runs, by name.
     #[serde(default)]
     pub containers: BTreeMap<ContainerName, Container>,
+    /// Block devices mounted at boot, in this order (`[[mount]]`).
+    #[serde(default, rename = "mount")]
+    pub mounts: Vec<MountEntry>,
 }
 
 /// The `[boot]` table.
@@ -59,6 +64,9 @@ pub struct Boot {
     /// Kernel modules loaded at boot, with their dependencies, in this order.
     #[serde(default)]
     pub modules: Vec<toml::Spanned<ModuleName>>,
+    /// Kernel parameters written to `/proc/sys` at boot.
+    #[serde(default)]
+    pub sysctl: BTreeMap<SysctlKey, SysctlValue>,
 }
 
 impl Manifest {
@@ -148,7 +156,7 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_field_and_suggests() {
         let err = parse("hostname = \"a\"\n\n[boot]\nmodule = []\n").unwrap_err();
-        assert_eq!(err.to_string(), "m.toml:4:1: boot.module: unknown field `module`, expected `modules` (did you mean `modules`?)");
+        assert_eq!(err.to_string(), "m.toml:4:1: boot.module: unknown field `module`, expected `modules` or `sysctl` (did you mean `modules`?)");
     }
 
     #[test]
@@ -293,9 +301,38 @@ environment = ["A=1", "B=two=2"]
     }
 
     #[test]
+    fn mounts_and_sysctls() {
+        let manifest = parse(
+            "[boot]\nsysctl = { \"net.ipv4.ip_forward\" = 1, \"vm.overcommit_memory\" = \"1\", \"net.ipv6.conf.all.forwarding\" = true }\n\
+             [[mount]]\ndevice = \"LABEL=data\"\ntarget = \"/var/lib/berth\"\nfstype = \"ext4\"\noptions = \"noatime,commit=30\"\n\
+             [[mount]]\ndevice = \"/dev/vdb\"\ntarget = \"/srv\"\nfstype = \"vfat\"\noptions = [\"ro\"]\n",
+        )
+        .unwrap();
+        assert_eq!(manifest.mounts.len(), 2);
+        assert_eq!(manifest.mounts[0].options.0, ["noatime", "commit=30"]);
+        let paths: Vec<String> = manifest
+            .boot
+            .sysctl
+            .keys()
+            .map(SysctlKey::proc_path)
+            .collect();
+        assert!(paths.contains(&"/proc/sys/net/ipv4/ip_forward".to_string()));
+        assert!(manifest.boot.sysctl.values().any(|v| v.0 == "1"));
+        let err = parse("[[mount]]\ndevice = \"data\"\ntarget = \"/x\"\nfstype = \"ext4\"\n")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("m.toml:2:10: mount[0].device: `data` is not a device"),
+            "{err}"
+        );
+        let err = parse("[boot]\nsysctl = { \"../x\" = 1 }\n").unwrap_err();
+        assert!(err.to_string().contains("boot.sysctl"), "{err}");
+    }
+
+    #[test]
     fn syntax_error_names_line_and_column() {
         let err = parse("hostname = \"a\"\n[boot\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("m.toml:2:6: "), "{text}");
+        assert!(text.starts_with("m.toml:2:6: boot: "), "{text}");
     }
 }

@@ -72,6 +72,8 @@ pub struct ContainerSpec {
     /// `uid[:gid]` or names from the container's `/etc/passwd` and `/etc/group`; root when
     /// `None`.
     pub user: Option<String>,
+    /// Share the host's PID namespace instead of getting a new one.
+    pub host_pid: bool,
     /// The cgroup directory the process is placed in before it runs anything.
     pub cgroup: Option<PathBuf>,
     /// Where the container's stdout and stderr go (write ends; stdin is `/dev/null`).

@@ -18,11 +18,12 @@ const CHILD_STACK_SIZE: usize = 1 << 20;
 /// The namespaces every container gets. The cgroup namespace is entered by the child itself,
 /// once the parent has moved it into its cgroup, so that the container sees that cgroup as
 /// its root.
-fn namespaces() -> CloneFlags {
-    CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
+fn namespaces(spec: &ContainerSpec) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if !spec.host_pid {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
+    flags
 }
 
 /// A started container process.
@@ -54,7 +55,7 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
         nix::sched::clone(
             child_main,
             &mut stack,
-            namespaces(),
+            namespaces(spec),
             Some(Signal::SIGCHLD as i32),
         )
     }

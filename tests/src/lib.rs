@@ -118,6 +118,7 @@ pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf
             name: Some(images::BUSYBOX.to_string()),
             dir: images::busybox_layout(arch)?,
         }],
+        extra_modules: Vec::new(),
     };
     berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
     Ok(out)
@@ -133,6 +134,27 @@ pub fn boot(arch: Arch, manifest: &str, test: &str) -> Result<Machine, String> {
     let dir = log_dir(test);
     let image = build_image(arch, manifest, &dir)?;
     Machine::start(&machine_config(arch, &image, &dir)).map_err(|e| e.to_string())
+}
+
+/// Builds and boots `manifest` on `arch` and waits for the ready line; panics (failing the
+/// test) with the console log's path otherwise.
+pub fn boot_to_ready(arch: Arch, manifest: &str, test: &str) -> Machine {
+    let mut machine = boot(arch, manifest, test).unwrap_or_else(|e| panic!("{e}"));
+    machine
+        .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    machine
+}
+
+/// How long a guest may take to print a line a test waits for after boot.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Waits for the next console line matching `regex`; panics with the console log's path.
+pub fn wait_line(machine: &mut Machine, regex: &str) -> String {
+    machine
+        .wait_for_line(&pattern(regex), LINE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text
 }
 
 /// A regex that the tests' patterns are known to be valid for.

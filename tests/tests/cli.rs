@@ -54,7 +54,7 @@ fn unknown_key_is_refused_with_file_line_field_and_suggestion() {
     let dir = log_dir("cli-unknown-key");
     let stderr = refused_with(&dir, "hostname = \"a\"\n\n[boot]\nmodule = [\"evdev\"]\n");
     let expected = format!(
-        "{}:4:1: boot.module: unknown field `module`, expected `modules` (did you mean `modules`?)",
+        "{}:4:1: boot.module: unknown field `module`, expected `modules` or `sysctl` (did you mean `modules`?)",
         dir.join("manifest.toml").display()
     );
     assert!(stderr.contains(&expected), "{stderr}");

@@ -6,27 +6,10 @@ use std::time::Duration;
 use berth_arch::Arch;
 use berth_qemu::Machine;
 use berth_tests::events::{self, EventLine};
-use berth_tests::{boot, pattern, READY_PATTERN, READY_TIMEOUT};
+use berth_tests::{boot_to_ready, wait_line};
 
-/// How long a container may take to do what a test waits for.
-const CONTAINER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Slack allowed on a restart delay: TCG guests are slow and the clock is the guest's.
 const DELAY_TOLERANCE_MS: u64 = 400;
-
-fn started(arch: Arch, manifest: &str, test: &str) -> Machine {
-    let mut machine = boot(arch, manifest, test).unwrap_or_else(|e| panic!("{e}"));
-    machine
-        .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    machine
-}
-
-fn wait(machine: &mut Machine, regex: &str) -> String {
-    machine
-        .wait_for_line(&pattern(regex), CONTAINER_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text
-}
 
 fn evidence(machine: &Machine) -> String {
     format!("console: {}", machine.console_log().display())
@@ -45,9 +28,9 @@ depends_on = { hello = { condition = "service_completed_successfully" } }
 "#;
 
 fn token_reaches_console_and_log_file(arch: Arch) {
-    let mut machine = started(arch, TOKEN_MANIFEST, &format!("containers-token-{arch}"));
-    wait(&mut machine, r"^hello \| token-42$");
-    wait(&mut machine, r"^reader \| from-log: token-42$");
+    let mut machine = boot_to_ready(arch, TOKEN_MANIFEST, &format!("containers-token-{arch}"));
+    wait_line(&mut machine, r"^hello \| token-42$");
+    wait_line(&mut machine, r"^reader \| from-log: token-42$");
     let exits = events::events(&machine, "exited", Some("hello"));
     assert_eq!(
         exits.first().and_then(|e| e.get("code")),
@@ -91,8 +74,8 @@ image = "busybox:1.35"
 command = ["sh", "-c", "echo attempt; exit 1"]
 restart = "on-failure:3"
 "#;
-    let mut machine = started(Arch::X86_64, manifest, "containers-on-failure");
-    let stopped = wait(&mut machine, r"^berth event=stopped container=flaky ");
+    let mut machine = boot_to_ready(Arch::X86_64, manifest, "containers-on-failure");
+    let stopped = wait_line(&mut machine, r"^berth event=stopped container=flaky ");
     assert!(stopped.contains("reason=restart-limit"), "{stopped}");
     // Nothing starts it again afterwards.
     std::thread::sleep(Duration::from_secs(2));
@@ -142,8 +125,8 @@ image = "busybox:1.35"
 command = ["sh", "-c", "n=$(cat /count 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /count; echo run-$n; if [ $n -eq 3 ]; then sleep 11; fi; exit 1"]
 restart = "always"
 "#;
-    let mut machine = started(Arch::X86_64, manifest, "containers-always-no-reset");
-    wait(&mut machine, r"^slowly \| run-4$");
+    let mut machine = boot_to_ready(Arch::X86_64, manifest, "containers-always-no-reset");
+    wait_line(&mut machine, r"^slowly \| run-4$");
     let always_starts = events::events(&machine, "started", Some("always"));
     assert!(
         always_starts.len() >= 3,
@@ -182,8 +165,8 @@ image = "busybox:1.35"
 command = ["sh", "-c", "echo app-up; sleep 1000"]
 depends_on = { db = { condition = "service_started" }, migrate = { condition = "service_completed_successfully" } }
 "#;
-    let mut machine = started(Arch::X86_64, manifest, "containers-depends-on");
-    wait(&mut machine, r"^app \| app-up$");
+    let mut machine = boot_to_ready(Arch::X86_64, manifest, "containers-depends-on");
+    wait_line(&mut machine, r"^app \| app-up$");
     let at = |kind: &str, container: &str| {
         events::events(&machine, kind, Some(container))
             .first()
@@ -218,8 +201,8 @@ depends_on = { probe = { condition = "service_completed_successfully" } }
 image = "busybox:1.35"
 command = ["/no/such/program"]
 "#;
-    let mut machine = started(Arch::X86_64, manifest, "containers-isolation");
-    wait(&mut machine, r"^other \| layers=");
+    let mut machine = boot_to_ready(Arch::X86_64, manifest, "containers-isolation");
+    wait_line(&mut machine, r"^other \| layers=");
     let probe = events::output(&machine, "probe");
     let other = events::output(&machine, "other");
     let ctx = evidence(&machine);

@@ -14,6 +14,7 @@ pub mod policy;
 mod spec;
 
 use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_manifest::{Condition, Container, ContainerName, Manifest, RestartPolicy};
@@ -85,8 +86,10 @@ fn millis(d: Duration) -> String {
 }
 
 impl Supervisor {
-    pub fn new(manifest: &Manifest) -> Supervisor {
-        let containers = manifest
+    /// Takes the manifest's containers; those with a volume under one of `failed_mounts` are
+    /// held back (their data would land on the wrong filesystem).
+    pub fn new(manifest: &Manifest, failed_mounts: &[PathBuf]) -> Supervisor {
+        let containers: Vec<Supervised> = manifest
             .start_order()
             .into_iter()
             .filter_map(|name| {
@@ -111,11 +114,25 @@ impl Supervisor {
                 })
             })
             .collect();
-        Supervisor {
+        let mut supervisor = Supervisor {
             containers,
             images: ImageCache::new(),
             shutting_down: false,
+        };
+        for index in 0..supervisor.containers.len() {
+            let blocked_by = supervisor
+                .containers
+                .get(index)
+                .and_then(|c| spec::volume_under(&c.config, failed_mounts));
+            if let Some(target) = blocked_by {
+                supervisor.stop_for_good(
+                    index,
+                    "mount-failed",
+                    Some(&target.display().to_string()),
+                );
+            }
         }
+        supervisor
     }
 
     /// Starts every container whose time has come: dependencies met, or backoff elapsed.

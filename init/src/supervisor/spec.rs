@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use berth_manifest::{Container, VolumeSource};
+use berth_manifest::{Container, PidMode, VolumeSource};
 use berth_runtime::{ContainerSpec, ExtraMount, RootfsSpec};
 
 use crate::images::PreparedImage;
@@ -53,17 +53,28 @@ fn create_dir(path: &Path) -> Result<(), String> {
     std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))
 }
 
+/// The host directory a volume of `config` takes its data from.
+fn volume_source(source: &VolumeSource) -> PathBuf {
+    match source {
+        VolumeSource::HostPath(path) => PathBuf::from(path),
+        VolumeSource::Named(name) => Path::new(VOLUMES_DIR).join(name),
+    }
+}
+
+/// The first of `targets` that holds one of `config`'s volumes.
+pub fn volume_under<'a>(config: &Container, targets: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    targets.iter().find(|target| {
+        config
+            .volumes
+            .iter()
+            .any(|v| volume_source(&v.source).starts_with(target))
+    })
+}
+
 pub fn mounts(config: &Container) -> Result<Vec<ExtraMount>, String> {
     let mut mounts = Vec::new();
     for volume in &config.volumes {
-        let source = match &volume.source {
-            VolumeSource::HostPath(path) => PathBuf::from(path),
-            VolumeSource::Named(name) => {
-                let dir = Path::new(VOLUMES_DIR).join(name);
-                create_dir(&dir)?;
-                dir
-            }
-        };
+        let source = volume_source(&volume.source);
         if !source.exists() {
             create_dir(&source)?;
         }
@@ -117,6 +128,7 @@ pub fn build(
         env: environment(config, image),
         cwd,
         user,
+        host_pid: config.pid == Some(PidMode::Host),
         cgroup: Some(Path::new(CGROUP_PARENT).join(name)),
         stdout,
         stderr,

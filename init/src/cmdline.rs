@@ -1,0 +1,124 @@
+//! `berth.*` parameters on the kernel command line: what an operator can change at the boot
+//! prompt or in a rig without rebuilding the image. The README lists them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_manifest::{parse_duration, MANIFEST_PATH};
+use log::LevelFilter;
+
+use crate::shutdown::ShutdownAction;
+
+/// Default time between SIGTERM and SIGKILL for processes left after the containers stopped.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the power button does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ButtonAction {
+    Shutdown(ShutdownAction),
+    Ignore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    /// `berth.manifest=PATH`: the manifest to read instead of `/etc/berth/manifest.toml`.
+    pub manifest: PathBuf,
+    /// `berth.log_level=error|warn|info|debug|trace`.
+    pub log_level: LevelFilter,
+    /// `berth.shutdown_timeout=DURATION`: SIGTERM to SIGKILL for leftover processes.
+    pub shutdown_timeout: Duration,
+    /// `berth.power_button=poweroff|reboot|halt|ignore`.
+    pub power_button: ButtonAction,
+}
+
+impl Default for BootParams {
+    fn default() -> Self {
+        BootParams {
+            manifest: PathBuf::from(MANIFEST_PATH),
+            log_level: LevelFilter::Info,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            power_button: ButtonAction::Shutdown(ShutdownAction::PowerOff),
+        }
+    }
+}
+
+/// Parses the command line; unknown or malformed `berth.*` parameters come back as warnings
+/// and leave the default in place.
+pub fn parse(cmdline: &str) -> (BootParams, Vec<String>) {
+    let mut params = BootParams::default();
+    let mut warnings = Vec::new();
+    for word in cmdline.split_whitespace() {
+        let Some(setting) = word.strip_prefix("berth.") else {
+            continue;
+        };
+        let (key, value) = setting.split_once('=').unwrap_or((setting, ""));
+        let applied = match key {
+            "manifest" if value.starts_with('/') => {
+                params.manifest = PathBuf::from(value);
+                true
+            }
+            "log_level" => value
+                .parse::<LevelFilter>()
+                .map(|level| params.log_level = level)
+                .is_ok(),
+            "shutdown_timeout" => parse_duration(value)
+                .map(|timeout| params.shutdown_timeout = timeout)
+                .is_ok(),
+            "power_button" => {
+                let action = match value {
+                    "poweroff" => Some(ButtonAction::Shutdown(ShutdownAction::PowerOff)),
+                    "reboot" => Some(ButtonAction::Shutdown(ShutdownAction::Reboot)),
+                    "halt" => Some(ButtonAction::Shutdown(ShutdownAction::Halt)),
+                    "ignore" => Some(ButtonAction::Ignore),
+                    _ => None,
+                };
+                action.map(|a| params.power_button = a).is_some()
+            }
+            _ => false,
+        };
+        if !applied {
+            warnings.push(format!("kernel command line: ignoring `{word}`"));
+        }
+    }
+    (params, warnings)
+}
+
+/// Reads `/proc/cmdline`.
+pub fn read() -> (BootParams, Vec<String>) {
+    match std::fs::read_to_string("/proc/cmdline") {
+        Ok(text) => parse(&text),
+        Err(err) => (
+            BootParams::default(),
+            vec![format!("cannot read /proc/cmdline: {err}")],
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn berth_parameters_override_defaults_and_others_are_left_alone() {
+        let (params, warnings) = parse(
+            "console=ttyS0 quiet berth.manifest=/etc/berth/other.toml berth.log_level=debug \
+             berth.shutdown_timeout=2s berth.power_button=reboot",
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(params.manifest, PathBuf::from("/etc/berth/other.toml"));
+        assert_eq!(params.log_level, LevelFilter::Debug);
+        assert_eq!(params.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(
+            params.power_button,
+            ButtonAction::Shutdown(ShutdownAction::Reboot)
+        );
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_the_default() {
+        let (params, warnings) =
+            parse("berth.manifest=relative berth.log_level=loud berth.nope=1 berth.power_button=x");
+        assert_eq!(params, BootParams::default());
+        assert_eq!(warnings.len(), 4);
+    }
+}
