@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::duration::ComposeDuration;
+use crate::security::{ByteSize, Capability, Cpus, Ranged, SecurityOpt, Ulimits};
 
 /// Docker's default grace period between the stop signal and SIGKILL.
 pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -41,6 +42,38 @@ pub struct Container {
     /// `"host"` shares the host's PID namespace (Compose's `pid: host`): the container sees
     /// every process, and its orphans are re-parented to berth's init. For system tools.
     pub pid: Option<PidMode>,
+    /// Capabilities added to Docker's default set, or `ALL`.
+    #[serde(default)]
+    pub cap_add: Vec<Capability>,
+    /// Capabilities removed from Docker's default set, or `ALL`.
+    #[serde(default)]
+    pub cap_drop: Vec<Capability>,
+    /// Every capability, no seccomp filter, no masked or read-only paths, the host's devices:
+    /// for system containers only.
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub security_opt: Vec<SecurityOpt>,
+    /// Mount the root filesystem read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Supplementary groups (names from the image's `/etc/group`, or numbers).
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// memory.max.
+    pub mem_limit: Option<ByteSize>,
+    /// Memory plus swap (memory.swap.max is the difference); `-1` is unlimited swap.
+    pub memswap_limit: Option<ByteSize>,
+    /// cpu.max, in CPUs.
+    pub cpus: Option<Cpus>,
+    /// Docker's relative CPU weight (2 to 262144, 1024 by default), as cpu.weight.
+    pub cpu_shares: Option<Ranged<2, 262_144>>,
+    /// pids.max; `-1` is unlimited.
+    pub pids_limit: Option<Ranged<-1, { i64::MAX }>>,
+    /// Docker's block I/O weight (10 to 1000), as io.weight.
+    pub blkio_weight: Option<Ranged<10, 1000>>,
+    #[serde(default)]
+    pub ulimits: Ulimits,
 }
 
 /// Compose's `pid` values berth supports.

@@ -20,6 +20,7 @@ mod container;
 mod duration;
 mod error;
 mod names;
+mod security;
 mod storage;
 mod validate;
 
@@ -35,6 +36,10 @@ pub use container::{
 pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
 pub use names::{ContainerName, Hostname, ModuleName};
+pub use security::{
+    parse_bytes, ByteSize, Capability, Cpus, Ranged, SecurityOpt, Ulimit, Ulimits, CAPABILITIES,
+    DEFAULT_CAPABILITIES, ULIMIT_NAMES,
+};
 pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
 
 /// Where init reads the manifest inside the image.
@@ -279,6 +284,26 @@ environment = ["A=1", "B=two=2"]
             (
                 "[containers.w]\nimage = \"x:1\"\ncomand = []\n",
                 "containers.w.comand",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\ncpu_shares = 1\n",
+                "containers.w.cpu_shares",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\nmem_limit = \"lots\"\n",
+                "containers.w.mem_limit",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\ncap_add = [\"NET_GOD\"]\n",
+                "containers.w.cap_add[0]",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\nulimits = { nofiles = 1 }\n",
+                "containers.w.ulimits",
+            ),
+            (
+                "[containers.w]\nimage = \"x:1\"\nsecurity_opt = [\"apparmor=x\"]\n",
+                "containers.w.security_opt[0]",
             ),
         ];
         for (text, field) in cases {

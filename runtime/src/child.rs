@@ -14,7 +14,7 @@ use nix::unistd::{chdir, execve, pivot_root, setgid, setgroups, sethostname, set
 
 use crate::spawn::SETUP_FAILED_EXIT;
 use crate::user::{resolve_user, ResolvedUser};
-use crate::{devices, ContainerSpec, ExtraMount, RootfsSpec};
+use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, RootfsSpec};
 
 /// `PATH` when the container's environment sets none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -62,23 +62,63 @@ fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd) -> StepResult<Infallible> 
     let root = &spec.rootfs.merged_dir;
     mount_extra(root, &spec.mounts)?;
     // /proc, /sys and /dev go in after the operator's mounts so that none can shadow them.
-    devices::mount_kernel_filesystems(root)?;
+    devices::mount_kernel_filesystems(root, spec.security.privileged)?;
     pivot_into(root)?;
     step(
         || format!("set hostname {}", spec.name),
         sethostname(&spec.name),
     )?;
+    let security = &spec.security;
+    if security.protect_kernel_paths {
+        security::mask_and_protect_paths()?;
+    }
     // The user is looked up in the container's own /etc/passwd, so after pivot_root.
-    let user = resolve_user(
+    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let mut user = resolve_user(
         spec.user.as_deref(),
         &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
-        &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+        &group_file,
     )?;
-    // Created as root, before the privileges go.
+    user.additional_gids
+        .extend(resolve_groups(&spec.group_add, &group_file)?);
+    // Created as root, before the root goes read-only and the privileges go.
     enter_working_dir(&spec.cwd)?;
+    if security.read_only_root {
+        security::read_only_root()?;
+    }
+    security::set_rlimits(&spec.rlimits)?;
+    // The bounding set shrinks while CAP_SETPCAP is still held; the other sets are set after
+    // the uid change, which keep-caps makes survive.
+    security::limit_bounding_set(&security.capabilities)?;
+    security::keep_capabilities_across_setuid(true)?;
     drop_privileges(&user)?;
+    security::set_capabilities(&security.capabilities)?;
+    if security.no_new_privs {
+        security::no_new_privileges()?;
+    }
     reset_signals()?;
+    // Last: the filter may refuse what the steps above needed.
+    if security.seccomp {
+        seccomp::install(&seccomp::default_profile(&security.capabilities)?)?;
+    }
     exec(spec, &user)
+}
+
+/// Group names or numbers from `group_add`, as gids.
+fn resolve_groups(groups: &[String], group_file: &str) -> StepResult<Vec<u32>> {
+    groups
+        .iter()
+        .map(|group| {
+            group.parse::<u32>().or_else(|_| {
+                group_file
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|fields| fields.first() == Some(&group.as_str()))
+                    .and_then(|fields| fields.get(2).and_then(|g| g.parse().ok()))
+                    .ok_or_else(|| format!("group `{group}` is not in the container's /etc/group"))
+            })
+        })
+        .collect()
 }
 
 fn wait_for_parent(go: &OwnedFd) -> StepResult {

@@ -78,16 +78,36 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
     ("ptmx", "pts/ptmx"),
 ];
 
-/// Mounts `/proc`, `/sys` and `/dev` (with its devices) into the container root `root`.
-pub(crate) fn mount_kernel_filesystems(root: &Path) -> Result<(), String> {
+/// Mounts `/proc`, `/sys` and `/dev` (with its devices) into the container root `root`. A
+/// privileged container gets a writable `/sys` and the host's `/dev` instead.
+pub(crate) fn mount_kernel_filesystems(root: &Path, privileged: bool) -> Result<(), String> {
     for m in KERNEL_MOUNTS {
         let target = inside(root, m.target)?;
         std::fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", m.target))?;
+        if privileged && m.target == "/dev" {
+            mount(
+                Some("/dev"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind the host's /dev: {e}"))?;
+            continue;
+        }
+        if privileged && m.target.starts_with("/dev/") {
+            continue;
+        }
+        let flags = if privileged {
+            m.flags - MsFlags::MS_RDONLY
+        } else {
+            m.flags
+        };
         mount(
             Some(m.fstype),
             &target,
             Some(m.fstype),
-            m.flags,
+            flags,
             (!m.data.is_empty()).then_some(m.data),
         )
         .map_err(|e| format!("mount {} on {}: {e}", m.fstype, m.target))?;

@@ -18,11 +18,16 @@
     clippy::unimplemented
 )]
 
+mod cgroup;
 mod child;
 mod devices;
+mod seccomp;
+mod security;
 mod spawn;
 mod user;
 
+pub use cgroup::{delegate_controllers, oom_kills, CgroupLimits, CONTROLLERS};
+pub use security::{MASKED_PATHS, READONLY_PATHS};
 pub use spawn::{spawn, Spawned};
 pub use user::{resolve_user, ResolvedUser};
 
@@ -74,11 +79,48 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Share the host's PID namespace instead of getting a new one.
     pub host_pid: bool,
+    pub security: Security,
+    /// Supplementary groups beyond the user's own (names or numbers).
+    pub group_add: Vec<String>,
+    /// (rlimit name as Compose writes it, soft, hard).
+    pub rlimits: Vec<(String, u64, u64)>,
+    pub limits: CgroupLimits,
     /// The cgroup directory the process is placed in before it runs anything.
     pub cgroup: Option<PathBuf>,
     /// Where the container's stdout and stderr go (write ends; stdin is `/dev/null`).
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// What the container's process may do. `Security::default()` is Docker's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// Capability numbers kept in the bounding, permitted, effective and inheritable sets.
+    pub capabilities: Vec<u8>,
+    /// Docker's default seccomp profile (adjusted for the capabilities held).
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    /// runc's masked and read-only paths of /proc and /sys.
+    pub protect_kernel_paths: bool,
+    pub read_only_root: bool,
+    /// The host's devices and a writable /sys.
+    pub privileged: bool,
+}
+
+/// Docker's default capability set, by number.
+pub const DEFAULT_CAPABILITIES: &[u8] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            capabilities: DEFAULT_CAPABILITIES.to_vec(),
+            seccomp: true,
+            no_new_privs: true,
+            protect_kernel_paths: true,
+            read_only_root: false,
+            privileged: false,
+        }
+    }
 }
 
 /// A failed container start, naming the step and what it acted on.

@@ -69,7 +69,9 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
         error
     };
     if let Some(cgroup) = &spec.cgroup {
+        // Limits first, so they hold from the process' first instruction in the cgroup.
         std::fs::create_dir_all(cgroup)
+            .and_then(|()| spec.limits.apply(cgroup).map_err(std::io::Error::other))
             .and_then(|()| std::fs::write(cgroup.join("cgroup.procs"), pid.as_raw().to_string()))
             .map_err(|source| {
                 abort(RuntimeError::Cgroup {
