@@ -78,6 +78,7 @@ pub fn boot_and_serve() -> ! {
         Ok(manifest) => storage::mount_all(&manifest.mounts, &mut coldplug),
         Err(_) => Vec::new(),
     };
+    host_setup::cgroups();
     host_setup::write_hosts(hostname);
     host_setup::machine_id();
     if let Ok(manifest) = &manifest {

@@ -8,6 +8,40 @@ use berth_manifest::Manifest;
 
 use crate::event::Event;
 
+/// cgroup v2's root, mounted by init.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The host's own processes (init, netd): protected memory, so that a container at its
+/// limit never starves them.
+const SYSTEM_CGROUP: &str = "/sys/fs/cgroup/system";
+/// Memory the host's own processes keep whatever the containers do (memory.min).
+const SYSTEM_MEMORY_RESERVE: &str = "16M";
+
+/// Moves init into its protected cgroup and lets container cgroups use every controller.
+pub fn cgroups() {
+    let root = Path::new(CGROUP_ROOT);
+    let delegated = berth_runtime::delegate_controllers(root);
+    let system = Path::new(SYSTEM_CGROUP);
+    let setup = std::fs::create_dir_all(system)
+        .and_then(|()| std::fs::write(system.join("memory.min"), SYSTEM_MEMORY_RESERVE))
+        .and_then(|()| std::fs::write(system.join("cgroup.procs"), "1"));
+    if let Err(err) = setup {
+        log::warn!("the host's memory reserve is not in place: {err}");
+    }
+    let containers = Path::new(crate::supervisor::CGROUP_PARENT);
+    if let Err(err) = std::fs::create_dir_all(containers) {
+        log::warn!("cannot create {}: {err}", containers.display());
+    }
+    let delegated_below = berth_runtime::delegate_controllers(containers);
+    log::info!(
+        "cgroups: controllers {} for containers, {SYSTEM_MEMORY_RESERVE} reserved for the host",
+        if delegated_below.is_empty() {
+            delegated.join(" ")
+        } else {
+            delegated_below.join(" ")
+        }
+    );
+}
+
 /// The machine-id's persistent copy.
 const PERSISTENT_MACHINE_ID: &str = "/var/lib/berth/machine-id";
 const MACHINE_ID: &str = "/etc/machine-id";

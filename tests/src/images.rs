@@ -1,5 +1,6 @@
 //! Test images: Debian's busybox-static packed into an OCI layout by `umoci`, a tool that is
-//! not berth's, so the tests read images as the outside world writes them.
+//! not berth's, so the tests read images as the outside world writes them. The image also
+//! holds `/bin/berth-probe`, the isolation tests' probe.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +16,9 @@ use crate::target_dir;
 pub const BUSYBOX_TAG: &str = "1.35";
 /// The name the manifests use.
 pub const BUSYBOX: &str = "busybox:1.35";
+
+/// Bump when `build_rootfs` changes, so cached test images are rebuilt.
+const RECIPE_VERSION: u32 = 2;
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
 daemon:x:1:1:daemon:/usr/sbin:/bin/false\n\
@@ -69,6 +73,9 @@ fn build_rootfs(arch: Arch, rootfs: &Path) -> Result<(), String> {
     std::fs::write(rootfs.join("etc/group"), GROUP).map_err(|e| e.to_string())?;
     std::fs::write(rootfs.join("www/index.html"), "hello from berth\n")
         .map_err(|e| e.to_string())?;
+    // The isolation tests' probe, built for the image's arch.
+    let probe = crate::guest_binary("berth-probe", "berth-probe", arch)?;
+    std::fs::copy(probe, bin.join("berth-probe")).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -81,7 +88,13 @@ pub fn busybox_layout(arch: Arch) -> Result<PathBuf, String> {
         .join("test-images")
         .join(format!("busybox-{arch}"));
     let layout = base.join("layout");
-    if base.join(".complete").exists() {
+    // The image holds the probe, so a rebuilt probe means a rebuilt image.
+    let probe = crate::guest_binary("berth-probe", "berth-probe", arch)?;
+    let probe_stamp = std::fs::metadata(&probe)
+        .and_then(|m| m.modified())
+        .map(|t| format!("recipe {RECIPE_VERSION}, probe {t:?}"))
+        .map_err(|e| format!("{}: {e}", probe.display()))?;
+    if std::fs::read_to_string(base.join(".complete")).is_ok_and(|s| s == probe_stamp) {
         return Ok(layout);
     }
     let _ = std::fs::remove_dir_all(&base);
@@ -114,6 +127,6 @@ pub fn busybox_layout(arch: Arch) -> Result<PathBuf, String> {
     ]))?;
     run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout))?;
     let _ = std::fs::remove_dir_all(&bundle);
-    std::fs::write(base.join(".complete"), "").map_err(|e| e.to_string())?;
+    std::fs::write(base.join(".complete"), probe_stamp).map_err(|e| e.to_string())?;
     Ok(layout)
 }

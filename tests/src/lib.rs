@@ -157,6 +157,28 @@ pub fn wait_line(machine: &mut Machine, regex: &str) -> String {
         .text
 }
 
+/// Waits until some console line, anywhere since boot, matches `regex`: for lines of
+/// several containers whose order is not fixed.
+pub fn wait_seen(machine: &Machine, regex: &str) -> String {
+    let pattern = pattern(regex);
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    loop {
+        if let Some(line) = machine
+            .console_lines()
+            .into_iter()
+            .find(|l| pattern.is_match(&l.text))
+        {
+            return line.text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no console line matched `{regex}` within {LINE_TIMEOUT:?}; console log: {}",
+            machine.console_log().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A regex that the tests' patterns are known to be valid for.
 pub fn pattern(text: &str) -> regex::Regex {
     regex::Regex::new(text).unwrap_or_else(|err| panic!("bad test pattern {text}: {err}"))

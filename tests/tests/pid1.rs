@@ -395,6 +395,13 @@ stop_grace_period = "1s"
         ["stubborn", "app", "db"],
         "dependants first; {ctx}"
     );
+    let announced = events::events(&machine, "shutdown", None);
+    let first_stop = events::events(&machine, "stopping", Some("stubborn"));
+    assert!(
+        announced.first().and_then(|e| e.number("uptime_ms"))
+            <= first_stop.first().and_then(|e| e.number("uptime_ms")),
+        "the shutdown is announced before the containers stop; {ctx}"
+    );
     let exit_of = |name: &str| {
         events::events(&machine, "exited", Some(name))
             .last()

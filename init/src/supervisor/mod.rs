@@ -13,6 +13,8 @@ pub mod logs;
 pub mod policy;
 mod spec;
 
+pub use spec::CGROUP_PARENT;
+
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -60,6 +62,8 @@ struct Supervised {
     last_exit: Option<i32>,
     stopped_by_operator: bool,
     waiting_reported: bool,
+    /// `oom_kill` in the cgroup's memory.events when last looked at.
+    oom_kills: u64,
     streams: Vec<LogStream>,
     log_file: LogFile,
 }
@@ -110,6 +114,7 @@ impl Supervisor {
                     last_exit: None,
                     stopped_by_operator: false,
                     waiting_reported: false,
+                    oom_kills: 0,
                     streams: Vec::new(),
                 })
             })
@@ -260,6 +265,7 @@ impl Supervisor {
         if let Some(c) = self.containers.get_mut(index) {
             // Output written before the exit is logged before the exit event.
             drain_streams(c);
+            report_oom_kills(c);
         }
         self.after_exit(index, code, ran, now);
         true
@@ -416,6 +422,21 @@ fn condition_name(condition: Condition) -> &'static str {
         Condition::ServiceStarted => "service_started",
         Condition::ServiceCompletedSuccessfully => "service_completed_successfully",
     }
+}
+
+/// Reports an `oom-killed` event when the kernel's OOM killer ended a process of `c` since
+/// the last look; the restart policy then handles the exit like any other.
+fn report_oom_kills(c: &mut Supervised) {
+    let cgroup = std::path::Path::new(spec::CGROUP_PARENT).join(c.name());
+    let kills = berth_runtime::oom_kills(&cgroup);
+    if kills > c.oom_kills {
+        Event::new("oom-killed")
+            .field("container", c.name())
+            .field("kills", kills - c.oom_kills)
+            .field("mem_limit", c.config.mem_limit.map_or(-1, |m| m.0))
+            .emit();
+    }
+    c.oom_kills = kills;
 }
 
 fn drain_streams(c: &mut Supervised) {

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use berth_manifest::{Container, PidMode, VolumeSource};
-use berth_runtime::{ContainerSpec, ExtraMount, RootfsSpec};
+use berth_manifest::{Capability, Container, PidMode, SecurityOpt, VolumeSource, CAPABILITIES};
+use berth_runtime::{
+    CgroupLimits, ContainerSpec, ExtraMount, RootfsSpec, Security, DEFAULT_CAPABILITIES,
+};
 
 use crate::images::PreparedImage;
 
@@ -93,6 +95,79 @@ pub fn mounts(config: &Container) -> Result<Vec<ExtraMount>, String> {
     Ok(mounts)
 }
 
+/// Docker's default open-files limit (soft, hard), as Docker 25 and later set it.
+const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
+
+/// The capability numbers a container keeps: Docker's defaults, less `cap_drop`, plus
+/// `cap_add` (`ALL` in either), or everything when privileged.
+pub fn capabilities(config: &Container) -> Vec<u8> {
+    let all: Vec<u8> = (0..CAPABILITIES.len())
+        .filter_map(|n| u8::try_from(n).ok())
+        .collect();
+    if config.privileged {
+        return all;
+    }
+    let mut kept: Vec<u8> = if config.cap_drop.contains(&Capability::All) {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| !config.cap_drop.contains(&Capability::Number(*c)))
+            .collect()
+    };
+    for added in &config.cap_add {
+        match added {
+            Capability::All => kept = all.clone(),
+            Capability::Number(n) if !kept.contains(n) => kept.push(*n),
+            Capability::Number(_) => {}
+        }
+    }
+    kept.sort_unstable();
+    kept
+}
+
+pub fn security(config: &Container) -> Security {
+    let unconfined = config
+        .security_opt
+        .contains(&SecurityOpt::SeccompUnconfined);
+    let no_new_privs = !config
+        .security_opt
+        .contains(&SecurityOpt::NoNewPrivileges(false));
+    Security {
+        capabilities: capabilities(config),
+        seccomp: !config.privileged && !unconfined,
+        no_new_privs: !config.privileged && no_new_privs,
+        protect_kernel_paths: !config.privileged,
+        read_only_root: config.read_only,
+        privileged: config.privileged,
+    }
+}
+
+pub fn limits(config: &Container) -> CgroupLimits {
+    CgroupLimits {
+        memory_max: config.mem_limit.map(|m| m.0),
+        memory_and_swap_max: config.memswap_limit.map(|m| m.0),
+        cpus: config.cpus.map(|c| c.0),
+        cpu_shares: config.cpu_shares.map(|s| s.0),
+        pids_max: config.pids_limit.map(|p| p.0),
+        blkio_weight: config.blkio_weight.map(|w| w.0),
+    }
+}
+
+pub fn rlimits(config: &Container) -> Vec<(String, u64, u64)> {
+    let mut limits: Vec<(String, u64, u64)> = config
+        .ulimits
+        .0
+        .iter()
+        .map(|(name, limit)| (name.clone(), limit.soft, limit.hard))
+        .collect();
+    if !config.ulimits.0.contains_key("nofile") {
+        limits.push(("nofile".to_string(), DEFAULT_NOFILE.0, DEFAULT_NOFILE.1));
+    }
+    limits
+}
+
 pub fn build(
     name: &str,
     config: &Container,
@@ -129,6 +204,10 @@ pub fn build(
         cwd,
         user,
         host_pid: config.pid == Some(PidMode::Host),
+        security: security(config),
+        group_add: config.group_add.clone(),
+        rlimits: rlimits(config),
+        limits: limits(config),
         cgroup: Some(Path::new(CGROUP_PARENT).join(name)),
         stdout,
         stderr,

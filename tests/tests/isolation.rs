@@ -1,0 +1,254 @@
+//! Isolation and limits, each test an attack that must fail: capabilities, seccomp, masked
+//! and read-only paths, a fork bomb, a memory hog. The container's own probe
+//! (`/bin/berth-probe`) reports what the kernel says.
+
+use std::collections::HashMap;
+
+use berth_arch::Arch;
+use berth_qemu::{GuestExit, Machine};
+use berth_tests::events;
+use berth_tests::{boot_to_ready, wait_line, wait_seen, SHUTDOWN_TIMEOUT};
+
+/// Docker's default capability set as `/proc/self/status` prints it.
+const DOCKER_DEFAULT_CAPS: &str = "00000000a80425fb";
+
+/// A container's `key=value` lines, by key.
+fn facts(machine: &Machine, container: &str) -> HashMap<String, String> {
+    events::output(machine, container)
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ctx(machine: &Machine) -> String {
+    format!("console: {}", machine.console_log().display())
+}
+
+const CAPABILITIES: &str = r#"
+[boot]
+modules = ["bridge"]
+
+[containers.default]
+image = "busybox:1.35"
+command = ["sh", "-c", "berth-probe status; ip link add br-default type bridge 2>/dev/null && echo link_add=ok || echo link_add=refused"]
+
+[containers.netadmin]
+image = "busybox:1.35"
+command = ["sh", "-c", "ip link add br-netadmin type bridge && echo link_add=ok || echo link_add=refused"]
+cap_add = ["NET_ADMIN"]
+depends_on = { default = { condition = "service_completed_successfully" } }
+
+[containers.nothing]
+image = "busybox:1.35"
+command = ["berth-probe", "status"]
+cap_drop = ["ALL"]
+
+[containers.www]
+image = "busybox:1.35"
+command = ["berth-probe", "status"]
+user = "www"
+group_add = ["daemon"]
+"#;
+
+#[test]
+fn capabilities_follow_docker_defaults_cap_add_and_cap_drop() {
+    let machine = boot_to_ready(Arch::X86_64, CAPABILITIES, "isolation-capabilities");
+    for container in ["default", "netadmin", "nothing", "www"] {
+        wait_seen(
+            &machine,
+            &format!(r"^berth event=exited container={container} "),
+        );
+    }
+    let c = ctx(&machine);
+    let default = facts(&machine, "default");
+    for set in ["CapBnd", "CapPrm", "CapEff", "CapInh"] {
+        assert_eq!(
+            default.get(set).map(String::as_str),
+            Some(DOCKER_DEFAULT_CAPS),
+            "{set}; {c}"
+        );
+    }
+    assert_eq!(default.get("NoNewPrivs").map(String::as_str), Some("1"));
+    assert_eq!(
+        default.get("Seccomp").map(String::as_str),
+        Some("2"),
+        "filter mode; {c}"
+    );
+    assert_eq!(
+        default.get("link_add").map(String::as_str),
+        Some("refused"),
+        "no NET_ADMIN; {c}"
+    );
+    assert_eq!(
+        facts(&machine, "netadmin")
+            .get("link_add")
+            .map(String::as_str),
+        Some("ok"),
+        "{c}"
+    );
+    let nothing = facts(&machine, "nothing");
+    for set in ["CapBnd", "CapPrm", "CapEff", "CapInh"] {
+        assert_eq!(
+            nothing.get(set).map(String::as_str),
+            Some("0000000000000000"),
+            "{set}; {c}"
+        );
+    }
+    let www = facts(&machine, "www");
+    assert_eq!(
+        www.get("Uid").map(String::as_str),
+        Some("1000,1000,1000,1000"),
+        "{c}"
+    );
+    assert_eq!(
+        www.get("CapEff").map(String::as_str),
+        Some("0000000000000000"),
+        "a non-root user keeps no capabilities"
+    );
+    assert!(
+        events::output(&machine, "www")
+            .iter()
+            .any(|l| l.starts_with("Gid=1000")),
+        "{c}"
+    );
+}
+
+const SECCOMP: &str = r#"
+[containers.confined]
+image = "busybox:1.35"
+command = ["berth-probe", "syscalls"]
+
+[containers.unconfined]
+image = "busybox:1.35"
+command = ["berth-probe", "syscalls"]
+security_opt = ["seccomp=unconfined"]
+cap_add = ["SYS_ADMIN"]
+"#;
+
+#[test]
+fn the_default_seccomp_profile_refuses_keyctl_userns_and_mount_and_unconfined_does_not() {
+    let machine = boot_to_ready(Arch::X86_64, SECCOMP, "isolation-seccomp");
+    wait_seen(&machine, r"^berth event=exited container=confined ");
+    wait_seen(&machine, r"^berth event=exited container=unconfined ");
+    let c = ctx(&machine);
+    let confined = facts(&machine, "confined");
+    for call in ["keyctl", "unshare_user", "mount"] {
+        assert_eq!(
+            confined.get(call).map(String::as_str),
+            Some("EPERM"),
+            "{call}; {c}"
+        );
+    }
+    let unconfined = facts(&machine, "unconfined");
+    for call in ["keyctl", "unshare_user", "mount"] {
+        assert_eq!(
+            unconfined.get(call).map(String::as_str),
+            Some("ok"),
+            "{call}; {c}"
+        );
+    }
+}
+
+const PATHS: &str = r#"
+[containers.paths]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo kcore_bytes=$(cat /proc/kcore | wc -c); echo firmware_entries=$(ls /sys/firmware | wc -l); echo 10 > /proc/sys/vm/swappiness 2>/dev/null && echo sysctl_write=ok || echo sysctl_write=refused; echo root_write=$(touch /written 2>/dev/null && echo ok || echo refused)"]
+
+[containers.readonly]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo root_write=$(touch /written 2>/dev/null && echo ok || echo refused); echo tmp_write=$(touch /tmp/x && echo ok || echo refused)"]
+read_only = true
+tmpfs = ["/tmp"]
+"#;
+
+#[test]
+fn masked_paths_read_empty_and_read_only_paths_refuse_writes() {
+    let machine = boot_to_ready(Arch::X86_64, PATHS, "isolation-paths");
+    wait_seen(&machine, r"^paths \| root_write=");
+    wait_seen(&machine, r"^readonly \| tmp_write=");
+    let c = ctx(&machine);
+    let paths = facts(&machine, "paths");
+    assert_eq!(
+        paths.get("kcore_bytes").map(String::as_str),
+        Some("0"),
+        "{c}"
+    );
+    assert_eq!(
+        paths.get("firmware_entries").map(String::as_str),
+        Some("0"),
+        "{c}"
+    );
+    assert_eq!(
+        paths.get("sysctl_write").map(String::as_str),
+        Some("refused"),
+        "{c}"
+    );
+    assert_eq!(paths.get("root_write").map(String::as_str), Some("ok"));
+    let readonly = facts(&machine, "readonly");
+    assert_eq!(
+        readonly.get("root_write").map(String::as_str),
+        Some("refused"),
+        "{c}"
+    );
+    assert_eq!(
+        readonly.get("tmp_write").map(String::as_str),
+        Some("ok"),
+        "{c}"
+    );
+}
+
+const HOSTILE: &str = r#"
+[containers.bomb]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo bombing; b() { b | b & }; b"]
+pids_limit = 64
+stop_grace_period = "1s"
+
+[containers.hog]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo hogging; x=0123456789abcdef; while true; do x=$x$x; done"]
+mem_limit = "32M"
+memswap_limit = "32M"
+restart = "on-failure:1"
+
+[containers.alive]
+image = "busybox:1.35"
+command = ["sh", "-c", "i=0; while true; do i=$((i + 1)); echo tick-$i; sleep 1; done"]
+stop_grace_period = "1s"
+"#;
+
+#[test]
+fn a_fork_bomb_and_a_memory_hog_are_contained_and_the_host_powers_off_cleanly() {
+    let mut machine = boot_to_ready(Arch::X86_64, HOSTILE, "isolation-hostile");
+    // The hog is killed by the OOM killer, reported, restarted once, killed again.
+    wait_line(&mut machine, r"^berth event=oom-killed container=hog ");
+    wait_line(
+        &mut machine,
+        r"^berth event=stopped container=hog reason=restart-limit",
+    );
+    let c = ctx(&machine);
+    let exits = events::events(&machine, "exited", Some("hog"));
+    assert_eq!(exits.len(), 2, "{c}");
+    assert!(
+        exits.iter().all(|e| e.get("code") == Some("137")),
+        "SIGKILL by the OOM killer; {c}"
+    );
+    // The other container keeps answering while the bomb is at its limit.
+    let ticks_before = events::output(&machine, "alive").len();
+    wait_line(&mut machine, r"^alive \| tick-\d+$");
+    wait_line(&mut machine, r"^alive \| tick-\d+$");
+    assert!(
+        events::output(&machine, "alive").len() >= ticks_before + 2,
+        "{c}"
+    );
+    assert!(!events::output(&machine, "bomb").is_empty());
+    machine
+        .press_power_button()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exit = machine
+        .wait_exit(SHUTDOWN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit, GuestExit::PowerOff, "{c}");
+    assert!(!machine.console_text().contains("Kernel panic"), "{c}");
+}
