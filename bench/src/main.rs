@@ -5,6 +5,7 @@
 //! under the same kernel and QEMU flags. Runs are interleaved so that a slow moment of the
 //! machine hits both alike. The difference is what berth costs at boot.
 
+mod runtime;
 mod stats;
 mod trivial;
 
@@ -44,6 +45,19 @@ enum Command {
         /// The manifest of the berth image.
         #[arg(long, default_value = "examples/default.toml")]
         manifest: PathBuf,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Container start: berth's runtime against crun and runc on the same rootfs (run as root,
+    /// with cgroup2 on /sys/fs/cgroup: `scripts/bench runtime` arranges both).
+    Runtime {
+        /// Starts of each runtime.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// The `berth` binary to measure.
+        #[arg(long, default_value = "target/release/berth")]
+        berth: PathBuf,
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -136,13 +150,60 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
     })
 }
 
+fn write_json(path: Option<PathBuf>, figures: &impl Serialize) {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(figures).unwrap_or_default();
+        if let Err(err) = std::fs::write(&path, text) {
+            eprintln!("berth-bench: cannot write {}: {err}", path.display());
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    let Command::Boot {
-        arch,
-        runs,
-        manifest,
-        json,
-    } = Cli::parse().command;
+    let (arch, runs, manifest, json) = match Cli::parse().command {
+        Command::Boot {
+            arch,
+            runs,
+            manifest,
+            json,
+        } => (arch, runs, manifest, json),
+        Command::Runtime { runs, berth, json } => {
+            eprintln!("container start benchmark: {runs} runs of each runtime, interleaved");
+            return match runtime::bench(runs, &berth) {
+                Ok(f) => {
+                    println!(
+                        "start and run /bin/true from a busybox rootfs ({} runs each, mean ± sd)",
+                        f.runs
+                    );
+                    println!("{:<8} {:>16} {:>12}", "runtime", "time (ms)", "berth/this");
+                    println!(
+                        "{:<8} {:>16} {:>12}",
+                        "berth",
+                        f.berth_ms.display(1),
+                        "1.00"
+                    );
+                    println!(
+                        "{:<8} {:>16} {:>12.2}",
+                        "crun",
+                        f.crun_ms.display(1),
+                        f.berth_to_crun
+                    );
+                    println!(
+                        "{:<8} {:>16} {:>12.2}",
+                        "runc",
+                        f.runc_ms.display(1),
+                        f.berth_to_runc
+                    );
+                    write_json(json, &f);
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("berth-bench: runtime: {err}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let arches = if arch.is_empty() {
         Arch::ALL.to_vec()
     } else {
@@ -174,12 +235,7 @@ fn main() -> std::process::ExitCode {
             f.berth_init_ms.display(0),
         );
     }
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&figures).unwrap_or_default();
-        if let Err(err) = std::fs::write(&path, text) {
-            eprintln!("berth-bench: cannot write {}: {err}", path.display());
-        }
-    }
+    write_json(json, &figures);
     let _ = std::fs::remove_dir_all(work_dir());
     std::process::ExitCode::SUCCESS
 }

@@ -10,5 +10,6 @@ pub mod images;
 pub mod initramfs;
 pub mod kernel;
 pub mod run;
+pub mod run_container;
 
 pub use assemble::{build, read_metadata, BuildError, BuildOptions, ImageMetadata, KernelChoice};

@@ -10,6 +10,7 @@ use berth_image::assemble::{self, BuildError, BuildOptions, KernelChoice};
 use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
 use berth_image::run::{self, RunOptions, RunOutcome};
+use berth_image::run_container::{run_container, RunContainerOptions};
 use berth_qemu::GuestExit;
 use clap::{Parser, Subcommand};
 
@@ -89,6 +90,19 @@ enum Command {
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
+    /// Run one container on this host from a plain root filesystem, with the runtime and
+    /// defaults init uses in the guest (needs root). Exits with the container's exit code.
+    RunContainer {
+        /// The container's root filesystem (a directory).
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// The container's name and hostname.
+        #[arg(long, default_value = "run-container")]
+        name: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn report(err: &dyn Error) {
@@ -144,6 +158,24 @@ fn main() -> ExitCode {
                         BuildError::Manifest(_) => ExitCode::from(exit::INVALID_MANIFEST),
                         _ => ExitCode::from(exit::FAILURE),
                     }
+                }
+            }
+        }
+        Command::RunContainer {
+            rootfs,
+            name,
+            command,
+        } => {
+            let options = RunContainerOptions {
+                rootfs,
+                name,
+                args: command,
+            };
+            match run_container(&options) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(exit::FAILURE)),
+                Err(err) => {
+                    report(&err);
+                    ExitCode::from(exit::FAILURE)
                 }
             }
         }

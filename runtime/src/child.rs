@@ -14,7 +14,7 @@ use nix::unistd::{chdir, execve, pivot_root, setgid, setgroups, sethostname, set
 
 use crate::spawn::SETUP_FAILED_EXIT;
 use crate::user::{resolve_user, ResolvedUser};
-use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, RootfsSpec};
+use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, Rootfs, RootfsSpec};
 
 /// `PATH` when the container's environment sets none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -58,8 +58,8 @@ fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd) -> StepResult<Infallible> 
             None::<&str>,
         ),
     )?;
-    mount_overlay(&spec.rootfs)?;
-    let root = &spec.rootfs.merged_dir;
+    mount_rootfs(&spec.rootfs)?;
+    let root = spec.rootfs.root();
     mount_extra(root, &spec.mounts)?;
     // /proc, /sys and /dev go in after the operator's mounts so that none can shadow them.
     devices::mount_kernel_filesystems(root, spec.security.privileged)?;
@@ -140,6 +140,22 @@ fn redirect_stdio(spec: &ContainerSpec) -> StepResult {
         || "redirect stderr".into(),
         nix::unistd::dup2_stderr(&spec.stderr),
     )
+}
+
+fn mount_rootfs(rootfs: &Rootfs) -> StepResult {
+    match rootfs {
+        Rootfs::Overlay(overlay) => mount_overlay(overlay),
+        Rootfs::Directory(dir) => step(
+            || format!("bind {} onto itself", dir.display()),
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        ),
+    }
 }
 
 fn mount_overlay(rootfs: &RootfsSpec) -> StepResult {

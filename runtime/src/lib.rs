@@ -28,7 +28,7 @@ mod user;
 
 pub use cgroup::{delegate_controllers, oom_kills, CgroupLimits, CONTROLLERS};
 pub use security::{MASKED_PATHS, READONLY_PATHS};
-pub use spawn::{spawn, Spawned};
+pub use spawn::{spawn, wait, Spawned};
 pub use user::{resolve_user, ResolvedUser};
 
 use std::os::fd::OwnedFd;
@@ -45,6 +45,26 @@ pub struct RootfsSpec {
     pub work_dir: PathBuf,
     /// Where the overlay is mounted (inside the container's mount namespace only).
     pub merged_dir: PathBuf,
+}
+
+/// Where the container's root comes from.
+#[derive(Debug, Clone)]
+pub enum Rootfs {
+    /// Image layers under a writable layer: what init runs.
+    Overlay(RootfsSpec),
+    /// A directory used as it is (`berth run-container --rootfs`, as crun and runc take a
+    /// bundle's rootfs); it is bind-mounted onto itself so that it can be pivoted to.
+    Directory(PathBuf),
+}
+
+impl Rootfs {
+    /// Where the root is mounted before the pivot.
+    pub fn root(&self) -> &std::path::Path {
+        match self {
+            Rootfs::Overlay(overlay) => &overlay.merged_dir,
+            Rootfs::Directory(dir) => dir,
+        }
+    }
 }
 
 /// A mount added on top of the root filesystem.
@@ -66,7 +86,7 @@ pub enum ExtraMount {
 pub struct ContainerSpec {
     /// The container's name, also its hostname.
     pub name: String,
-    pub rootfs: RootfsSpec,
+    pub rootfs: Rootfs,
     pub mounts: Vec<ExtraMount>,
     /// argv; `args[0]` is looked up in the container's `PATH` when it has no `/`.
     pub args: Vec<String>,
@@ -136,6 +156,8 @@ pub enum RuntimeError {
     },
     #[error("cannot clone the container process: {0}")]
     Clone(#[source] nix::Error),
+    #[error("cannot wait for the container process: {0}")]
+    Wait(#[source] nix::Error),
     #[error("cannot place the container in cgroup {}: {source}", cgroup.display())]
     Cgroup {
         cgroup: PathBuf,

@@ -93,6 +93,21 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
     Ok(Spawned { pid })
 }
 
-/// The PID namespace's first process gets only the signals it handles; this is the exit code
-/// of a setup failure, as shells use for "command not found".
+/// Waits for a container started by [`spawn`] and returns Docker's exit code for it (its own,
+/// or 128 + the signal that ended it). For callers that run one container, not for init,
+/// which reaps through its event loop.
+pub fn wait(spawned: Spawned) -> Result<i32, RuntimeError> {
+    loop {
+        match waitpid(spawned.pid, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => {
+                return Ok(128 + signal as i32)
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(RuntimeError::Wait(err)),
+        }
+    }
+}
+
+/// The exit code of a container whose setup failed, as shells use for "command not found".
 pub(crate) const SETUP_FAILED_EXIT: isize = 127;

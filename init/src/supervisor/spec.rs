@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use berth_manifest::{Capability, Container, PidMode, SecurityOpt, VolumeSource, CAPABILITIES};
 use berth_runtime::{
-    CgroupLimits, ContainerSpec, ExtraMount, RootfsSpec, Security, DEFAULT_CAPABILITIES,
+    CgroupLimits, ContainerSpec, ExtraMount, Rootfs, RootfsSpec, Security, DEFAULT_CAPABILITIES,
 };
 
 use crate::images::PreparedImage;
@@ -197,7 +197,7 @@ pub fn build(
         .or_else(|| image.config.user.clone().filter(|u| !u.is_empty()));
     Ok(ContainerSpec {
         name: name.to_string(),
-        rootfs,
+        rootfs: Rootfs::Overlay(rootfs),
         mounts: mounts(config)?,
         args: command_line(config, image),
         env: environment(config, image),
