@@ -54,6 +54,7 @@ pub fn run_container(options: &RunContainerOptions) -> Result<i32, RunContainerE
         cwd: "/".to_string(),
         user: None,
         host_pid: false,
+        userns: None,
         security: Security::default(),
         group_add: Vec::new(),
         rlimits: vec![("nofile".to_string(), nofile.0, nofile.1)],

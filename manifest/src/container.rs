@@ -74,6 +74,9 @@ pub struct Container {
     pub blkio_weight: Option<Ranged<10, 1000>>,
     #[serde(default)]
     pub ulimits: Ulimits,
+    /// Run in a user namespace: container root is an unprivileged host uid from `[userns]`.
+    #[serde(default)]
+    pub userns: bool,
 }
 
 /// Compose's `pid` values berth supports.

@@ -37,8 +37,8 @@ pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
 pub use names::{ContainerName, Hostname, ModuleName};
 pub use security::{
-    parse_bytes, ByteSize, Capability, Cpus, Ranged, SecurityOpt, Ulimit, Ulimits, CAPABILITIES,
-    DEFAULT_CAPABILITIES, ULIMIT_NAMES,
+    parse_bytes, ByteSize, Capability, Cpus, IdRange, Ranged, SecurityOpt, Ulimit, Ulimits, Userns,
+    CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
 };
 pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
 
@@ -60,6 +60,9 @@ pub struct Manifest {
     /// Block devices mounted at boot, in this order (`[[mount]]`).
     #[serde(default, rename = "mount")]
     pub mounts: Vec<MountEntry>,
+    /// Host ids for containers with `userns = true`.
+    #[serde(default)]
+    pub userns: Userns,
 }
 
 /// The `[boot]` table.

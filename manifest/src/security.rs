@@ -236,6 +236,62 @@ impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Ranged<MIN, MAX> 
     }
 }
 
+/// A host id range as `/etc/subuid` writes it: `start:count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub start: u32,
+    pub count: u32,
+}
+
+impl<'de> Deserialize<'de> for IdRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let invalid = || {
+            de::Error::custom(format!(
+                "`{text}` is not an id range: write start:count, e.g. \"100000:65536\""
+            ))
+        };
+        let (start, count) = text.split_once(':').ok_or_else(invalid)?;
+        let start: u32 = start.parse().map_err(|_| invalid())?;
+        let count: u32 = count.parse().map_err(|_| invalid())?;
+        if start == 0 || count == 0 || start.checked_add(count).is_none() {
+            return Err(de::Error::custom(format!(
+                "`{text}`: the range must start above 0 (root) and hold at least one id"
+            )));
+        }
+        Ok(IdRange { start, count })
+    }
+}
+
+/// Docker's userns-remap default: 65536 ids from 100000, as `/etc/subuid` usually holds.
+pub const DEFAULT_ID_RANGE: IdRange = IdRange {
+    start: 100_000,
+    count: 65_536,
+};
+
+/// `[userns]`: the host ids that containers with `userns = true` run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Userns {
+    #[serde(default = "default_id_range")]
+    pub uid_range: IdRange,
+    #[serde(default = "default_id_range")]
+    pub gid_range: IdRange,
+}
+
+fn default_id_range() -> IdRange {
+    DEFAULT_ID_RANGE
+}
+
+impl Default for Userns {
+    fn default() -> Self {
+        Userns {
+            uid_range: DEFAULT_ID_RANGE,
+            gid_range: DEFAULT_ID_RANGE,
+        }
+    }
+}
+
 /// One `ulimits` entry: `nofile = 1024` or `nofile = { soft = 1024, hard = 4096 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ulimit {

@@ -29,8 +29,8 @@ fn step<T, E: std::fmt::Display>(
 }
 
 /// Entry point of the cloned child. Returns only on failure, after reporting it.
-pub(crate) fn run(spec: &ContainerSpec, go: &OwnedFd, errors: &OwnedFd) -> isize {
-    let message = match setup_and_exec(spec, go) {
+pub(crate) fn run(spec: &ContainerSpec, go: &OwnedFd, errors: &OwnedFd, userns: &OwnedFd) -> isize {
+    let message = match setup_and_exec(spec, go, userns) {
         Err(message) => message,
         Ok(never) => match never {},
     };
@@ -38,7 +38,7 @@ pub(crate) fn run(spec: &ContainerSpec, go: &OwnedFd, errors: &OwnedFd) -> isize
     SETUP_FAILED_EXIT
 }
 
-fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd) -> StepResult<Infallible> {
+fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd, userns: &OwnedFd) -> StepResult<Infallible> {
     // The parent moves us into our cgroup first, so that the cgroup namespace entered next is
     // rooted there.
     wait_for_parent(go)?;
@@ -87,6 +87,10 @@ fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd) -> StepResult<Infallible> 
         security::read_only_root()?;
     }
     security::set_rlimits(&spec.rlimits)?;
+    // Every mount is in place: from here on the process may lose its say over them.
+    if spec.userns.is_some() {
+        enter_user_namespace(go, userns)?;
+    }
     // The bounding set shrinks while CAP_SETPCAP is still held; the other sets are set after
     // the uid change, which keep-caps makes survive.
     security::limit_bounding_set(&security.capabilities)?;
@@ -119,6 +123,32 @@ fn resolve_groups(groups: &[String], group_file: &str) -> StepResult<Vec<u32>> {
             })
         })
         .collect()
+}
+
+/// Enters a new user namespace and becomes its root once the parent has written the id maps:
+/// container root is then an unprivileged host uid.
+fn enter_user_namespace(go: &OwnedFd, userns: &OwnedFd) -> StepResult {
+    step(
+        || "enter a new user namespace".into(),
+        unshare(CloneFlags::CLONE_NEWUSER),
+    )?;
+    step(
+        || "ask for the id maps".into(),
+        nix::unistd::write(userns, b"u"),
+    )?;
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(go.as_fd(), &mut byte) {
+        Ok(1) => {}
+        _ => return Err("the parent did not write the user namespace's id maps".into()),
+    }
+    step(
+        || "become root of the user namespace (gid)".into(),
+        setgid(Gid::from_raw(0)),
+    )?;
+    step(
+        || "become root of the user namespace (uid)".into(),
+        setuid(Uid::from_raw(0)),
+    )
 }
 
 fn wait_for_parent(go: &OwnedFd) -> StepResult {

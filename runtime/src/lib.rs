@@ -99,6 +99,8 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Share the host's PID namespace instead of getting a new one.
     pub host_pid: bool,
+    /// Run in a user namespace whose root is this unprivileged host range.
+    pub userns: Option<IdMap>,
     pub security: Security,
     /// Supplementary groups beyond the user's own (names or numbers).
     pub group_add: Vec<String>,
@@ -110,6 +112,15 @@ pub struct ContainerSpec {
     /// Where the container's stdout and stderr go (write ends; stdin is `/dev/null`).
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// A user namespace's mapping: container ids `0..count` are host ids `host_uid..` and
+/// `host_gid..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub count: u32,
 }
 
 /// What the container's process may do. `Security::default()` is Docker's default.
@@ -158,6 +169,12 @@ pub enum RuntimeError {
     Clone(#[source] nix::Error),
     #[error("cannot wait for the container process: {0}")]
     Wait(#[source] nix::Error),
+    #[error("cannot write the user namespace map {path}: {source}")]
+    IdMap {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot place the container in cgroup {}: {source}", cgroup.display())]
     Cgroup {
         cgroup: PathBuf,

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
-use crate::{child, ContainerSpec, RuntimeError};
+use crate::{child, ContainerSpec, IdMap, RuntimeError};
 
 /// Stack of the cloned child until it execs. It runs the setup steps, which format messages
 /// and read small files; 1 MiB leaves room, and untouched pages are never allocated.
@@ -45,8 +45,10 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
     }
     let (go_read, go_write) = pipe("the start pipe")?;
     let (error_read, error_write) = pipe("the error pipe")?;
+    // The child says here when it has entered its user namespace and waits for the maps.
+    let (userns_read, userns_write) = pipe("the user namespace pipe")?;
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
-    let child_main = Box::new(|| child::run(spec, &go_read, &error_write));
+    let child_main = Box::new(|| child::run(spec, &go_read, &error_write, &userns_write));
     // SAFETY: without CLONE_VM the child gets its own copy of the address space, as after
     // fork(2), so nothing it does touches the parent's memory. The caller (PID 1) is single
     // threaded, so no lock can be held by another thread at the time of the copy and the
@@ -62,6 +64,7 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
     .map_err(RuntimeError::Clone)?;
     drop(go_read);
     drop(error_write);
+    drop(userns_write);
 
     let abort = |error: RuntimeError| {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -82,6 +85,14 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
     }
     // Whether or not this write works, the child learns of it: it reads a byte or EOF.
     let _ = nix::unistd::write(&go_write, b"g");
+    if let Some(map) = &spec.userns {
+        // One byte when the child is in its new user namespace; EOF if it failed before.
+        let mut byte = [0u8; 1];
+        if nix::unistd::read(&userns_read, &mut byte) == Ok(1) {
+            write_id_maps(pid, map).map_err(abort)?;
+            let _ = nix::unistd::write(&go_write, b"m");
+        }
+    }
     drop(go_write);
 
     let mut report = String::new();
@@ -91,6 +102,17 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
         return Err(RuntimeError::Setup(report));
     }
     Ok(Spawned { pid })
+}
+
+/// Maps container ids `0..count` onto the host range. Written by the (privileged) parent, so
+/// the child keeps setgroups(2).
+fn write_id_maps(pid: nix::unistd::Pid, map: &IdMap) -> Result<(), RuntimeError> {
+    for (file, host) in [("uid_map", map.host_uid), ("gid_map", map.host_gid)] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, format!("0 {host} {}\n", map.count))
+            .map_err(|source| RuntimeError::IdMap { path, source })?;
+    }
+    Ok(())
 }
 
 /// Waits for a container started by [`spawn`] and returns Docker's exit code for it (its own,

@@ -252,3 +252,52 @@ fn a_fork_bomb_and_a_memory_hog_are_contained_and_the_host_powers_off_cleanly() 
     assert_eq!(exit, GuestExit::PowerOff, "{c}");
     assert!(!machine.console_text().contains("Kernel panic"), "{c}");
 }
+
+const USERNS: &str = r#"
+[userns]
+uid_range = "200000:65536"
+gid_range = "300000:65536"
+
+[containers.remapped]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo inside_uid=$(id -u); echo inside_map=$(tr -s ' ' < /proc/self/uid_map); echo marker > /owned-by-root; exec sleep 1000"]
+userns = true
+stop_grace_period = "1s"
+
+# Reads the remapped container's process and writable layer from the host's side.
+[containers.observer]
+image = "busybox:1.35"
+pid = "host"
+command = ["sh", "-c", "sleep 2; p=$(pidof sleep | cut -d ' ' -f 1); echo host_uid=$(grep '^Uid:' /proc/$p/status | tr -s '\\t ' ' ' | cut -d ' ' -f 2); echo upper_owner=$(stat -c %u:%g /containers/remapped/upper/owned-by-root)"]
+volumes = ["/var/lib/berth/containers:/containers:ro"]
+depends_on = ["remapped"]
+"#;
+
+#[test]
+fn with_userns_container_root_is_an_unprivileged_uid_on_the_host() {
+    let machine = boot_to_ready(Arch::X86_64, USERNS, "isolation-userns");
+    wait_seen(&machine, r"^observer \| upper_owner=");
+    let c = ctx(&machine);
+    let inside = facts(&machine, "remapped");
+    assert_eq!(
+        inside.get("inside_uid").map(String::as_str),
+        Some("0"),
+        "{c}"
+    );
+    assert_eq!(
+        inside.get("inside_map").map(String::as_str),
+        Some(" 0 200000 65536"),
+        "{c}"
+    );
+    let outside = facts(&machine, "observer");
+    assert_eq!(
+        outside.get("host_uid").map(String::as_str),
+        Some("200000"),
+        "{c}"
+    );
+    assert_eq!(
+        outside.get("upper_owner").map(String::as_str),
+        Some("200000:300000"),
+        "{c}"
+    );
+}

@@ -19,7 +19,7 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use berth_manifest::{Condition, Container, ContainerName, Manifest, RestartPolicy};
+use berth_manifest::{Condition, Container, ContainerName, Manifest, RestartPolicy, Userns};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -83,6 +83,8 @@ pub struct Supervisor {
     containers: Vec<Supervised>,
     images: ImageCache,
     shutting_down: bool,
+    /// Host ids for `userns = true` containers.
+    userns: Userns,
 }
 
 fn millis(d: Duration) -> String {
@@ -123,6 +125,7 @@ impl Supervisor {
             containers,
             images: ImageCache::new(),
             shutting_down: false,
+            userns: manifest.userns,
         };
         for index in 0..supervisor.containers.len() {
             let blocked_by = supervisor
@@ -218,10 +221,11 @@ impl Supervisor {
             .field("restarts", c.restarts)
             .emit();
         let reference = c.config.image.get_ref().clone();
+        let userns = self.userns;
         let result = self
             .images
             .prepare(&reference)
-            .and_then(|image| spawn_container(c, &image));
+            .and_then(|image| spawn_container(c, &image, &userns));
         match result {
             Ok(pid) => {
                 // The run is timed from the exec, not from the image preparation before it.
@@ -448,6 +452,7 @@ fn drain_streams(c: &mut Supervised) {
 fn spawn_container(
     c: &mut Supervised,
     image: &crate::images::PreparedImage,
+    userns: &Userns,
 ) -> Result<Pid, String> {
     let pipe =
         || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create output pipe: {e}"));
@@ -456,6 +461,7 @@ fn spawn_container(
     let spec = spec::build(
         c.name.as_str(),
         &c.config,
+        userns,
         image,
         stdout_write,
         stderr_write,

@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use berth_manifest::{Capability, Container, PidMode, SecurityOpt, VolumeSource, CAPABILITIES};
+use berth_manifest::{
+    Capability, Container, PidMode, SecurityOpt, Userns, VolumeSource, CAPABILITIES,
+};
 use berth_runtime::{
-    CgroupLimits, ContainerSpec, ExtraMount, Rootfs, RootfsSpec, Security, DEFAULT_CAPABILITIES,
+    CgroupLimits, ContainerSpec, ExtraMount, IdMap, Rootfs, RootfsSpec, Security,
+    DEFAULT_CAPABILITIES,
 };
 
 use crate::images::PreparedImage;
@@ -168,9 +171,19 @@ pub fn rlimits(config: &Container) -> Vec<(String, u64, u64)> {
     limits
 }
 
+/// The id map of a `userns = true` container: the manifest's `[userns]` ranges.
+pub fn id_map(config: &Container, userns: &Userns) -> Option<IdMap> {
+    config.userns.then(|| IdMap {
+        host_uid: userns.uid_range.start,
+        host_gid: userns.gid_range.start,
+        count: userns.uid_range.count.min(userns.gid_range.count),
+    })
+}
+
 pub fn build(
     name: &str,
     config: &Container,
+    userns: &Userns,
     image: &PreparedImage,
     stdout: OwnedFd,
     stderr: OwnedFd,
@@ -185,6 +198,12 @@ pub fn build(
     for d in [&rootfs.upper_dir, &rootfs.work_dir, &rootfs.merged_dir] {
         create_dir(d)?;
     }
+    // The writable layer belongs to the container's root, whoever that is on the host; its
+    // root directory is the container's `/`.
+    let map = id_map(config, userns);
+    let (owner_uid, owner_gid) = map.map_or((0, 0), |m| (m.host_uid, m.host_gid));
+    std::os::unix::fs::chown(&rootfs.upper_dir, Some(owner_uid), Some(owner_gid))
+        .map_err(|e| format!("chown {}: {e}", rootfs.upper_dir.display()))?;
     let cwd = config
         .working_dir
         .as_ref()
@@ -204,6 +223,7 @@ pub fn build(
         cwd,
         user,
         host_pid: config.pid == Some(PidMode::Host),
+        userns: map,
         security: security(config),
         group_add: config.group_add.clone(),
         rlimits: rlimits(config),
