@@ -22,6 +22,7 @@ const STATUS_FIELDS: &[&str] = &[
     "Seccomp",
     "Uid",
     "Gid",
+    "Groups",
 ];
 /// `KEYCTL_GET_KEYRING_ID` and `KEY_SPEC_SESSION_KEYRING` from `linux/keyctl.h`.
 const KEYCTL_GET_KEYRING_ID: nix::libc::c_long = 0;

@@ -33,6 +33,13 @@ const KERNEL_MOUNTS: &[KernelMount] = &[
         flags: NOSUID_NODEV_NOEXEC.union(MsFlags::MS_RDONLY),
         data: "",
     },
+    // The container's own cgroup (its cgroup namespace's root), read-only as Docker mounts it.
+    KernelMount {
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC.union(MsFlags::MS_RDONLY),
+        data: "",
+    },
     KernelMount {
         target: "/dev",
         fstype: "tmpfs",

@@ -49,12 +49,17 @@ image = "busybox:1.35"
 command = ["berth-probe", "status"]
 user = "www"
 group_add = ["daemon"]
+
+[containers.system]
+image = "busybox:1.35"
+command = ["berth-probe", "status"]
+privileged = true
 "#;
 
 #[test]
 fn capabilities_follow_docker_defaults_cap_add_and_cap_drop() {
     let machine = boot_to_ready(Arch::X86_64, CAPABILITIES, "isolation-capabilities");
-    for container in ["default", "netadmin", "nothing", "www"] {
+    for container in ["default", "netadmin", "nothing", "www", "system"] {
         wait_seen(
             &machine,
             &format!(r"^berth event=exited container={container} "),
@@ -111,6 +116,19 @@ fn capabilities_follow_docker_defaults_cap_add_and_cap_drop() {
             .iter()
             .any(|l| l.starts_with("Gid=1000")),
         "{c}"
+    );
+    // `logs` (4) lists www in /etc/group, `daemon` (1) comes from group_add.
+    assert_eq!(www.get("Groups").map(String::as_str), Some("1,4"), "{c}");
+    let system = facts(&machine, "system");
+    assert_eq!(
+        system.get("CapEff").map(String::as_str),
+        Some("000001ffffffffff"),
+        "privileged: every capability; {c}"
+    );
+    assert_eq!(
+        system.get("Seccomp").map(String::as_str),
+        Some("0"),
+        "privileged: no filter; {c}"
     );
 }
 
@@ -299,5 +317,83 @@ fn with_userns_container_root_is_an_unprivileged_uid_on_the_host() {
         outside.get("upper_owner").map(String::as_str),
         Some("200000:300000"),
         "{c}"
+    );
+}
+
+const LIMITS: &str = r#"
+[containers.limited]
+image = "busybox:1.35"
+command = ["sh", "-c", "cd /sys/fs/cgroup; for f in memory.max memory.swap.max cpu.max cpu.weight pids.max io.weight; do echo $f=$(head -n 1 $f | tr ' ' '_'); done; echo nofile=$(ulimit -n); echo cgroup_write=$(echo 1 > pids.max 2>/dev/null && echo ok || echo refused)"]
+mem_limit = "48m"
+memswap_limit = "64m"
+cpus = 0.5
+cpu_shares = 512
+pids_limit = 100
+blkio_weight = 300
+ulimits = { nofile = { soft = 2048, hard = 4096 } }
+
+[containers.defaults]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo nofile=$(ulimit -n); echo nofile_hard=$(ulimit -Hn)"]
+
+# In the host's PID namespace: which cgroup is init in?
+[containers.host-view]
+image = "busybox:1.35"
+pid = "host"
+privileged = true
+command = ["sh", "-c", "echo init_cgroup=$(cut -d : -f 3 /proc/1/cgroup)"]
+"#;
+
+#[test]
+fn cgroup_limits_and_ulimits_are_applied_and_init_keeps_its_reserve() {
+    let machine = boot_to_ready(Arch::X86_64, LIMITS, "isolation-limits");
+    for container in ["limited", "defaults", "host-view"] {
+        wait_seen(
+            &machine,
+            &format!(r"^berth event=exited container={container} "),
+        );
+    }
+    let c = ctx(&machine);
+    let limited = facts(&machine, "limited");
+    let expected = [
+        ("memory.max", "50331648"),
+        ("memory.swap.max", "16777216"),
+        ("cpu.max", "50000_100000"),
+        ("cpu.weight", "20"),
+        ("pids.max", "100"),
+        ("nofile", "2048"),
+        ("cgroup_write", "refused"),
+    ];
+    for (key, value) in expected {
+        assert_eq!(
+            limited.get(key).map(String::as_str),
+            Some(value),
+            "{key}; {c}"
+        );
+    }
+    assert!(
+        limited
+            .get("io.weight")
+            .is_some_and(|w| w.starts_with("default_")),
+        "io.weight: {:?}; {c}",
+        limited.get("io.weight")
+    );
+    let defaults = facts(&machine, "defaults");
+    assert_eq!(
+        defaults.get("nofile").map(String::as_str),
+        Some("1024"),
+        "Docker's default; {c}"
+    );
+    assert_eq!(
+        defaults.get("nofile_hard").map(String::as_str),
+        Some("524288"),
+        "{c}"
+    );
+    let host = facts(&machine, "host-view");
+    assert!(
+        host.get("init_cgroup")
+            .is_some_and(|g| g.ends_with("/system")),
+        "init sits in its reserved cgroup: {:?}; {c}",
+        host.get("init_cgroup")
     );
 }
