@@ -1,0 +1,453 @@
+//! The DHCPv4 client of one link, with RFC 2131's state machine: INIT (DISCOVER), SELECTING
+//! (OFFER), REQUESTING (REQUEST, then ACK or NAK), BOUND, RENEWING at T1 (unicast to the
+//! server), REBINDING at T2 (broadcast), and back to INIT when the lease expires or a NAK
+//! comes. Packets are `dhcproto`'s, sent over a UDP socket bound to the link, with the
+//! broadcast flag set so that servers answer a client that has no address yet.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_event::Event;
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Encodable};
+use nix::sys::socket::{
+    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+};
+use tokio::net::UdpSocket;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::emit;
+use crate::lease::Lease;
+use crate::netlink::{Link, Netlink};
+
+const CLIENT_PORT: u16 = 68;
+const SERVER_PORT: u16 = 67;
+/// RFC 2131 §4.1: retransmit after 4 s, doubling to 64 s.
+const FIRST_RETRANSMIT: Duration = Duration::from_secs(4);
+const MAX_RETRANSMIT: Duration = Duration::from_secs(64);
+/// While renewing or rebinding, ask again after half the time left, but at least this often.
+const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
+/// After an error that is not the server's answer (a socket or netlink failure).
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+/// The options netd asks for: subnet, router, DNS, hostname, domain, MTU, lease time, T1, T2
+/// and classless static routes.
+const REQUESTED: &[OptionCode] = &[
+    OptionCode::SubnetMask,
+    OptionCode::Router,
+    OptionCode::DomainNameServer,
+    OptionCode::Hostname,
+    OptionCode::DomainName,
+    OptionCode::InterfaceMtu,
+    OptionCode::AddressLeaseTime,
+    OptionCode::Renewal,
+    OptionCode::Rebinding,
+    OptionCode::ClasslessStaticRoute,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("socket on {iface}: {source}")]
+    Socket {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encode a {kind} message: {detail}")]
+    Encode { kind: &'static str, detail: String },
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+}
+
+/// How the server answered a REQUEST.
+enum Reply {
+    Ack(Lease),
+    Nak,
+}
+
+/// Where a REQUEST goes and what it carries, by state.
+#[derive(Clone, Copy)]
+enum RequestKind {
+    /// After an OFFER: broadcast, with the offered address and the server's id.
+    Selecting { offered: Ipv4Addr, server: Ipv4Addr },
+    /// At T1: unicast to the server, from the leased address.
+    Renewing { addr: Ipv4Addr, server: Ipv4Addr },
+    /// At T2: broadcast, from the leased address.
+    Rebinding { addr: Ipv4Addr },
+}
+
+/// The lease each link holds now, for the release at shutdown.
+pub type Leases = Arc<Mutex<Vec<(Link, Lease)>>>;
+
+#[derive(Debug)]
+pub struct Client {
+    link: Link,
+    netlink: Netlink,
+    leases: Leases,
+    xid: u32,
+}
+
+fn udp_socket(iface: &str) -> std::io::Result<UdpSocket> {
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::Broadcast, &true)?;
+    setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from(iface))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT)),
+    )?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+/// dhcproto's decoder unwraps on some malformed options; a hostile packet must not end netd.
+fn decode(bytes: &[u8]) -> Option<Message> {
+    std::panic::catch_unwind(|| Message::from_bytes(bytes).ok())
+        .ok()
+        .flatten()
+}
+
+fn message_type(message: &Message) -> Option<MessageType> {
+    match message.opts().get(OptionCode::MessageType) {
+        Some(DhcpOption::MessageType(kind)) => Some(*kind),
+        _ => None,
+    }
+}
+
+/// A client message for `mac`, with the broadcast flag and netd's parameter request list.
+fn build_message(xid: u32, mac: &[u8], kind: MessageType, ciaddr: Ipv4Addr) -> Message {
+    let mut message = Message::new_with_id(
+        xid,
+        ciaddr,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        mac.get(..6).unwrap_or_default(),
+    );
+    message
+        .set_opcode(Opcode::BootRequest)
+        .set_htype(HType::Eth)
+        .set_flags(Flags::default().set_broadcast());
+    message.opts_mut().insert(DhcpOption::MessageType(kind));
+    message
+        .opts_mut()
+        .insert(DhcpOption::ParameterRequestList(REQUESTED.to_vec()));
+    message
+}
+
+async fn send_message(
+    socket: &UdpSocket,
+    iface: &str,
+    message: &Message,
+    to: Ipv4Addr,
+    kind: &'static str,
+) -> Result<(), DhcpError> {
+    let bytes = message.to_vec().map_err(|e| DhcpError::Encode {
+        kind,
+        detail: e.to_string(),
+    })?;
+    socket
+        .send_to(&bytes, SocketAddrV4::new(to, SERVER_PORT))
+        .await
+        .map_err(|source| DhcpError::Socket {
+            iface: iface.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
+impl Client {
+    pub fn new(link: Link, netlink: Netlink, leases: Leases) -> Client {
+        let xid = u32::from_le_bytes([
+            link.mac.get(2).copied().unwrap_or(0),
+            link.mac.get(3).copied().unwrap_or(0),
+            link.mac.get(4).copied().unwrap_or(0),
+            link.mac.get(5).copied().unwrap_or(0),
+        ]) ^ std::process::id();
+        Client {
+            link,
+            netlink,
+            leases,
+            xid,
+        }
+    }
+
+    /// Runs the state machine for as long as netd runs.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(err) = self.cycle().await {
+                emit(
+                    Event::new("dhcp-error")
+                        .field("iface", &self.link.name)
+                        .field("error", err),
+                );
+                sleep(ERROR_BACKOFF).await;
+            }
+        }
+    }
+
+    fn message(&mut self, kind: MessageType, ciaddr: Ipv4Addr) -> Message {
+        self.xid = self.xid.wrapping_add(1);
+        build_message(self.xid, &self.link.mac, kind, ciaddr)
+    }
+
+    async fn send(
+        &self,
+        socket: &UdpSocket,
+        message: &Message,
+        to: Ipv4Addr,
+        kind: &'static str,
+    ) -> Result<(), DhcpError> {
+        send_message(socket, &self.link.name, message, to, kind).await
+    }
+
+    /// The next reply to this client's current transaction, until `deadline`.
+    async fn receive(&self, socket: &UdpSocket, deadline: Instant) -> Option<Message> {
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (n, _) = timeout(left, socket.recv_from(&mut buf)).await.ok()?.ok()?;
+            let Some(message) = decode(buf.get(..n).unwrap_or_default()) else {
+                continue;
+            };
+            if message.opcode() == Opcode::BootReply
+                && message.xid() == self.xid
+                && message.chaddr().get(..6) == self.link.mac.get(..6)
+            {
+                return Some(message);
+            }
+        }
+    }
+
+    /// INIT and SELECTING: DISCOVER until an OFFER comes.
+    async fn discover(&mut self, socket: &UdpSocket) -> Result<Message, DhcpError> {
+        let mut wait = FIRST_RETRANSMIT;
+        loop {
+            let discover = self.message(MessageType::Discover, Ipv4Addr::UNSPECIFIED);
+            self.send(socket, &discover, Ipv4Addr::BROADCAST, "DISCOVER")
+                .await?;
+            let deadline = Instant::now() + wait;
+            while let Some(reply) = self.receive(socket, deadline).await {
+                if message_type(&reply) == Some(MessageType::Offer) {
+                    return Ok(reply);
+                }
+            }
+            wait = (wait * 2).min(MAX_RETRANSMIT);
+        }
+    }
+
+    /// One REQUEST and its answer; None when no answer came by `deadline`.
+    async fn request(
+        &mut self,
+        socket: &UdpSocket,
+        kind: RequestKind,
+        deadline: Instant,
+    ) -> Result<Option<Reply>, DhcpError> {
+        let (ciaddr, to) = match kind {
+            RequestKind::Selecting { .. } => (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST),
+            RequestKind::Renewing { addr, server } => (addr, server),
+            RequestKind::Rebinding { addr } => (addr, Ipv4Addr::BROADCAST),
+        };
+        let mut request = self.message(MessageType::Request, ciaddr);
+        if let RequestKind::Selecting { offered, server } = kind {
+            request
+                .opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(offered));
+            request
+                .opts_mut()
+                .insert(DhcpOption::ServerIdentifier(server));
+        }
+        self.send(socket, &request, to, "REQUEST").await?;
+        while let Some(reply) = self.receive(socket, deadline).await {
+            match message_type(&reply) {
+                Some(MessageType::Ack) => match Lease::from_ack(&reply) {
+                    Ok(lease) => return Ok(Some(Reply::Ack(lease))),
+                    Err(_) => continue,
+                },
+                Some(MessageType::Nak) => return Ok(Some(Reply::Nak)),
+                _ => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    async fn apply(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
+        let index = self.link.index;
+        if let Some(old) =
+            previous.filter(|old| old.addr != lease.addr || old.prefix != lease.prefix)
+        {
+            self.netlink
+                .del_address(index, old.addr.into(), old.prefix)
+                .await?;
+        }
+        if let Some(mtu) = lease.mtu {
+            self.netlink.set_mtu(index, u32::from(mtu)).await?;
+        }
+        self.netlink
+            .add_address(index, lease.addr.into(), lease.prefix)
+            .await?;
+        for (to, prefix, via) in lease.routes() {
+            self.netlink.add_route_v4(index, to, prefix, via).await?;
+        }
+        let search: Vec<String> = lease.domain.iter().cloned().collect();
+        if let Err(err) = crate::resolv::write(&lease.dns, &search) {
+            emit(Event::new("resolv-failed").field("error", err));
+        }
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.retain(|(link, _)| link.index != index);
+            leases.push((self.link.clone(), lease.clone()));
+        }
+        Ok(())
+    }
+
+    fn bound_event(&self, kind: &str, lease: &Lease) {
+        let join = |ips: &[Ipv4Addr]| {
+            ips.iter()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let routes: Vec<String> = lease
+            .routes()
+            .iter()
+            .map(|(to, prefix, via)| format!("{to}/{prefix}>{via}"))
+            .collect();
+        emit(
+            Event::new(kind)
+                .field("iface", &self.link.name)
+                .field("addr", format!("{}/{}", lease.addr, lease.prefix))
+                .field("gateway", join(&lease.routers))
+                .field("dns", join(&lease.dns))
+                .field("routes", routes.join(","))
+                .field("mtu", lease.mtu.map_or(String::new(), |m| m.to_string()))
+                .field("lease", format!("{}s", lease.lease_time.as_secs())),
+        );
+    }
+
+    /// One pass: from INIT to a lease, then holding it until it is lost.
+    async fn cycle(&mut self) -> Result<(), DhcpError> {
+        let socket = udp_socket(&self.link.name).map_err(|source| DhcpError::Socket {
+            iface: self.link.name.clone(),
+            source,
+        })?;
+        let offer = self.discover(&socket).await?;
+        let server = match offer.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+            _ => offer.siaddr(),
+        };
+        let selecting = RequestKind::Selecting {
+            offered: offer.yiaddr(),
+            server,
+        };
+        let mut lease = match self
+            .request(&socket, selecting, Instant::now() + FIRST_RETRANSMIT)
+            .await?
+        {
+            Some(Reply::Ack(lease)) => lease,
+            Some(Reply::Nak) => {
+                emit(
+                    Event::new("dhcp-nak")
+                        .field("iface", &self.link.name)
+                        .field("state", "requesting"),
+                );
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        self.apply(&lease, None).await?;
+        self.bound_event("dhcp-bound", &lease);
+        // BOUND, RENEWING, REBINDING: until the lease is lost.
+        loop {
+            let started = Instant::now();
+            sleep(lease.t1).await;
+            let expiry = started + lease.lease_time;
+            let rebind_at = started + lease.t2;
+            let renewed = loop {
+                let now = Instant::now();
+                if now >= expiry {
+                    break None;
+                }
+                let kind = if now < rebind_at {
+                    RequestKind::Renewing {
+                        addr: lease.addr,
+                        server: lease.server,
+                    }
+                } else {
+                    RequestKind::Rebinding { addr: lease.addr }
+                };
+                let until = if now < rebind_at { rebind_at } else { expiry };
+                let wait = (until.saturating_duration_since(now) / 2)
+                    .max(MIN_RENEW_RETRY.min(until.saturating_duration_since(now)));
+                match self
+                    .request(&socket, kind, now + wait.max(Duration::from_millis(500)))
+                    .await?
+                {
+                    Some(Reply::Ack(new)) => break Some(new),
+                    Some(Reply::Nak) => {
+                        emit(
+                            Event::new("dhcp-nak")
+                                .field("iface", &self.link.name)
+                                .field("state", "renewing"),
+                        );
+                        break None;
+                    }
+                    None => {}
+                }
+            };
+            match renewed {
+                Some(new) => {
+                    self.apply(&new, Some(&lease)).await?;
+                    self.bound_event("dhcp-renewed", &new);
+                    lease = new;
+                }
+                None => {
+                    self.netlink
+                        .del_address(self.link.index, lease.addr.into(), lease.prefix)
+                        .await?;
+                    if let Ok(mut leases) = self.leases.lock() {
+                        leases.retain(|(link, _)| link.index != self.link.index);
+                    }
+                    emit(
+                        Event::new("dhcp-lost")
+                            .field("iface", &self.link.name)
+                            .field("addr", lease.addr),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sends a DHCPRELEASE for each held lease (at shutdown).
+pub async fn release_all(leases: &Leases) {
+    let held: Vec<(Link, Lease)> = leases.lock().map(|l| l.clone()).unwrap_or_default();
+    for (link, lease) in held {
+        let mut release = build_message(
+            std::process::id(),
+            &link.mac,
+            MessageType::Release,
+            lease.addr,
+        );
+        release
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(lease.server));
+        if let Ok(socket) = udp_socket(&link.name) {
+            if send_message(&socket, &link.name, &release, lease.server, "RELEASE")
+                .await
+                .is_ok()
+            {
+                emit(
+                    Event::new("dhcp-released")
+                        .field("iface", &link.name)
+                        .field("addr", lease.addr),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What a DHCPACK grants, and the routes it implies (RFC 2131, RFC 3442).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, Message, OptionCode};
+
+/// A lease as netd applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    /// The server that granted it (option 54), to renew with.
+    pub server: Ipv4Addr,
+    pub routers: Vec<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub hostname: Option<String>,
+    /// Option 26.
+    pub mtu: Option<u16>,
+    /// Option 121: (destination, prefix, gateway).
+    pub classless_routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
+    pub lease_time: Duration,
+    /// When to renew (T1) and rebind (T2), from the lease's start.
+    pub t1: Duration,
+    pub t2: Duration,
+}
+
+/// A lease with no time given is held for a day (a common server default).
+const DEFAULT_LEASE: Duration = Duration::from_secs(86_400);
+
+fn prefix_of(mask: Ipv4Addr) -> u8 {
+    u8::try_from(u32::from(mask).count_ones()).unwrap_or(32)
+}
+
+impl Lease {
+    pub fn from_ack(message: &Message) -> Result<Lease, String> {
+        let opts = message.opts();
+        let server = match opts.get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+            _ => message.siaddr(),
+        };
+        let lease_time = match opts.get(OptionCode::AddressLeaseTime) {
+            Some(DhcpOption::AddressLeaseTime(secs)) => Duration::from_secs(u64::from(*secs)),
+            _ => DEFAULT_LEASE,
+        };
+        let t1 = match opts.get(OptionCode::Renewal) {
+            Some(DhcpOption::Renewal(secs)) => Duration::from_secs(u64::from(*secs)),
+            _ => lease_time / 2,
+        };
+        let t2 = match opts.get(OptionCode::Rebinding) {
+            Some(DhcpOption::Rebinding(secs)) => Duration::from_secs(u64::from(*secs)),
+            _ => lease_time * 7 / 8,
+        };
+        let prefix = match opts.get(OptionCode::SubnetMask) {
+            Some(DhcpOption::SubnetMask(mask)) => prefix_of(*mask),
+            _ => 24,
+        };
+        let list = |code| match opts.get(code) {
+            Some(DhcpOption::Router(ips)) | Some(DhcpOption::DomainNameServer(ips)) => ips.clone(),
+            _ => Vec::new(),
+        };
+        let text = |code| match opts.get(code) {
+            Some(DhcpOption::Hostname(s)) | Some(DhcpOption::DomainName(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let classless_routes = match opts.get(OptionCode::ClasslessStaticRoute) {
+            Some(DhcpOption::ClasslessStaticRoute(routes)) => routes
+                .iter()
+                .map(|(net, gw)| (net.network(), net.prefix_len(), *gw))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let addr = message.yiaddr();
+        if addr.is_unspecified() {
+            return Err("the ACK grants no address".to_string());
+        }
+        Ok(Lease {
+            addr,
+            prefix,
+            server,
+            routers: list(OptionCode::Router),
+            dns: list(OptionCode::DomainNameServer),
+            domain: text(OptionCode::DomainName),
+            hostname: text(OptionCode::Hostname),
+            mtu: match opts.get(OptionCode::InterfaceMtu) {
+                Some(DhcpOption::InterfaceMtu(mtu)) => Some(*mtu),
+                _ => None,
+            },
+            classless_routes,
+            lease_time,
+            t1: t1.min(lease_time),
+            t2: t2.min(lease_time).max(t1.min(lease_time)),
+        })
+    }
+
+    /// The routes to install: option 121's when present (RFC 3442: the router option is then
+    /// ignored), else a default route via the first router.
+    pub fn routes(&self) -> Vec<(Ipv4Addr, u8, Ipv4Addr)> {
+        if !self.classless_routes.is_empty() {
+            return self.classless_routes.clone();
+        }
+        self.routers
+            .first()
+            .map(|router| vec![(Ipv4Addr::UNSPECIFIED, 0, *router)])
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use dhcproto::v4::{MessageType, Opcode};
+
+    fn ack(options: Vec<DhcpOption>) -> Message {
+        let mut message = Message::new(
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 2, 15),
+            Ipv4Addr::new(10, 0, 2, 2),
+            Ipv4Addr::UNSPECIFIED,
+            &[0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        );
+        message.set_opcode(Opcode::BootReply);
+        message
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Ack));
+        for option in options {
+            message.opts_mut().insert(option);
+        }
+        message
+    }
+
+    #[test]
+    fn a_plain_lease_routes_through_its_router() {
+        let lease = Lease::from_ack(&ack(vec![
+            DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
+            DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]),
+            DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 2, 3)]),
+            DhcpOption::AddressLeaseTime(86_400),
+            DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (lease.addr, lease.prefix),
+            (Ipv4Addr::new(10, 0, 2, 15), 24)
+        );
+        assert_eq!(lease.t1, Duration::from_secs(43_200));
+        assert_eq!(lease.t2, Duration::from_secs(75_600));
+        assert_eq!(
+            lease.routes(),
+            [(Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::new(10, 0, 2, 2))]
+        );
+    }
+
+    #[test]
+    fn classless_routes_override_the_router_option() {
+        let net = "192.0.2.0/24".parse().unwrap();
+        let lease = Lease::from_ack(&ack(vec![
+            DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]),
+            DhcpOption::ClasslessStaticRoute(vec![(net, Ipv4Addr::new(10, 0, 2, 9))]),
+            DhcpOption::InterfaceMtu(1400),
+        ]))
+        .unwrap();
+        assert_eq!(
+            lease.routes(),
+            [(Ipv4Addr::new(192, 0, 2, 0), 24, Ipv4Addr::new(10, 0, 2, 9))]
+        );
+        assert_eq!(lease.mtu, Some(1400));
+    }
+}

@@ -1,0 +1,199 @@
+//! The netlink operations netd needs, over `rtnetlink`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("netlink: {what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot wait for SIGTERM: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// An Ethernet link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// EEXIST from the kernel: the address or route is there already, which is what was wanted.
+fn exists(err: &rtnetlink::Error) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(message) if message.raw_code() == -nix::libc::EEXIST)
+}
+
+impl Netlink {
+    pub fn connect() -> Result<Netlink, NetlinkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+        let what = what.into();
+        move |source| NetlinkError::Request { what, source }
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(Self::failed(format!("set link {index} up")))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(Self::failed(format!("set link {index} mtu {mtu}")))
+    }
+
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .address()
+            .add(index, addr, prefix)
+            .execute()
+            .await
+        {
+            Err(err) if !exists(&err) => {
+                Err(Self::failed(format!("add {addr}/{prefix} to link {index}"))(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn del_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut found = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(message) = found
+            .try_next()
+            .await
+            .map_err(Self::failed("list addresses"))?
+        {
+            let matches = message.attributes.iter().any(|a| {
+                matches!(a, netlink_packet_route::address::AddressAttribute::Address(a) if *a == addr)
+            }) && message.header.prefix_len == prefix;
+            if matches {
+                self.handle
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(Self::failed(format!("remove {addr}/{prefix}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A route to `to/prefix` (0.0.0.0/0 is the default route) via `via`, or on-link when
+    /// `via` is unspecified.
+    pub async fn add_route_v4(
+        &self,
+        index: u32,
+        to: Ipv4Addr,
+        prefix: u8,
+        via: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(to, prefix)
+            .output_interface(index);
+        if !via.is_unspecified() {
+            builder = builder.gateway(via);
+        }
+        match self.handle.route().add(builder.build()).execute().await {
+            Err(err) if !exists(&err) => Err(Self::failed(format!(
+                "add route {to}/{prefix} via {via}"
+            ))(err)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `lo` up, with 127.0.0.1/8 and ::1/128.
+    pub async fn loopback_up(&self) -> Result<(), NetlinkError> {
+        let index = self.index_of("lo").await?.unwrap_or(1);
+        self.set_up(index).await?;
+        self.add_address(index, IpAddr::V4(Ipv4Addr::LOCALHOST), 8)
+            .await?;
+        // ::1 is refused when IPv6 is off; lo still works for IPv4.
+        let _ = self
+            .add_address(index, IpAddr::V6(Ipv6Addr::LOCALHOST), 128)
+            .await;
+        Ok(())
+    }
+
+    async fn index_of(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        Ok(links
+            .try_next()
+            .await
+            .map_err(Self::failed(format!("find link {name}")))?
+            .map(|l| l.header.index))
+    }
+
+    /// Every Ethernet link but loopback.
+    pub async fn ethernet_links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let mut found = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(message) = links.try_next().await.map_err(Self::failed("list links"))? {
+            if message.header.link_layer_type != LinkLayerType::Ether {
+                continue;
+            }
+            let mut name = String::new();
+            let mut mac = Vec::new();
+            for attribute in &message.attributes {
+                match attribute {
+                    LinkAttribute::IfName(n) => name = n.clone(),
+                    LinkAttribute::Address(a) => mac = a.clone(),
+                    _ => {}
+                }
+            }
+            found.push(Link {
+                index: message.header.index,
+                name,
+                mac,
+            });
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+}
