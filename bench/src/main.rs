@@ -107,6 +107,7 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
             cache_dir: default_cache_dir(),
         },
         init: None,
+        netd: None,
         images: Vec::new(),
         extra_modules: Vec::new(),
     })

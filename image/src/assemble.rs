@@ -56,6 +56,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nft_nat",
     "nf_nat",
 ];
+/// Where netd goes in the image (init's `services::NETD`).
+const NETD_PATH: &str = "/usr/lib/berth/netd";
 /// Index files copied into the image next to the modules.
 const MODULE_INDEX_FILES: &[&str] = &["modules.builtin"];
 /// What the image's description file is called in the output directory.
@@ -81,6 +83,8 @@ pub struct BuildOptions {
     pub kernel: KernelChoice,
     /// The init binary; found next to the `berth` executable when not given.
     pub init: Option<PathBuf>,
+    /// The netd binary; found next to the `berth` executable when not given.
+    pub netd: Option<PathBuf>,
     /// OCI image layouts to bake into the image store.
     pub images: Vec<ImageSource>,
     /// Kernel modules to ship beyond [`DEFAULT_MODULES`] (coldplug loads them when their
@@ -120,8 +124,13 @@ pub enum BuildError {
     },
     #[error("--module {name}: kernel {release} has no such module")]
     UnknownModule { name: String, release: String },
-    #[error("no init binary for {arch}; looked at {}. Build it with `cargo build --profile guest -p berth-init --target {}`, or pass --init", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), arch.rust_target())]
-    InitNotFound { arch: Arch, tried: Vec<PathBuf> },
+    #[error("no {binary} binary for {arch}; looked at {}. Build it with `cargo build --profile guest -p {package} --target {}`, or pass --{binary}", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), arch.rust_target())]
+    GuestBinaryNotFound {
+        binary: &'static str,
+        package: &'static str,
+        arch: Arch,
+        tried: Vec<PathBuf>,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -153,10 +162,11 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     std::fs::rename(&staging, path).map_err(write_error)
 }
 
-/// Where a freshly built init for `arch` is looked for, relative to the running `berth`:
-/// cargo's layout (`target/release/berth` beside `target/<triple>/guest/init`) and an
-/// installed layout (`bin/berth` beside `lib/berth/<arch>/init`).
-pub fn init_candidates(arch: Arch) -> Vec<PathBuf> {
+/// Where a freshly built guest binary (`init`, `netd`) for `arch` is looked for, relative to
+/// the running `berth`: cargo's layout (`target/release/berth` beside
+/// `target/<triple>/guest/init`) and an installed layout (`bin/berth` beside
+/// `lib/berth/<arch>/init`).
+pub fn guest_binary_candidates(arch: Arch, binary: &str) -> Vec<PathBuf> {
     let Some(exe_dir) = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
@@ -171,26 +181,34 @@ pub fn init_candidates(arch: Arch) -> Vec<PathBuf> {
             target_dir
                 .join(arch.rust_target())
                 .join("guest")
-                .join("init"),
+                .join(binary),
         );
     }
     if let Some(prefix) = exe_dir.parent() {
-        candidates.push(prefix.join("lib/berth").join(arch.name()).join("init"));
+        candidates.push(prefix.join("lib/berth").join(arch.name()).join(binary));
     }
     candidates
 }
 
-fn find_init(options: &BuildOptions) -> Result<PathBuf, BuildError> {
-    if let Some(init) = &options.init {
-        return Ok(init.clone());
+/// The given path, or the first built binary found next to `berth`.
+fn find_guest_binary(
+    given: Option<&PathBuf>,
+    arch: Arch,
+    binary: &'static str,
+    package: &'static str,
+) -> Result<PathBuf, BuildError> {
+    if let Some(path) = given {
+        return Ok(path.clone());
     }
-    let tried = init_candidates(options.arch);
+    let tried = guest_binary_candidates(arch, binary);
     tried
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or(BuildError::InitNotFound {
-            arch: options.arch,
+        .ok_or(BuildError::GuestBinaryNotFound {
+            binary,
+            package,
+            arch,
             tried,
         })
 }
@@ -229,9 +247,12 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     let image_names = images::bake(&options.images, options.arch, &mut initramfs)?;
     manifest.check_images(&manifest_text, &options.manifest, &image_names)?;
 
-    let init_path = find_init(options)?;
+    let init_path = find_guest_binary(options.init.as_ref(), options.arch, "init", "berth-init")?;
     let init = read(&init_path)?;
     elf::check_static_executable(&init_path, &init, options.arch)?;
+    let netd_path = find_guest_binary(options.netd.as_ref(), options.arch, "netd", "berth-netd")?;
+    let netd = read(&netd_path)?;
+    elf::check_static_executable(&netd_path, &netd, options.arch)?;
 
     let kernel = match &options.kernel {
         KernelChoice::DebianDefault { cache_dir } => {
@@ -283,6 +304,7 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         .directory("/run", 0o755)
         .directory("/tmp", 0o1777)
         .file("/init", 0o755, init)
+        .file(NETD_PATH, 0o755, netd)
         .file(MANIFEST_PATH, 0o644, manifest_text.into_bytes())
         .file(
             IMAGE_MODULES_LOAD,

@@ -57,6 +57,9 @@ enum Command {
         /// The init binary (a static musl build); found next to `berth` by default.
         #[arg(long)]
         init: Option<PathBuf>,
+        /// The netd binary (a static musl build); found next to `berth` by default.
+        #[arg(long)]
+        netd: Option<PathBuf>,
         /// An OCI image layout to bake in: `NAME:TAG=DIR`, or `DIR` to use the layout's own
         /// `org.opencontainers.image.ref.name`. Repeat for more images.
         #[arg(long = "image", value_name = "NAME:TAG=DIR")]
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             kernel,
             modules,
             init,
+            netd,
             images,
             modules_extra,
         } => {
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
                 out,
                 kernel,
                 init,
+                netd,
                 images,
                 extra_modules: modules_extra,
             };

@@ -14,6 +14,7 @@ use crate::event_loop::EventLoop;
 use crate::images;
 use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
+use crate::services::{self, Service};
 use crate::supervisor::Supervisor;
 use crate::{clock, cmdline, host_setup, logger, root_switch, signals, storage};
 
@@ -90,6 +91,8 @@ pub fn boot_and_serve() -> ! {
         idle_forever()
     };
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
+    // The network comes up alongside the rest; netd says when its leases are bound.
+    event_loop.run_service(Service::new("netd", services::NETD));
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")

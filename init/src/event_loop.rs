@@ -17,6 +17,7 @@ use crate::cmdline::{BootParams, ButtonAction};
 use crate::coldplug::Coldplug;
 use crate::power_button::{self, PowerButton};
 use crate::reap;
+use crate::services::Service;
 use crate::shutdown::{self, ShutdownAction};
 use crate::signals::{self, SignalAction};
 use crate::supervisor::{StreamId, Supervisor};
@@ -38,6 +39,7 @@ pub struct EventLoop {
     power_button: ButtonAction,
     shutdown_timeout: Duration,
     coldplug: Option<Coldplug>,
+    services: Vec<Service>,
 }
 
 impl EventLoop {
@@ -50,6 +52,7 @@ impl EventLoop {
             power_button: params.power_button,
             shutdown_timeout: params.shutdown_timeout,
             coldplug,
+            services: Vec::new(),
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -65,6 +68,12 @@ impl EventLoop {
             log::info!("power button: {} ({})", button.node, button.name);
             self.buttons.push(button);
         }
+    }
+
+    /// Starts a service (netd) that the loop restarts whenever it exits.
+    pub fn run_service(&mut self, mut service: Service) {
+        service.start(Instant::now());
+        self.services.push(service);
     }
 
     /// Hands the containers to the loop; they start on its first turn.
@@ -102,6 +111,9 @@ impl EventLoop {
 
     /// One wait for events and their handling; `Some` when the host must shut down.
     fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        for service in &mut self.services {
+            service.tick(Instant::now());
+        }
         if let Some(supervisor) = self.supervisor.as_mut() {
             supervisor.tick(Instant::now());
         }
@@ -206,6 +218,9 @@ impl EventLoop {
             .supervisor
             .as_ref()
             .and_then(Supervisor::next_deadline)
+            .into_iter()
+            .chain(self.services.iter().filter_map(Service::next_deadline))
+            .min()
             .map(|deadline| deadline.saturating_duration_since(now));
         match rescan.into_iter().chain(restart).min() {
             // Round up so that a timer is never woken for a millisecond early.
@@ -226,6 +241,13 @@ impl EventLoop {
                 SignalAction::Reap => {
                     let now = Instant::now();
                     for (pid, status) in reap::reap_exited().exited {
+                        if self
+                            .services
+                            .iter_mut()
+                            .any(|s| s.on_exit(pid, status, now))
+                        {
+                            continue;
+                        }
                         if let Some(supervisor) = self.supervisor.as_mut() {
                             supervisor.on_exit(pid, status, now);
                         }

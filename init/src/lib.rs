@@ -32,6 +32,7 @@ pub mod mounts;
 mod power_button;
 mod reap;
 mod root_switch;
+mod services;
 mod shutdown;
 mod signals;
 mod storage;

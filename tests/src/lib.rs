@@ -114,6 +114,7 @@ pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf
             cache_dir: default_cache_dir(),
         },
         init: Some(guest_init(arch)?),
+        netd: Some(guest_binary("berth-netd", "netd", arch)?),
         images: vec![ImageSource {
             name: Some(images::BUSYBOX.to_string()),
             dir: images::busybox_layout(arch)?,

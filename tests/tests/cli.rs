@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use berth_arch::Arch;
 use berth_tests::images::busybox_layout;
-use berth_tests::{berth_cli, guest_init, log_dir};
+use berth_tests::{berth_cli, guest_binary, guest_init, log_dir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -25,6 +25,8 @@ fn berth_build_with(dir: &Path, manifest: &str, extra: &[String]) -> Output {
         .arg(dir.join("image"))
         .arg("--init")
         .arg(init)
+        .arg("--netd")
+        .arg(guest_binary("berth-netd", "netd", Arch::X86_64).unwrap_or_else(|e| panic!("{e}")))
         .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("{e}"))

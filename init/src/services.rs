@@ -1,0 +1,106 @@
+//! berth's own daemons (netd), started by init and restarted whenever they exit, with the
+//! same backoff as containers. They run in init's cgroup, under its memory reserve.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::event::Event;
+use crate::supervisor::policy::{self, Backoff};
+
+/// Where `berth build` puts netd in the image.
+pub const NETD: &str = "/usr/lib/berth/netd";
+
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    path: PathBuf,
+    pid: Option<Pid>,
+    started: Instant,
+    backoff: Backoff,
+    restart_at: Option<Instant>,
+    restarts: u32,
+}
+
+impl Service {
+    pub fn new(name: &'static str, path: &str) -> Service {
+        Service {
+            name,
+            path: PathBuf::from(path),
+            pid: None,
+            started: Instant::now(),
+            backoff: Backoff::default(),
+            restart_at: None,
+            restarts: 0,
+        }
+    }
+
+    pub fn start(&mut self, now: Instant) {
+        self.restart_at = None;
+        if !self.path.exists() {
+            log::warn!(
+                "{} is not in this image ({}); not started",
+                self.name,
+                self.path.display()
+            );
+            return;
+        }
+        // std resets the signal mask and SIGPIPE in the child, so the service does not inherit
+        // the signals init blocks for its signalfd.
+        match std::process::Command::new(&self.path).spawn() {
+            Ok(child) => {
+                let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+                self.pid = Some(pid);
+                self.started = now;
+                Event::new("service-started")
+                    .field("service", self.name)
+                    .field("pid", pid)
+                    .field("restarts", self.restarts)
+                    .emit();
+            }
+            Err(err) => {
+                Event::new("service-failed")
+                    .field("service", self.name)
+                    .field("error", err)
+                    .emit();
+                self.schedule_restart(now, now);
+            }
+        }
+    }
+
+    fn schedule_restart(&mut self, ran_since: Instant, now: Instant) -> std::time::Duration {
+        let delay = self
+            .backoff
+            .delay_after(now.saturating_duration_since(ran_since));
+        self.restart_at = Some(now + delay);
+        delay
+    }
+
+    /// Handles a reaped child; false when it was not this service.
+    pub fn on_exit(&mut self, pid: Pid, status: WaitStatus, now: Instant) -> bool {
+        if self.pid != Some(pid) {
+            return false;
+        }
+        self.pid = None;
+        let delay = self.schedule_restart(self.started, now);
+        self.restarts += 1;
+        Event::new("service-exited")
+            .field("service", self.name)
+            .field("code", policy::exit_code(status).unwrap_or(-1))
+            .field("next_in", format!("{}ms", delay.as_millis()))
+            .emit();
+        true
+    }
+
+    pub fn tick(&mut self, now: Instant) {
+        if self.restart_at.is_some_and(|at| now >= at) {
+            self.start(now);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.restart_at
+    }
+}
