@@ -5,12 +5,9 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use berth_runtime::{CgroupLimits, ContainerSpec, Rootfs, RuntimeError, Security};
-
-/// `PATH` inside the container, Docker's default.
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Docker's default open-files limit, as init gives containers.
-const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
+use berth_runtime::{
+    CgroupLimits, ContainerSpec, Rootfs, RuntimeError, Security, DEFAULT_NOFILE, DEFAULT_PATH,
+};
 
 #[derive(Debug, Clone)]
 pub struct RunContainerOptions {
@@ -50,7 +47,7 @@ pub fn run_container(options: &RunContainerOptions) -> Result<i32, RunContainerE
         rootfs: Rootfs::Directory(options.rootfs.clone()),
         mounts: Vec::new(),
         args: options.args.clone(),
-        env: vec![DEFAULT_PATH.to_string()],
+        env: vec![format!("PATH={DEFAULT_PATH}")],
         cwd: "/".to_string(),
         user: None,
         host_pid: false,

@@ -16,9 +16,6 @@ use crate::spawn::SETUP_FAILED_EXIT;
 use crate::user::{resolve_user, ResolvedUser};
 use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, Rootfs, RootfsSpec};
 
-/// `PATH` when the container's environment sets none (Docker's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 type StepResult<T = ()> = Result<T, String>;
 
 fn step<T, E: std::fmt::Display>(
@@ -363,7 +360,7 @@ fn find_in_path(program: &str, env: &[String]) -> StepResult<PathBuf> {
     let path = env
         .iter()
         .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
+        .unwrap_or(crate::DEFAULT_PATH);
     path.split(':')
         .map(|dir| Path::new(dir).join(program))
         .find(|candidate| nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok())

@@ -138,6 +138,11 @@ pub struct Security {
     pub privileged: bool,
 }
 
+/// Docker's default `PATH` for a container whose image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Docker's default open-files limit (soft, hard), as Docker 25 and later set it.
+pub const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
+
 /// Docker's default capability set, by number.
 pub const DEFAULT_CAPABILITIES: &[u8] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
 

@@ -98,9 +98,6 @@ pub fn mounts(config: &Container) -> Result<Vec<ExtraMount>, String> {
     Ok(mounts)
 }
 
-/// Docker's default open-files limit (soft, hard), as Docker 25 and later set it.
-const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
-
 /// The capability numbers a container keeps: Docker's defaults, less `cap_drop`, plus
 /// `cap_add` (`ALL` in either), or everything when privileged.
 pub fn capabilities(config: &Container) -> Vec<u8> {
@@ -166,7 +163,11 @@ pub fn rlimits(config: &Container) -> Vec<(String, u64, u64)> {
         .map(|(name, limit)| (name.clone(), limit.soft, limit.hard))
         .collect();
     if !config.ulimits.0.contains_key("nofile") {
-        limits.push(("nofile".to_string(), DEFAULT_NOFILE.0, DEFAULT_NOFILE.1));
+        limits.push((
+            "nofile".to_string(),
+            berth_runtime::DEFAULT_NOFILE.0,
+            berth_runtime::DEFAULT_NOFILE.1,
+        ));
     }
     limits
 }
