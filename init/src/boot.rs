@@ -92,7 +92,12 @@ pub fn boot_and_serve() -> ! {
     };
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     // The network comes up alongside the rest; netd says when its leases are bound.
-    event_loop.run_service(Service::new("netd", services::NETD));
+    let manifest_arg = params.manifest.display().to_string();
+    event_loop.run_service(Service::new(
+        "netd",
+        services::NETD,
+        vec!["--manifest".to_string(), manifest_arg],
+    ));
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")

@@ -17,6 +17,7 @@ pub const NETD: &str = "/usr/lib/berth/netd";
 pub struct Service {
     name: &'static str,
     path: PathBuf,
+    args: Vec<String>,
     pid: Option<Pid>,
     started: Instant,
     backoff: Backoff,
@@ -25,10 +26,11 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(name: &'static str, path: &str) -> Service {
+    pub fn new(name: &'static str, path: &str, args: Vec<String>) -> Service {
         Service {
             name,
             path: PathBuf::from(path),
+            args,
             pid: None,
             started: Instant::now(),
             backoff: Backoff::default(),
@@ -49,7 +51,10 @@ impl Service {
         }
         // std resets the signal mask and SIGPIPE in the child, so the service does not inherit
         // the signals init blocks for its signalfd.
-        match std::process::Command::new(&self.path).spawn() {
+        match std::process::Command::new(&self.path)
+            .args(&self.args)
+            .spawn()
+        {
             Ok(child) => {
                 let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
                 self.pid = Some(pid);

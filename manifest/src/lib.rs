@@ -20,6 +20,7 @@ mod container;
 mod duration;
 mod error;
 mod names;
+mod network;
 mod security;
 mod storage;
 mod validate;
@@ -36,6 +37,7 @@ pub use container::{
 pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
 pub use names::{ContainerName, Hostname, ModuleName};
+pub use network::{Cidr, Interface, InterfaceMatch, MacAddress, Network, Route, NETWORK_ONLINE};
 pub use security::{
     parse_bytes, ByteSize, Capability, Cpus, IdRange, Ranged, SecurityOpt, Ulimit, Ulimits, Userns,
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
@@ -63,6 +65,8 @@ pub struct Manifest {
     /// Host ids for containers with `userns = true`.
     #[serde(default)]
     pub userns: Userns,
+    /// How netd configures the links; `None` is DHCP on every Ethernet link.
+    pub network: Option<Network>,
 }
 
 /// The `[boot]` table.
@@ -325,6 +329,32 @@ environment = ["A=1", "B=two=2"]
         assert_eq!(
             err.to_string(),
             "m.toml:2:9: containers.w.image: no image `busybox:1.36` in the image store (it has: busybox:1.35) (did you mean `busybox:1.35`?)"
+        );
+    }
+
+    #[test]
+    fn network_section_and_network_online() {
+        let manifest = parse(
+            "[network]\ndns = [\"192.0.2.53\"]\nsearch = [\"example.internal\"]\n\
+             [[network.interface]]\nmatch = { name = \"eth*\" }\ndhcp = true\nmtu = 1500\n\
+             [[network.interface]]\nmatch = { mac = \"52:54:00:12:34:56\" }\n\
+             addresses = [\"192.0.2.10/24\", \"2001:db8::10/64\"]\ngateway = \"192.0.2.1\"\n\
+             gateway6 = \"2001:db8::1\"\nroutes = [{ to = \"198.51.100.0/24\", via = \"192.0.2.254\", metric = 100 }]\n\
+             [containers.web]\nimage = \"x:1\"\ndepends_on = [\"network-online\"]\n",
+        )
+        .unwrap();
+        let network = manifest.network.unwrap();
+        assert_eq!(network.interface.len(), 2);
+        assert_eq!(
+            network.interface[1].matcher.mac.unwrap().to_string(),
+            "52:54:00:12:34:56"
+        );
+        assert_eq!(network.interface[1].routes[0].metric, Some(100));
+        assert!(network.dns_from_dhcp && network.interface[0].required);
+        let err = parse("[[network.interface]]\nmatch = { mac = \"52:54\" }\n").unwrap_err();
+        assert!(
+            err.to_string().contains("network.interface[0].match.mac"),
+            "{err}"
         );
     }
 

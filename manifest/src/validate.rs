@@ -16,6 +16,9 @@ pub(crate) fn dependencies(
         for (position, (dependency, _)) in container.depends_on.0.iter().enumerate() {
             let field = format!("containers.{}.depends_on[{position}]", name.as_str());
             let wanted = dependency.get_ref();
+            if wanted == crate::NETWORK_ONLINE {
+                continue;
+            }
             let known = ContainerName::new(wanted)
                 .ok()
                 .is_some_and(|d| manifest.containers.contains_key(&d));
@@ -80,6 +83,7 @@ fn edges(manifest: &Manifest) -> BTreeMap<&str, Vec<&str>> {
                 .0
                 .iter()
                 .map(|(d, _)| d.get_ref().as_str())
+                .filter(|d| *d != crate::NETWORK_ONLINE)
                 .collect();
             (name.as_str(), deps)
         })

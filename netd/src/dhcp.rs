@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_event::Event;
@@ -21,6 +21,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::emit;
 use crate::lease::Lease;
 use crate::netlink::{Link, Netlink};
+use crate::state::Shared;
 
 const CLIENT_PORT: u16 = 68;
 const SERVER_PORT: u16 = 67;
@@ -77,14 +78,11 @@ enum RequestKind {
     Rebinding { addr: Ipv4Addr },
 }
 
-/// The lease each link holds now, for the release at shutdown.
-pub type Leases = Arc<Mutex<Vec<(Link, Lease)>>>;
-
 #[derive(Debug)]
 pub struct Client {
     link: Link,
     netlink: Netlink,
-    leases: Leases,
+    shared: Arc<Shared>,
     xid: u32,
 }
 
@@ -162,7 +160,7 @@ async fn send_message(
 }
 
 impl Client {
-    pub fn new(link: Link, netlink: Netlink, leases: Leases) -> Client {
+    pub fn new(link: Link, netlink: Netlink, shared: Arc<Shared>) -> Client {
         let xid = u32::from_le_bytes([
             link.mac.get(2).copied().unwrap_or(0),
             link.mac.get(3).copied().unwrap_or(0),
@@ -172,7 +170,7 @@ impl Client {
         Client {
             link,
             netlink,
-            leases,
+            shared,
             xid,
         }
     }
@@ -294,14 +292,24 @@ impl Client {
         for (to, prefix, via) in lease.routes() {
             self.netlink.add_route_v4(index, to, prefix, via).await?;
         }
-        let search: Vec<String> = lease.domain.iter().cloned().collect();
-        if let Err(err) = crate::resolv::write(&lease.dns, &search) {
-            emit(Event::new("resolv-failed").field("error", err));
+        self.shared.lease_held(&self.link, lease);
+        if self.shared.hostname_from_dhcp {
+            if let Some(hostname) = &lease.hostname {
+                match nix::unistd::sethostname(hostname) {
+                    Ok(()) => emit(
+                        Event::new("hostname-set")
+                            .field("hostname", hostname)
+                            .field("from", "dhcp"),
+                    ),
+                    Err(err) => emit(
+                        Event::new("hostname-failed")
+                            .field("hostname", hostname)
+                            .field("error", err),
+                    ),
+                }
+            }
         }
-        if let Ok(mut leases) = self.leases.lock() {
-            leases.retain(|(link, _)| link.index != index);
-            leases.push((self.link.clone(), lease.clone()));
-        }
+        self.shared.configured(index);
         Ok(())
     }
 
@@ -409,9 +417,7 @@ impl Client {
                     self.netlink
                         .del_address(self.link.index, lease.addr.into(), lease.prefix)
                         .await?;
-                    if let Ok(mut leases) = self.leases.lock() {
-                        leases.retain(|(link, _)| link.index != self.link.index);
-                    }
+                    self.shared.lease_lost(self.link.index);
                     emit(
                         Event::new("dhcp-lost")
                             .field("iface", &self.link.name)
@@ -425,9 +431,8 @@ impl Client {
 }
 
 /// Sends a DHCPRELEASE for each held lease (at shutdown).
-pub async fn release_all(leases: &Leases) {
-    let held: Vec<(Link, Lease)> = leases.lock().map(|l| l.clone()).unwrap_or_default();
-    for (link, lease) in held {
+pub async fn release_all(shared: &Shared) {
+    for (link, lease) in shared.leases() {
         let mut release = build_message(
             std::process::id(),
             &link.mac,

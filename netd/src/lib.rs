@@ -8,19 +8,51 @@ pub mod dhcp;
 mod lease;
 mod netlink;
 mod resolv;
+mod state;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use berth_event::Event;
+use berth_manifest::{Interface, InterfaceMatch, Manifest, Network};
 
 pub use lease::Lease;
+use netlink::{Link, Netlink, NetlinkError};
+use state::Shared;
+
+/// The manifest netd reads unless init passes `--manifest`.
+const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
 
 /// Writes one event line.
 pub(crate) fn emit(event: Event) {
     println!("{}", event.finish());
 }
 
+/// The network section and whether the manifest names the host. A manifest that does not
+/// parse leaves the defaults (DHCP everywhere): a bad manifest never takes the network down.
+fn read_config() -> (Option<Network>, bool) {
+    let mut args = std::env::args().skip(1);
+    let mut path = PathBuf::from(DEFAULT_MANIFEST);
+    while let Some(arg) = args.next() {
+        if arg == "--manifest" {
+            if let Some(value) = args.next() {
+                path = PathBuf::from(value);
+            }
+        }
+    }
+    match Manifest::load(&path) {
+        Ok(manifest) => (manifest.network, manifest.hostname.is_some()),
+        Err(err) => {
+            emit(Event::new("network-config-invalid").field("error", err));
+            (None, false)
+        }
+    }
+}
+
 pub fn run() -> ExitCode {
+    let (network, hostname_given) = read_config();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -31,7 +63,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(serve(network, !hostname_given)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("netd: {err}");
@@ -40,8 +72,108 @@ pub fn run() -> ExitCode {
     }
 }
 
-async fn serve() -> Result<(), netlink::NetlinkError> {
-    let netlink = netlink::Netlink::connect()?;
+/// The entry that configures `link`: the first whose every criterion holds.
+fn entry_for<'a>(link: &Link, network: &'a Network) -> Option<&'a Interface> {
+    network
+        .interface
+        .iter()
+        .find(|entry| matches(&entry.matcher, link))
+}
+
+fn matches(matcher: &InterfaceMatch, link: &Link) -> bool {
+    let name = matcher
+        .name
+        .as_ref()
+        .is_none_or(|glob| berth_kmod::glob_match(glob, &link.name));
+    let mac = matcher
+        .mac
+        .is_none_or(|mac| link.mac.get(..6) == Some(mac.0.as_slice()));
+    let driver = matcher.driver.as_ref().is_none_or(|d| *d == link.driver);
+    name && mac && driver
+}
+
+fn mac_text(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Every Ethernet link on DHCP: what a host with no `[network]` section gets.
+fn dhcp_default() -> Interface {
+    Interface {
+        matcher: InterfaceMatch::default(),
+        dhcp: true,
+        addresses: Vec::new(),
+        gateway: None,
+        gateway6: None,
+        routes: Vec::new(),
+        mtu: None,
+        required: true,
+    }
+}
+
+/// A link with a static IPv6 setup gets exactly what it declares: no router advertisements,
+/// no autoconfigured addresses (as systemd-networkd unless told otherwise).
+fn static_ipv6(link: &Link, entry: &Interface) {
+    let declares_ipv6 =
+        entry.gateway6.is_some() || entry.addresses.iter().any(|a| a.addr.is_ipv6());
+    if !declares_ipv6 {
+        return;
+    }
+    for setting in ["accept_ra", "autoconf"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/{setting}", link.name);
+        if let Err(err) = std::fs::write(&path, "0") {
+            emit(
+                Event::new("sysctl-failed")
+                    .field("key", path)
+                    .field("error", err),
+            );
+        }
+    }
+}
+
+async fn configure_static(
+    netlink: &Netlink,
+    link: &Link,
+    entry: &Interface,
+) -> Result<(), NetlinkError> {
+    if let Some(mtu) = entry.mtu {
+        netlink.set_mtu(link.index, mtu).await?;
+    }
+    for cidr in &entry.addresses {
+        netlink
+            .add_address(link.index, cidr.addr, cidr.prefix)
+            .await?;
+    }
+    if let Some(gateway) = entry.gateway {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        netlink
+            .add_route(link.index, any, 0, IpAddr::V4(gateway), None)
+            .await?;
+    }
+    if let Some(gateway) = entry.gateway6 {
+        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        netlink
+            .add_route(link.index, any, 0, IpAddr::V6(gateway), None)
+            .await?;
+    }
+    for route in &entry.routes {
+        netlink
+            .add_route(
+                link.index,
+                route.to.addr,
+                route.to.prefix,
+                route.via,
+                route.metric,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(), NetlinkError> {
+    let netlink = Netlink::connect()?;
     netlink.loopback_up().await?;
     emit(
         Event::new("link-up")
@@ -50,19 +182,66 @@ async fn serve() -> Result<(), netlink::NetlinkError> {
     );
     // Before any lease: SIGTERM (init's shutdown) must find the handler in place.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(netlink::NetlinkError::Signal)?;
-    let leases: dhcp::Leases = std::sync::Arc::default();
-    let mut clients = Vec::new();
+        .map_err(NetlinkError::Signal)?;
+    let (servers, search, from_dhcp) = network
+        .as_ref()
+        .map_or((Vec::new(), Vec::new(), true), |n| {
+            (n.dns.clone(), n.search.clone(), n.dns_from_dhcp)
+        });
+    let shared = Arc::new(Shared::new(servers, search, from_dhcp, hostname_from_dhcp));
+    let default = dhcp_default();
+    let mut plan = Vec::new();
     for link in netlink.ethernet_links().await? {
-        netlink.set_up(link.index).await?;
-        let client = dhcp::Client::new(link, netlink.clone(), std::sync::Arc::clone(&leases));
-        clients.push(tokio::spawn(client.run()));
+        let entry = match &network {
+            None => Some(&default),
+            Some(network) => entry_for(&link, network),
+        };
+        match entry {
+            Some(entry) => {
+                if entry.required {
+                    shared.require(link.index);
+                }
+                plan.push((link, entry.clone()));
+            }
+            None => emit(Event::new("link-unmanaged").field("iface", &link.name)),
+        }
     }
+    let mut clients = Vec::new();
+    for (link, entry) in plan {
+        // Before the link comes up, so no advertisement is acted on in between.
+        static_ipv6(&link, &entry);
+        netlink.set_up(link.index).await?;
+        if let Err(err) = configure_static(&netlink, &link, &entry).await {
+            emit(
+                Event::new("link-failed")
+                    .field("iface", &link.name)
+                    .field("error", err),
+            );
+            continue;
+        }
+        let addresses: Vec<String> = entry.addresses.iter().map(ToString::to_string).collect();
+        emit(
+            Event::new("link-configured")
+                .field("iface", &link.name)
+                .field("mac", mac_text(&link.mac))
+                .field("driver", &link.driver)
+                .field("addresses", addresses.join(","))
+                .field("dhcp", entry.dhcp),
+        );
+        if entry.dhcp {
+            let client = dhcp::Client::new(link, netlink.clone(), Arc::clone(&shared));
+            clients.push(tokio::spawn(client.run()));
+        } else {
+            shared.configured(link.index);
+        }
+    }
+    // No required link (or none at all): online at once.
+    shared.check_online();
     terminate.recv().await;
     for client in &clients {
         client.abort();
     }
     // The addresses stay in the kernel until the host goes; the servers learn now.
-    dhcp::release_all(&leases).await;
+    dhcp::release_all(&shared).await;
     Ok(())
 }

@@ -18,6 +18,8 @@ pub enum NetlinkError {
     },
     #[error("cannot wait for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("route to {to} via {via}: the two are not of one IP version")]
+    Mixed { to: String, via: String },
 }
 
 /// An Ethernet link.
@@ -26,6 +28,8 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mac: Vec<u8>,
+    /// The kernel driver, from sysfs (`virtio_net`).
+    pub driver: String,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +147,55 @@ impl Netlink {
         }
     }
 
+    /// A static route over link `index`, IPv4 or IPv6; `via` unspecified means on-link.
+    pub async fn add_route(
+        &self,
+        index: u32,
+        to: IpAddr,
+        prefix: u8,
+        via: IpAddr,
+        metric: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let message = match (to, via) {
+            (IpAddr::V4(to), IpAddr::V4(via)) => {
+                let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(to, prefix)
+                    .output_interface(index);
+                if !via.is_unspecified() {
+                    builder = builder.gateway(via);
+                }
+                if let Some(metric) = metric {
+                    builder = builder.priority(metric);
+                }
+                builder.build()
+            }
+            (IpAddr::V6(to), IpAddr::V6(via)) => {
+                let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(to, prefix)
+                    .output_interface(index);
+                if !via.is_unspecified() {
+                    builder = builder.gateway(via);
+                }
+                if let Some(metric) = metric {
+                    builder = builder.priority(metric);
+                }
+                builder.build()
+            }
+            _ => {
+                return Err(NetlinkError::Mixed {
+                    to: to.to_string(),
+                    via: via.to_string(),
+                })
+            }
+        };
+        match self.handle.route().add(message).execute().await {
+            Err(err) if !exists(&err) => Err(Self::failed(format!(
+                "add route {to}/{prefix} via {via}"
+            ))(err)),
+            _ => Ok(()),
+        }
+    }
+
     /// `lo` up, with 127.0.0.1/8 and ::1/128.
     pub async fn loopback_up(&self) -> Result<(), NetlinkError> {
         let index = self.index_of("lo").await?.unwrap_or(1);
@@ -187,10 +240,15 @@ impl Netlink {
                     _ => {}
                 }
             }
+            let driver = std::fs::read_link(format!("/sys/class/net/{name}/device/driver"))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
             found.push(Link {
                 index: message.header.index,
                 name,
                 mac,
+                driver,
             });
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,12 +1,12 @@
 //! `/etc/resolv.conf`: a symlink to `/run/berth/resolv.conf`, which netd rewrites whole.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 const RUN_RESOLV: &str = "/run/berth/resolv.conf";
 const ETC_RESOLV: &str = "/etc/resolv.conf";
 
-pub fn render(servers: &[Ipv4Addr], search: &[String]) -> String {
+pub fn render(servers: &[IpAddr], search: &[String]) -> String {
     let mut text = String::from("# Written by berth's netd.\n");
     for server in servers {
         text.push_str(&format!("nameserver {server}\n"));
@@ -18,7 +18,7 @@ pub fn render(servers: &[Ipv4Addr], search: &[String]) -> String {
 }
 
 /// Writes the file atomically and points `/etc/resolv.conf` at it.
-pub fn write(servers: &[Ipv4Addr], search: &[String]) -> std::io::Result<()> {
+pub fn write(servers: &[IpAddr], search: &[String]) -> std::io::Result<()> {
     let run = Path::new(RUN_RESOLV);
     if let Some(dir) = run.parent() {
         std::fs::create_dir_all(dir)?;
@@ -42,7 +42,7 @@ mod tests {
     fn renders_servers_and_search() {
         assert_eq!(
             render(
-                &[Ipv4Addr::new(10, 0, 2, 3)],
+                &[IpAddr::from([10, 0, 2, 3])],
                 &["example.internal".to_string()]
             ),
             "# Written by berth's netd.\nnameserver 10.0.2.3\nsearch example.internal\n"

@@ -115,3 +115,118 @@ command = ["sh", "-c", "until ip -4 addr show eth0 | grep -q 10.0.2.15; do sleep
         "the restarted netd holds the same address; {c}"
     );
 }
+
+const STATIC: &str = r#"
+[network]
+dns = ["192.0.2.53"]
+search = ["example.internal"]
+
+# Matched by MAC, whatever name the kernel gave each link.
+[[network.interface]]
+match = { mac = "52:54:00:00:00:0b" }
+addresses = ["192.0.2.10/24", "2001:db8::10/64"]
+gateway = "192.0.2.1"
+gateway6 = "2001:db8::1"
+routes = [{ to = "198.51.100.0/24", via = "192.0.2.254", metric = 100 }]
+
+[[network.interface]]
+match = { mac = "52:54:00:00:00:0a" }
+addresses = ["203.0.113.7/24"]
+required = false
+
+[containers.show]
+image = "busybox:1.35"
+depends_on = ["network-online"]
+command = ["sh", "-c", "for l in /sys/class/net/eth*; do echo link=${l##*/}=$(cat $l/address); done; ip addr show | grep inet | tr -s ' ' | sed 's/^ /addr:/'; ip route show | sed 's/^/route4:/'; ip -6 route show | grep -v fe80 | sed 's/^/route6:/'; sed 's/^/resolv:/' /hostrun/resolv.conf"]
+volumes = ["/run/berth:/hostrun:ro"]
+"#;
+
+#[test]
+fn a_static_configuration_gets_exactly_its_addresses_and_routes_by_mac() {
+    let dir = berth_tests::log_dir("network-static");
+    let image =
+        berth_tests::build_image(Arch::X86_64, STATIC, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = berth_tests::machine_config(Arch::X86_64, &image, &dir);
+    config.user_net = false;
+    // The MACs are given in the opposite order to the manifest's entries.
+    for (id, mac) in [("n0", "52:54:00:00:00:0a"), ("n1", "52:54:00:00:00:0b")] {
+        config.extra_args.extend([
+            "-netdev".to_string(),
+            format!("user,id={id},restrict=on"),
+            "-device".to_string(),
+            format!("virtio-net-pci,netdev={id},mac={mac},romfile="),
+        ]);
+    }
+    let mut machine = berth_qemu::Machine::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    machine
+        .wait_for_line(
+            &berth_tests::pattern(berth_tests::READY_PATTERN),
+            berth_tests::READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_seen(&machine, r"^berth event=exited container=show ");
+    let c = format!("console: {}", machine.console_log().display());
+    let out = events::output(&machine, "show");
+    let has = |needle: &str| out.iter().any(|l| l.contains(needle));
+    // Which name got which MAC is the kernel's business; the addresses follow the MAC.
+    let name_of = |mac: &str| {
+        out.iter()
+            .find_map(|l| {
+                l.strip_prefix("link=")
+                    .and_then(|l| l.strip_suffix(&format!("={mac}")))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no link with {mac}: {out:?}; {c}"))
+    };
+    let primary = name_of("52:54:00:00:00:0b");
+    let secondary = name_of("52:54:00:00:00:0a");
+    assert!(
+        out.iter()
+            .any(|l| l.contains("inet 192.0.2.10/24") && l.ends_with(&primary)),
+        "{out:?}; {c}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("inet 203.0.113.7/24") && l.ends_with(&secondary)),
+        "{out:?}; {c}"
+    );
+    assert!(has("inet6 2001:db8::10/64"), "{out:?}; {c}");
+    // Exactly the declared addresses: nothing autoconfigured from QEMU's advertisements.
+    let global: Vec<&String> = out
+        .iter()
+        .filter(|l| {
+            l.starts_with("addr:inet") && !l.contains("scope host") && !l.contains("scope link")
+        })
+        .collect();
+    assert_eq!(
+        global.len(),
+        3,
+        "192.0.2.10, 203.0.113.7 and 2001:db8::10 only: {global:?}; {c}"
+    );
+    assert!(
+        has(&format!("route4:default via 192.0.2.1 dev {primary}")),
+        "{out:?}; {c}"
+    );
+    assert!(
+        has(&format!(
+            "route4:198.51.100.0/24 via 192.0.2.254 dev {primary}"
+        )) && has("metric 100"),
+        "{out:?}; {c}"
+    );
+    assert!(
+        has(&format!("route6:default via 2001:db8::1 dev {primary}")),
+        "{out:?}; {c}"
+    );
+    assert!(
+        has("resolv:nameserver 192.0.2.53") && has("resolv:search example.internal"),
+        "{out:?}; {c}"
+    );
+    let online = events::events(&machine, "network-online", None);
+    let started = events::events(&machine, "started", Some("show"));
+    assert!(
+        online.first().and_then(|e| e.number("uptime_ms"))
+            <= started.first().and_then(|e| e.number("uptime_ms")),
+        "the container waited for network-online; {c}"
+    );
+    assert!(!online.is_empty(), "{c}");
+}

@@ -16,10 +16,12 @@ mod spec;
 pub use spec::CGROUP_PARENT;
 
 use std::os::fd::BorrowedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_manifest::{Condition, Container, ContainerName, Manifest, RestartPolicy, Userns};
+use berth_manifest::{
+    Condition, Container, ContainerName, Manifest, RestartPolicy, Userns, NETWORK_ONLINE,
+};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -33,6 +35,10 @@ use policy::Backoff;
 
 /// Exit code reported for a container whose start failed (as a shell's "cannot run").
 const START_FAILED_CODE: i32 = 127;
+/// netd creates this file once every required link is configured.
+pub const NETWORK_ONLINE_MARKER: &str = "/run/berth/network-online";
+/// How often containers waiting for the network look for it.
+const NETWORK_POLL: Duration = Duration::from_millis(200);
 /// How often the shutdown loop looks for stopped containers.
 const STOP_POLL: Duration = Duration::from_millis(10);
 
@@ -171,6 +177,12 @@ impl Supervisor {
             return Dependencies::Met;
         };
         for (dependency, condition) in &container.config.depends_on.0 {
+            if dependency.get_ref() == NETWORK_ONLINE {
+                if !Path::new(NETWORK_ONLINE_MARKER).exists() {
+                    return Dependencies::Pending(NETWORK_ONLINE.to_string());
+                }
+                continue;
+            }
             let Some(dep) = self
                 .containers
                 .iter()
@@ -321,14 +333,24 @@ impl Supervisor {
         }
     }
 
-    /// The earliest restart timer, for the event loop's poll timeout.
+    /// The earliest restart timer, or the next look at the network while a container waits
+    /// for it, for the event loop's poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let waiting_for_network = self.containers.iter().any(|c| {
+            c.state == State::Created
+                && c.config
+                    .depends_on
+                    .0
+                    .iter()
+                    .any(|(d, _)| d.get_ref() == NETWORK_ONLINE)
+        });
         self.containers
             .iter()
             .filter_map(|c| match c.state {
                 State::BackingOff { until } => Some(until),
                 _ => None,
             })
+            .chain(waiting_for_network.then(|| Instant::now() + NETWORK_POLL))
             .min()
     }
 
