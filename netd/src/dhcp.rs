@@ -290,7 +290,9 @@ impl Client {
             .add_address(index, lease.addr.into(), lease.prefix)
             .await?;
         for (to, prefix, via) in lease.routes() {
-            self.netlink.add_route_v4(index, to, prefix, via).await?;
+            self.netlink
+                .add_route(index, to.into(), prefix, via.into(), None)
+                .await?;
         }
         self.shared.lease_held(&self.link, lease);
         if self.shared.hostname_from_dhcp {

@@ -124,29 +124,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// A route to `to/prefix` (0.0.0.0/0 is the default route) via `via`, or on-link when
-    /// `via` is unspecified.
-    pub async fn add_route_v4(
-        &self,
-        index: u32,
-        to: Ipv4Addr,
-        prefix: u8,
-        via: Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
-        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(to, prefix)
-            .output_interface(index);
-        if !via.is_unspecified() {
-            builder = builder.gateway(via);
-        }
-        match self.handle.route().add(builder.build()).execute().await {
-            Err(err) if !exists(&err) => Err(Self::failed(format!(
-                "add route {to}/{prefix} via {via}"
-            ))(err)),
-            _ => Ok(()),
-        }
-    }
-
     /// A static route over link `index`, IPv4 or IPv6; `via` unspecified means on-link.
     pub async fn add_route(
         &self,
