@@ -3,7 +3,7 @@
 
 use berth_arch::Arch;
 use berth_qemu::GuestExit;
-use berth_tests::{boot, pattern, READY_PATTERN, READY_TIMEOUT, SHUTDOWN_TIMEOUT};
+use berth_tests::{boot, boot_to_ready, pattern, READY_PATTERN, READY_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 const MANIFEST: &str = "hostname = \"boot-test\"\n";
 
@@ -63,11 +63,7 @@ fn aarch64_boots_to_ready_and_powers_off_on_the_button() {
 
 #[test]
 fn qmp_quit_ends_the_guest_without_a_guest_shutdown() {
-    let mut machine =
-        boot(Arch::X86_64, MANIFEST, "boot-qmp-quit").unwrap_or_else(|e| panic!("{e}"));
-    machine
-        .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut machine = boot_to_ready(Arch::X86_64, MANIFEST, "boot-qmp-quit");
     let exit = machine
         .quit(SHUTDOWN_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
