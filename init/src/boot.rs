@@ -11,7 +11,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::coldplug::Coldplug;
 use crate::event::Event;
 use crate::event_loop::EventLoop;
-use crate::images;
+use crate::images::ImageCache;
 use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
 use crate::services::{self, Service};
@@ -42,7 +42,7 @@ pub fn boot_and_serve() -> ! {
     logger::attach_kmsg();
     Event::new("init-started")
         .field("version", env!("CARGO_PKG_VERSION"))
-        .field("kernel_ms", clock::millis(init_started))
+        .field("kernel_ms", init_started.as_millis())
         .emit();
     for failure in &mount_failures {
         log::error!("{failure}");
@@ -64,7 +64,10 @@ pub fn boot_and_serve() -> ! {
 
     // The manifest decides the rest; a bad one leaves the host up, degraded, and powered by
     // the same event loop so the power button still works.
-    let manifest = load_manifest(&params.manifest);
+    // The image store is opened once: the manifest is checked against it, then the
+    // supervisor prepares images from it.
+    let mut images = ImageCache::new();
+    let manifest = load_manifest(&params.manifest, &mut images);
     let hostname = manifest
         .as_ref()
         .map_or(Manifest::DEFAULT_HOSTNAME, Manifest::hostname);
@@ -102,18 +105,18 @@ pub fn boot_and_serve() -> ! {
     match &manifest {
         Ok(_) => Event::new("ready")
             .field("hostname", hostname)
-            .field("boot_ms", clock::millis(now))
-            .field("init_ms", clock::millis(now.saturating_sub(init_started)))
+            .field("boot_ms", now.as_millis())
+            .field("init_ms", now.saturating_sub(init_started).as_millis())
             .field("power_button", event_loop.power_buttons().count() > 0)
             .emit(),
         Err(err) => Event::new("degraded")
             .field("reason", "manifest")
-            .field("boot_ms", clock::millis(now))
+            .field("boot_ms", now.as_millis())
             .field("error", err)
             .emit(),
     }
     if let Ok(manifest) = &manifest {
-        event_loop.supervise(Supervisor::new(manifest, &failed_mounts));
+        event_loop.supervise(Supervisor::new(manifest, &failed_mounts, images));
     }
     event_loop.serve()
 }
@@ -150,7 +153,7 @@ fn open_signal_fd() -> Option<SignalFd> {
 
 /// Reads, parses and validates the manifest, including that every image it names is in the
 /// image store: the same checks `berth build` makes.
-fn load_manifest(path: &Path) -> Result<Manifest, ManifestError> {
+fn load_manifest(path: &Path, images: &mut ImageCache) -> Result<Manifest, ManifestError> {
     let manifest = std::fs::read_to_string(path)
         .map_err(|source| ManifestError::Read {
             file: path.to_path_buf(),
@@ -158,7 +161,7 @@ fn load_manifest(path: &Path) -> Result<Manifest, ManifestError> {
         })
         .and_then(|text| {
             let manifest = Manifest::parse(&text, path)?;
-            manifest.check_images(&text, path, &images::store_references())?;
+            manifest.check_images(&text, path, &images.references())?;
             Ok(manifest)
         });
     match &manifest {

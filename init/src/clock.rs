@@ -10,8 +10,3 @@ pub fn since_kernel_start() -> Duration {
         .map(Duration::from)
         .unwrap_or_default()
 }
-
-/// A duration in whole milliseconds, for event fields.
-pub fn millis(duration: Duration) -> u128 {
-    duration.as_millis()
-}

@@ -16,13 +16,6 @@ pub const IMAGE_STORE: &str = "/usr/lib/berth/images";
 /// Unpacked layers, one directory per `diff_id`, shared by every image and container.
 pub const LAYER_STORE: &str = "/var/lib/berth/layers";
 
-/// The names of the images in the store; none when the image has no store.
-pub fn store_references() -> Vec<String> {
-    Layout::open(Path::new(IMAGE_STORE))
-        .map(|layout| layout.references())
-        .unwrap_or_default()
-}
-
 /// An image ready to run: its layers on disk and its default process settings.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
@@ -51,6 +44,11 @@ impl ImageCache {
         let result = self.prepare_uncached(reference);
         self.prepared.insert(reference.to_string(), result.clone());
         result
+    }
+
+    /// The names of the images in the store; none when the image has no store.
+    pub fn references(&mut self) -> Vec<String> {
+        self.layout().map(Layout::references).unwrap_or_default()
     }
 
     fn layout(&mut self) -> Result<&Layout, String> {

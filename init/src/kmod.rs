@@ -105,10 +105,6 @@ impl<L: ModuleLoader> ModuleLoading<L> {
         Ok(())
     }
 
-    pub fn index(&self) -> &ModuleIndex {
-        &self.index
-    }
-
     /// Loads every module whose alias matches `modalias`; how many were newly loaded.
     pub fn load_for_alias(&mut self, modalias: &str) -> usize {
         let mut loaded = 0;

@@ -124,7 +124,7 @@ fn reexec(started: std::time::Duration) -> Result<std::convert::Infallible, Stri
             to_cstring(kv)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let started_ms = crate::clock::millis(started);
+    let started_ms = started.as_millis();
     env.push(to_cstring(OsString::from(format!(
         "{SWITCHED_MARKER}={started_ms}"
     )))?);

@@ -188,7 +188,6 @@ pub struct Machine {
     qmp: Qmp,
     console_log: PathBuf,
     qmp_dir: PathBuf,
-    started: Instant,
     /// Index of the console line after the last one `wait_for_line` matched.
     cursor: usize,
     exit_status: Option<ExitStatus>,
@@ -265,7 +264,6 @@ impl Machine {
             qmp,
             console_log,
             qmp_dir,
-            started,
             cursor: 0,
             exit_status: None,
         })
@@ -273,11 +271,6 @@ impl Machine {
 
     pub fn console_log(&self) -> &Path {
         &self.console_log
-    }
-
-    /// Time since QEMU was started.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
     }
 
     /// Every console line so far.

@@ -100,7 +100,7 @@ fn millis(d: Duration) -> String {
 impl Supervisor {
     /// Takes the manifest's containers; those with a volume under one of `failed_mounts` are
     /// held back (their data would land on the wrong filesystem).
-    pub fn new(manifest: &Manifest, failed_mounts: &[PathBuf]) -> Supervisor {
+    pub fn new(manifest: &Manifest, failed_mounts: &[PathBuf], images: ImageCache) -> Supervisor {
         let containers: Vec<Supervised> = manifest
             .start_order()
             .into_iter()
@@ -129,7 +129,7 @@ impl Supervisor {
             .collect();
         let mut supervisor = Supervisor {
             containers,
-            images: ImageCache::new(),
+            images,
             shutting_down: false,
             userns: manifest.userns,
         };
