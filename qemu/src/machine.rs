@@ -37,6 +37,9 @@ pub struct MachineConfig {
     pub log_dir: PathBuf,
     /// Copy the console to this process' stdout as it arrives.
     pub echo_console: bool,
+    /// Run QEMU in this network namespace (a file such as `/run/netns/NAME`), so that its tap
+    /// devices are the ones a test made there.
+    pub netns: Option<PathBuf>,
 }
 
 impl MachineConfig {
@@ -52,6 +55,7 @@ impl MachineConfig {
             user_net: true,
             log_dir: log_dir.to_path_buf(),
             echo_console: false,
+            netns: None,
         }
     }
 
@@ -131,6 +135,12 @@ pub enum GuestExit {
 pub enum RigError {
     #[error("cannot create log directory {}: {source}", path.display())]
     LogDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open network namespace {}: {source}", path.display())]
+    Netns {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -229,13 +239,26 @@ impl Machine {
             // Its own process group: a Ctrl-C in the terminal reaches the rig, which presses
             // the power button, instead of killing QEMU mid-write.
             .process_group(0);
-        // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
-        // which is async-signal-safe; it touches no memory shared with the parent.
+        let netns = match &config.netns {
+            Some(path) => Some(File::open(path).map_err(|source| RigError::Netns {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2)
+        // and setns(2), which are async-signal-safe; it reads the namespace's descriptor,
+        // opened before the fork, and touches no other memory shared with the parent.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 // QEMU dies with the rig, so a killed test leaves no stray guest behind.
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
+                    .map_err(std::io::Error::from)?;
+                if let Some(netns) = &netns {
+                    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                }
+                Ok(())
             });
         }
         let started = Instant::now();

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod images;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -141,6 +142,16 @@ pub fn boot(arch: Arch, manifest: &str, test: &str) -> Result<Machine, String> {
 /// test) with the console log's path otherwise.
 pub fn boot_to_ready(arch: Arch, manifest: &str, test: &str) -> Machine {
     let mut machine = boot(arch, manifest, test).unwrap_or_else(|e| panic!("{e}"));
+    machine
+        .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    machine
+}
+
+/// Starts a machine a test configured itself (extra NICs, a network namespace) and waits for
+/// the ready line; panics with the console log's path otherwise.
+pub fn start_to_ready(config: &MachineConfig) -> Machine {
+    let mut machine = Machine::start(config).unwrap_or_else(|e| panic!("{e}"));
     machine
         .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
