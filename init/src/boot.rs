@@ -202,6 +202,7 @@ fn load_modules(manifest: Option<&Manifest>) -> Option<Coldplug> {
     let mut names = modules_load_d(Path::new(MODULES_LOAD_DIR));
     if let Some(manifest) = manifest {
         names.extend(manifest.boot_modules().map(|m| m.canonical()));
+        names.extend(manifest.network_modules().into_iter().map(str::to_string));
     }
     let started = std::time::Instant::now();
     let mut loading = ModuleLoading::new(index, KernelLoader);

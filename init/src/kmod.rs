@@ -4,6 +4,7 @@
 //! (`modules.dep`, `modules.builtin`) from `/lib/modules/<release>`.
 
 use std::collections::HashSet;
+use std::ffi::CStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,13 +51,23 @@ pub trait ModuleLoader {
 #[derive(Debug, Default)]
 pub struct KernelLoader;
 
+/// Parameters some modules get, as `modprobe.d` would give them. `bonding` would otherwise
+/// make a `bond0` of its own on load, in round-robin mode, under the name a manifest may want
+/// for its own bond.
+fn parameters_of(path: &Path) -> &'static CStr {
+    match module_name_of(&path.to_string_lossy()).as_str() {
+        "bonding" => c"max_bonds=0",
+        _ => c"",
+    }
+}
+
 impl ModuleLoader for KernelLoader {
     fn load(&mut self, path: &Path) -> Result<(), KmodError> {
         let file = File::open(path).map_err(|source| KmodError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+        match finit_module(&file, parameters_of(path), ModuleInitFlags::empty()) {
             Ok(()) | Err(Errno::EEXIST) => Ok(()),
             Err(source) => Err(KmodError::Load {
                 name: module_name_of(&path.to_string_lossy()),

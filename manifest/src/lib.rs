@@ -37,7 +37,10 @@ pub use container::{
 pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
 pub use names::{ContainerName, Hostname, ModuleName};
-pub use network::{Cidr, Interface, InterfaceMatch, MacAddress, Network, Route, NETWORK_ONLINE};
+pub use network::{
+    Bond, BondMode, Cidr, Interface, InterfaceMatch, LinkSelector, MacAddress, Network, Route,
+    Vlan, NETWORK_ONLINE,
+};
 pub use security::{
     parse_bytes, ByteSize, Capability, Cpus, IdRange, Ranged, SecurityOpt, Ulimit, Ulimits, Userns,
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
@@ -132,6 +135,24 @@ impl Manifest {
     /// The boot modules' names, in manifest order.
     pub fn boot_modules(&self) -> impl Iterator<Item = &ModuleName> {
         self.boot.modules.iter().map(toml::Spanned::get_ref)
+    }
+
+    /// Kernel modules the `[network]` section needs: netd creates VLANs and bonds through
+    /// netlink, and the kernel cannot load their drivers on demand without a `modprobe`.
+    pub fn network_modules(&self) -> Vec<&'static str> {
+        let interfaces = self.network.iter().flat_map(|n| &n.interface);
+        let mut modules = Vec::new();
+        for interface in interfaces {
+            let module = match interface.link {
+                LinkSelector::Vlan(_) => "8021q",
+                LinkSelector::Bond(_) => "bonding",
+                LinkSelector::Match(_) => continue,
+            };
+            if !modules.contains(&module) {
+                modules.push(module);
+            }
+        }
+        modules
     }
 }
 
@@ -333,6 +354,49 @@ environment = ["A=1", "B=two=2"]
     }
 
     #[test]
+    fn vlans_and_bonds() {
+        let manifest = parse(
+            "[[network.interface]]\nname = \"bond0\"\nbond = { members = [\"eth0\", \"eth1\"] }\n\
+             dhcp = true\n\
+             [[network.interface]]\nvlan = { parent = \"bond0\", id = 42 }\n\
+             addresses = [\"192.0.2.10/24\"]\n",
+        )
+        .unwrap();
+        let network = manifest.network.unwrap();
+        assert_eq!(
+            network.interface[0].link,
+            LinkSelector::Bond(Bond {
+                name: "bond0".to_string(),
+                members: vec!["eth0".to_string(), "eth1".to_string()],
+                mode: BondMode::ActiveBackup,
+                miimon_ms: 100,
+            })
+        );
+        assert_eq!(network.interface[1].created_name(), Some("bond0.42"));
+        for (bad, message) in [
+            (
+                "[[network.interface]]\nvlan = { parent = \"eth0\", id = 4095 }\n",
+                "m.toml:1:1: network.interface[0]: vlan.id 4095 is not between 1 and 4094",
+            ),
+            (
+                "[[network.interface]]\nbond = { members = [\"eth0\"] }\n",
+                "m.toml:1:1: network.interface[0]: a bond needs a `name` (such as \"bond0\")",
+            ),
+            (
+                "[[network.interface]]\nmatch = { name = \"eth0\" }\nvlan = { parent = \"eth0\", id = 4 }\n",
+                "m.toml:1:1: network.interface[0]: `match`, `vlan` and `bond` exclude each other: give exactly one",
+            ),
+            (
+                "[[network.interface]]\nname = \"bond0\"\nbond = { members = [\"eth0\"], mode = \"lacp\" }\n",
+                "unknown variant `lacp`",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
+    }
+
+    #[test]
     fn network_section_and_network_online() {
         let manifest = parse(
             "[network]\ndns = [\"192.0.2.53\"]\nsearch = [\"example.internal\"]\n\
@@ -345,10 +409,10 @@ environment = ["A=1", "B=two=2"]
         .unwrap();
         let network = manifest.network.unwrap();
         assert_eq!(network.interface.len(), 2);
-        assert_eq!(
-            network.interface[1].matcher.mac.unwrap().to_string(),
-            "52:54:00:12:34:56"
-        );
+        assert!(matches!(
+            &network.interface[1].link,
+            LinkSelector::Match(m) if m.mac.unwrap().to_string() == "52:54:00:12:34:56"
+        ));
         assert_eq!(network.interface[1].routes[0].metric, Some(100));
         assert!(network.dns_from_dhcp && network.interface[0].required);
         let err = parse("[[network.interface]]\nmatch = { mac = \"52:54\" }\n").unwrap_err();

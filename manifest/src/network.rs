@@ -29,25 +29,230 @@ pub struct Network {
     pub dns_from_dhcp: bool,
 }
 
-/// One `[[network.interface]]`.
+/// One `[[network.interface]]`: an existing link found by `match`, or a VLAN or bond that netd
+/// creates, and what to configure on it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawInterface")]
 pub struct Interface {
-    #[serde(rename = "match")]
-    pub matcher: InterfaceMatch,
+    pub link: LinkSelector,
     /// DHCPv4 on this link.
-    #[serde(default)]
     pub dhcp: bool,
-    #[serde(default)]
     pub addresses: Vec<Cidr>,
     pub gateway: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
-    #[serde(default)]
     pub routes: Vec<Route>,
     pub mtu: Option<u32>,
     /// Whether the network is online only once this link is configured.
-    #[serde(default = "yes")]
     pub required: bool,
+}
+
+impl Interface {
+    /// DHCP on the links `link` selects, nothing else: what every Ethernet link gets when the
+    /// manifest has no `[network]` section.
+    pub fn dhcp(link: LinkSelector) -> Interface {
+        Interface {
+            link,
+            dhcp: true,
+            addresses: Vec::new(),
+            gateway: None,
+            gateway6: None,
+            routes: Vec::new(),
+            mtu: None,
+            required: true,
+        }
+    }
+
+    /// The name of the link netd creates for this entry, if it creates one.
+    pub fn created_name(&self) -> Option<&str> {
+        match &self.link {
+            LinkSelector::Match(_) => None,
+            LinkSelector::Vlan(vlan) => Some(&vlan.name),
+            LinkSelector::Bond(bond) => Some(&bond.name),
+        }
+    }
+}
+
+/// Which link an entry configures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkSelector {
+    /// Links the kernel made, found by name, MAC address or driver.
+    Match(InterfaceMatch),
+    /// An 802.1Q VLAN that netd creates on a parent link.
+    Vlan(Vlan),
+    /// A bond that netd creates from member links.
+    Bond(Bond),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vlan {
+    /// `name` in the entry, else `<parent>.<id>`, as `ip link` and systemd name them.
+    pub name: String,
+    /// A link by name: one the kernel made or a bond of this manifest.
+    pub parent: String,
+    pub id: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bond {
+    pub name: String,
+    /// Link names or globs (`eth*`); a member gets no configuration of its own.
+    pub members: Vec<String>,
+    pub mode: BondMode,
+    /// How often the kernel checks each member's carrier, in ms (the bonding driver's
+    /// `miimon`); 100 unless given, since with 0 a failed member is never noticed.
+    pub miimon_ms: u32,
+}
+
+/// The bonding driver's modes, by the names `ip link` and the kernel's documentation use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BondMode {
+    BalanceRr,
+    #[default]
+    ActiveBackup,
+    BalanceXor,
+    Broadcast,
+    #[serde(rename = "802.3ad")]
+    Ieee8023ad,
+    BalanceTlb,
+    BalanceAlb,
+}
+
+impl BondMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BondMode::BalanceRr => "balance-rr",
+            BondMode::ActiveBackup => "active-backup",
+            BondMode::BalanceXor => "balance-xor",
+            BondMode::Broadcast => "broadcast",
+            BondMode::Ieee8023ad => "802.3ad",
+            BondMode::BalanceTlb => "balance-tlb",
+            BondMode::BalanceAlb => "balance-alb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVlan {
+    parent: String,
+    id: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBond {
+    members: Vec<String>,
+    #[serde(default)]
+    mode: BondMode,
+    miimon: Option<u32>,
+}
+
+/// `[[network.interface]]` as written; [`Interface`] once its link is known to be one thing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    #[serde(rename = "match")]
+    matcher: Option<InterfaceMatch>,
+    /// The name of a created link (VLAN or bond).
+    name: Option<String>,
+    vlan: Option<RawVlan>,
+    bond: Option<RawBond>,
+    #[serde(default)]
+    dhcp: bool,
+    #[serde(default)]
+    addresses: Vec<Cidr>,
+    gateway: Option<Ipv4Addr>,
+    gateway6: Option<Ipv6Addr>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    mtu: Option<u32>,
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+/// The kernel's rule for link names: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
+fn link_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace);
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a link name: 1 to 15 characters, no `/`, `:` or spaces"
+        ))
+    }
+}
+
+impl TryFrom<RawInterface> for Interface {
+    type Error = String;
+
+    fn try_from(raw: RawInterface) -> Result<Interface, String> {
+        let link = match (raw.matcher, raw.vlan, raw.bond) {
+            (Some(matcher), None, None) => {
+                if raw.name.is_some() {
+                    return Err(
+                        "`name` names a VLAN or bond that netd creates; an existing \
+                                link is found with `match = { name = \"...\" }`"
+                            .to_string(),
+                    );
+                }
+                LinkSelector::Match(matcher)
+            }
+            (None, Some(vlan), None) => {
+                if !(1..=4094).contains(&vlan.id) {
+                    return Err(format!("vlan.id {} is not between 1 and 4094", vlan.id));
+                }
+                link_name(&vlan.parent)?;
+                let name = raw
+                    .name
+                    .unwrap_or_else(|| format!("{}.{}", vlan.parent, vlan.id));
+                link_name(&name)?;
+                LinkSelector::Vlan(Vlan {
+                    name,
+                    parent: vlan.parent,
+                    id: vlan.id,
+                })
+            }
+            (None, None, Some(bond)) => {
+                let name = raw
+                    .name
+                    .ok_or("a bond needs a `name` (such as \"bond0\")")?;
+                link_name(&name)?;
+                if bond.members.is_empty() {
+                    return Err("bond.members is empty: name the links to bond".to_string());
+                }
+                LinkSelector::Bond(Bond {
+                    name,
+                    members: bond.members,
+                    mode: bond.mode,
+                    miimon_ms: bond.miimon.unwrap_or(100),
+                })
+            }
+            (None, None, None) => {
+                return Err("give `match` (an existing link), `vlan` or `bond`".to_string())
+            }
+            _ => {
+                return Err(
+                    "`match`, `vlan` and `bond` exclude each other: give exactly one".to_string(),
+                )
+            }
+        };
+        Ok(Interface {
+            link,
+            dhcp: raw.dhcp,
+            addresses: raw.addresses,
+            gateway: raw.gateway,
+            gateway6: raw.gateway6,
+            routes: raw.routes,
+            mtu: raw.mtu,
+            required: raw.required,
+        })
+    }
 }
 
 /// Which link an entry configures: every given criterion must hold.

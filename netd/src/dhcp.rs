@@ -16,11 +16,12 @@ use nix::sys::socket::{
     bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
 };
 use tokio::net::UdpSocket;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::emit;
 use crate::lease::Lease;
 use crate::netlink::{Link, Netlink};
+use crate::saved;
 use crate::state::Shared;
 
 const CLIENT_PORT: u16 = 68;
@@ -274,7 +275,22 @@ impl Client {
         Ok(None)
     }
 
+    /// Applies a lease just granted and saves it for a netd that may follow this one.
     async fn apply(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
+        self.apply_lease(lease, previous).await?;
+        if let Err(err) = saved::save(&self.link.name, lease, saved::since_boot()) {
+            emit(
+                Event::new("dhcp-save-failed")
+                    .field("iface", &self.link.name)
+                    .field("error", err),
+            );
+        }
+        // After the save: whoever waits for network-online finds the lease file in place.
+        self.shared.configured(self.link.index);
+        Ok(())
+    }
+
+    async fn apply_lease(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
         let index = self.link.index;
         if let Some(old) =
             previous.filter(|old| old.addr != lease.addr || old.prefix != lease.prefix)
@@ -311,7 +327,6 @@ impl Client {
                 }
             }
         }
-        self.shared.configured(index);
         Ok(())
     }
 
@@ -339,13 +354,48 @@ impl Client {
         );
     }
 
-    /// One pass: from INIT to a lease, then holding it until it is lost.
+    /// One pass: from INIT (or a lease an earlier netd saved) to a lease, then holding it
+    /// until it is lost.
     async fn cycle(&mut self) -> Result<(), DhcpError> {
         let socket = udp_socket(&self.link.name).map_err(|source| DhcpError::Socket {
             iface: self.link.name.clone(),
             source,
         })?;
-        let offer = self.discover(&socket).await?;
+        let held = match self.resume().await? {
+            Some(held) => Some(held),
+            None => self
+                .acquire(&socket)
+                .await?
+                .map(|lease| (lease, Instant::now())),
+        };
+        match held {
+            Some((lease, started)) => self.hold(&socket, lease, started).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A lease that an earlier netd bound and saved, still valid: applied again (the kernel
+    /// most likely kept it) and held from when it was granted.
+    async fn resume(&self) -> Result<Option<(Lease, Instant)>, DhcpError> {
+        let Some((lease, age)) = saved::load(&self.link.name) else {
+            return Ok(None);
+        };
+        self.apply_lease(&lease, None).await?;
+        self.shared.configured(self.link.index);
+        emit(
+            Event::new("dhcp-resumed")
+                .field("iface", &self.link.name)
+                .field("addr", format!("{}/{}", lease.addr, lease.prefix))
+                .field("age", format!("{}s", age.as_secs()))
+                .field("lease", format!("{}s", lease.lease_time.as_secs())),
+        );
+        let started = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        Ok(Some((lease, started)))
+    }
+
+    /// INIT, SELECTING, REQUESTING: a new lease, applied, or None to start over.
+    async fn acquire(&mut self, socket: &UdpSocket) -> Result<Option<Lease>, DhcpError> {
+        let offer = self.discover(socket).await?;
         let server = match offer.opts().get(OptionCode::ServerIdentifier) {
             Some(DhcpOption::ServerIdentifier(ip)) => *ip,
             _ => offer.siaddr(),
@@ -354,8 +404,8 @@ impl Client {
             offered: offer.yiaddr(),
             server,
         };
-        let mut lease = match self
-            .request(&socket, selecting, Instant::now() + FIRST_RETRANSMIT)
+        let lease = match self
+            .request(socket, selecting, Instant::now() + FIRST_RETRANSMIT)
             .await?
         {
             Some(Reply::Ack(lease)) => lease,
@@ -365,16 +415,24 @@ impl Client {
                         .field("iface", &self.link.name)
                         .field("state", "requesting"),
                 );
-                return Ok(());
+                return Ok(None);
             }
-            None => return Ok(()),
+            None => return Ok(None),
         };
         self.apply(&lease, None).await?;
         self.bound_event("dhcp-bound", &lease);
-        // BOUND, RENEWING, REBINDING: until the lease is lost.
+        Ok(Some(lease))
+    }
+
+    /// BOUND, RENEWING, REBINDING: until the lease is lost.
+    async fn hold(
+        &mut self,
+        socket: &UdpSocket,
+        mut lease: Lease,
+        mut started: Instant,
+    ) -> Result<(), DhcpError> {
         loop {
-            let started = Instant::now();
-            sleep(lease.t1).await;
+            sleep_until(started + lease.t1).await;
             let expiry = started + lease.lease_time;
             let rebind_at = started + lease.t2;
             let renewed = loop {
@@ -394,7 +452,7 @@ impl Client {
                 let wait = (until.saturating_duration_since(now) / 2)
                     .max(MIN_RENEW_RETRY.min(until.saturating_duration_since(now)));
                 match self
-                    .request(&socket, kind, now + wait.max(Duration::from_millis(500)))
+                    .request(socket, kind, now + wait.max(Duration::from_millis(500)))
                     .await?
                 {
                     Some(Reply::Ack(new)) => break Some(new),
@@ -414,12 +472,14 @@ impl Client {
                     self.apply(&new, Some(&lease)).await?;
                     self.bound_event("dhcp-renewed", &new);
                     lease = new;
+                    started = Instant::now();
                 }
                 None => {
                     self.netlink
                         .del_address(self.link.index, lease.addr.into(), lease.prefix)
                         .await?;
                     self.shared.lease_lost(self.link.index);
+                    saved::forget(&self.link.name);
                     emit(
                         Event::new("dhcp-lost")
                             .field("iface", &self.link.name)
@@ -449,6 +509,7 @@ pub async fn release_all(shared: &Shared) {
                 .await
                 .is_ok()
             {
+                saved::forget(&link.name);
                 emit(
                     Event::new("dhcp-released")
                         .field("iface", &link.name)

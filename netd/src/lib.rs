@@ -1,13 +1,16 @@
 //! netd: the host's network, through netlink only (no `ip`, no shell).
 //!
-//! This first version brings `lo` up with 127.0.0.1/8 and ::1, and runs a DHCPv4 client on
-//! every Ethernet link: the default the manifest's `[network]` section will override. Each
-//! change is an event line on stdout, which init passes to the console.
+//! It brings `lo` up with 127.0.0.1/8 and ::1, creates the manifest's bonds and VLANs, then
+//! gives each Ethernet link the first `[[network.interface]]` entry that selects it: static
+//! addresses and routes, a DHCPv4 client, or both. With no `[network]` section every Ethernet
+//! link gets DHCP. Each change is an event line on stdout, which init passes to the console.
 
 pub mod dhcp;
 mod lease;
+mod links;
 mod netlink;
 mod resolv;
+mod saved;
 mod state;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,11 +19,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use berth_event::Event;
-use berth_manifest::{Interface, InterfaceMatch, Manifest, Network};
+use berth_manifest::{Interface, InterfaceMatch, LinkSelector, Manifest, Network};
 
 pub use lease::Lease;
 use netlink::{Link, Netlink, NetlinkError};
 use state::Shared;
+
+pub(crate) use berth_kmod::glob_match;
 
 /// The manifest netd reads unless init passes `--manifest`.
 const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
@@ -72,19 +77,28 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// The entry that configures `link`: the first whose every criterion holds.
+/// The entry that configures `link`: the one that created it (a bond or VLAN shares its MAC
+/// with a member or parent, so `match` must not reach it), else the first `match` whose every
+/// criterion holds.
 fn entry_for<'a>(link: &Link, network: &'a Network) -> Option<&'a Interface> {
-    network
+    if let Some(entry) = network
         .interface
         .iter()
-        .find(|entry| matches(&entry.matcher, link))
+        .find(|entry| entry.created_name() == Some(link.name.as_str()))
+    {
+        return Some(entry);
+    }
+    network.interface.iter().find(|entry| match &entry.link {
+        LinkSelector::Match(matcher) => matches(matcher, link),
+        LinkSelector::Vlan(_) | LinkSelector::Bond(_) => false,
+    })
 }
 
 fn matches(matcher: &InterfaceMatch, link: &Link) -> bool {
     let name = matcher
         .name
         .as_ref()
-        .is_none_or(|glob| berth_kmod::glob_match(glob, &link.name));
+        .is_none_or(|glob| glob_match(glob, &link.name));
     let mac = matcher
         .mac
         .is_none_or(|mac| link.mac.get(..6) == Some(mac.0.as_slice()));
@@ -97,20 +111,6 @@ fn mac_text(mac: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// Every Ethernet link on DHCP: what a host with no `[network]` section gets.
-fn dhcp_default() -> Interface {
-    Interface {
-        matcher: InterfaceMatch::default(),
-        dhcp: true,
-        addresses: Vec::new(),
-        gateway: None,
-        gateway6: None,
-        routes: Vec::new(),
-        mtu: None,
-        required: true,
-    }
 }
 
 /// A link with a static IPv6 setup gets exactly what it declares: no router advertisements,
@@ -189,9 +189,16 @@ async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(),
             (n.dns.clone(), n.search.clone(), n.dns_from_dhcp)
         });
     let shared = Arc::new(Shared::new(servers, search, from_dhcp, hostname_from_dhcp));
-    let default = dhcp_default();
+    let default = Interface::dhcp(LinkSelector::Match(InterfaceMatch::default()));
+    let members = match &network {
+        Some(network) => links::create(&netlink, network).await?,
+        None => Default::default(),
+    };
     let mut plan = Vec::new();
     for link in netlink.ethernet_links().await? {
+        if members.contains(&link.index) {
+            continue;
+        }
         let entry = match &network {
             None => Some(&default),
             Some(network) => entry_for(&link, network),

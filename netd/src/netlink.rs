@@ -2,9 +2,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use berth_manifest::BondMode;
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_route::link::{self as nl_link, LinkAttribute, LinkLayerType};
+use rtnetlink::{Handle, LinkBond, LinkUnspec, LinkVlan, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -18,6 +19,10 @@ pub enum NetlinkError {
     },
     #[error("cannot wait for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("no link named {0}")]
+    NoSuchLink(String),
+    #[error("link {0} was created but is not there")]
+    Vanished(String),
     #[error("route to {to} via {via}: the two are not of one IP version")]
     Mixed { to: String, via: String },
 }
@@ -28,8 +33,22 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mac: Vec<u8>,
-    /// The kernel driver, from sysfs (`virtio_net`).
+    /// The kernel driver, from sysfs (`virtio_net`); empty for links software made.
     pub driver: String,
+    /// The bond (or bridge) this link is a member of.
+    pub controller: Option<u32>,
+}
+
+fn bond_mode(mode: BondMode) -> nl_link::BondMode {
+    match mode {
+        BondMode::BalanceRr => nl_link::BondMode::BalanceRr,
+        BondMode::ActiveBackup => nl_link::BondMode::ActiveBackup,
+        BondMode::BalanceXor => nl_link::BondMode::BalanceXor,
+        BondMode::Broadcast => nl_link::BondMode::Broadcast,
+        BondMode::Ieee8023ad => nl_link::BondMode::Ieee8023Ad,
+        BondMode::BalanceTlb => nl_link::BondMode::BalanceTlb,
+        BondMode::BalanceAlb => nl_link::BondMode::BalanceAlb,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +80,73 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::failed(format!("set link {index} up")))
+    }
+
+    pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(Self::failed(format!("set link {index} down")))
+    }
+
+    /// Makes `member` a port of the bond `controller` (`ip link set M master C`).
+    pub async fn set_controller(&self, member: u32, controller: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(member)
+                    .controller(controller)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(Self::failed(format!(
+                "add link {member} to bond {controller}"
+            )))
+    }
+
+    /// Creates a bond unless one of that name is there (netd restarted); returns its index.
+    pub async fn create_bond(
+        &self,
+        name: &str,
+        mode: BondMode,
+        miimon_ms: u32,
+    ) -> Result<u32, NetlinkError> {
+        if let Some(index) = self.index_of(name).await? {
+            return Ok(index);
+        }
+        self.handle
+            .link()
+            .add(
+                LinkBond::new(name)
+                    .mode(bond_mode(mode))
+                    .miimon(miimon_ms)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(Self::failed(format!("create bond {name}")))?;
+        self.index_of(name)
+            .await?
+            .ok_or_else(|| NetlinkError::Vanished(name.to_string()))
+    }
+
+    /// Creates a VLAN on `parent` unless one of that name is there; returns its index.
+    pub async fn create_vlan(&self, name: &str, parent: u32, id: u16) -> Result<u32, NetlinkError> {
+        if let Some(index) = self.index_of(name).await? {
+            return Ok(index);
+        }
+        self.handle
+            .link()
+            .add(LinkVlan::new(name, parent, id).build())
+            .execute()
+            .await
+            .map_err(Self::failed(format!("create vlan {name}")))?;
+        self.index_of(name)
+            .await?
+            .ok_or_else(|| NetlinkError::Vanished(name.to_string()))
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
@@ -186,18 +272,23 @@ impl Netlink {
         Ok(())
     }
 
-    async fn index_of(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+    pub async fn index_of(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
         let mut links = self
             .handle
             .link()
             .get()
             .match_name(name.to_string())
             .execute();
-        Ok(links
-            .try_next()
-            .await
-            .map_err(Self::failed(format!("find link {name}")))?
-            .map(|l| l.header.index))
+        match links.try_next().await {
+            Ok(link) => Ok(link.map(|l| l.header.index)),
+            // The kernel answers a lookup by a name it does not know with ENODEV.
+            Err(rtnetlink::Error::NetlinkError(message))
+                if message.raw_code() == -nix::libc::ENODEV =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(Self::failed(format!("find link {name}"))(err)),
+        }
     }
 
     /// Every Ethernet link but loopback.
@@ -210,10 +301,12 @@ impl Netlink {
             }
             let mut name = String::new();
             let mut mac = Vec::new();
+            let mut controller = None;
             for attribute in &message.attributes {
                 match attribute {
                     LinkAttribute::IfName(n) => name = n.clone(),
                     LinkAttribute::Address(a) => mac = a.clone(),
+                    LinkAttribute::Controller(c) => controller = Some(*c),
                     _ => {}
                 }
             }
@@ -226,6 +319,7 @@ impl Netlink {
                 name,
                 mac,
                 driver,
+                controller,
             });
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
