@@ -59,7 +59,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
 /// Where netd goes in the image (init's `services::NETD`).
 const NETD_PATH: &str = "/usr/lib/berth/netd";
 /// Index files copied into the image next to the modules.
-const MODULE_INDEX_FILES: &[&str] = &["modules.builtin"];
+const MODULE_INDEX_FILES: &[&str] = &["modules.builtin", "modules.softdep"];
 /// What the image's description file is called in the output directory.
 pub const IMAGE_METADATA_FILE: &str = "image.json";
 

@@ -1,4 +1,5 @@
-//! The kernel module index as depmod writes it: `modules.dep` and `modules.builtin`.
+//! The kernel module index as depmod writes it: `modules.dep`, `modules.builtin`,
+//! `modules.alias` and the `pre:` half of `modules.softdep`.
 //!
 //! The image builder reads it to ship a module with exactly its dependencies; init reads the
 //! same files in the guest to load them in order. There is no modprobe in a berth image.
@@ -40,6 +41,37 @@ pub struct ModuleIndex {
     modules: HashMap<String, ModuleEntry>,
     builtin: HashSet<String>,
     aliases: Vec<Alias>,
+    /// Modules (or aliases) to load before a module, from `softdep M pre: ...`: what
+    /// modprobe would load first, such as `crc32c` for `libcrc32c`, whose init fails without.
+    soft_pre: HashMap<String, Vec<String>>,
+}
+
+/// The `pre:` soft dependencies in a `modules.softdep` file, by module.
+pub fn parse_softdeps(text: &str) -> HashMap<String, Vec<String>> {
+    let mut soft = HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("softdep") {
+            continue;
+        }
+        let Some(module) = words.next() else { continue };
+        let mut pre = Vec::new();
+        let mut in_pre = false;
+        for word in words {
+            match word {
+                "pre:" => in_pre = true,
+                "post:" => in_pre = false,
+                name if in_pre => pre.push(name.to_string()),
+                _ => {}
+            }
+        }
+        if !pre.is_empty() {
+            soft.entry(module_name_of(module))
+                .or_insert_with(Vec::new)
+                .extend(pre);
+        }
+    }
+    soft
 }
 
 /// The kernel's name for a module file: `kernel/net/virtio-net.ko` is `virtio_net`.
@@ -59,8 +91,10 @@ impl ModuleIndex {
         })?;
         let optional =
             |name: &str| std::fs::read_to_string(release_dir.join(name)).unwrap_or_default();
-        let index = ModuleIndex::parse(release_dir, &deps, &optional("modules.builtin"));
-        Ok(index.with_aliases(parse_aliases(&optional("modules.alias"))))
+        let mut index = ModuleIndex::parse(release_dir, &deps, &optional("modules.builtin"))
+            .with_aliases(parse_aliases(&optional("modules.alias")));
+        index.soft_pre = parse_softdeps(&optional("modules.softdep"));
+        Ok(index)
     }
 
     pub fn parse(release_dir: &Path, modules_dep: &str, modules_builtin: &str) -> ModuleIndex {
@@ -86,6 +120,7 @@ impl ModuleIndex {
             modules,
             builtin,
             aliases: Vec::new(),
+            soft_pre: HashMap::new(),
         }
     }
 
@@ -127,8 +162,30 @@ impl ModuleIndex {
         self.builtin.contains(&name.replace('-', "_"))
     }
 
-    /// `name` and its dependencies, in the order they must be loaded (dependencies first).
+    /// `name` and its dependencies, in the order they must be loaded (dependencies first),
+    /// each preceded by what it soft-depends on (`pre:`) when the kernel has that as a module.
     pub fn load_order(&self, name: &str) -> Result<Vec<(String, PathBuf)>, IndexError> {
+        let mut order = Vec::new();
+        for (module, path) in self.hard_load_order(name)? {
+            for soft in self.soft_pre.get(&module).into_iter().flatten() {
+                let resolved = if self.modules.contains_key(&soft.replace('-', "_")) {
+                    Some(soft.replace('-', "_"))
+                } else {
+                    self.modules_for(soft).into_iter().next()
+                };
+                // A soft dependency that is built in, or missing, is no one's business.
+                if let Some(soft_order) = resolved.and_then(|m| self.hard_load_order(&m).ok()) {
+                    order.extend(soft_order);
+                }
+            }
+            order.push((module, path));
+        }
+        let mut seen = HashSet::new();
+        order.retain(|(module, _)| seen.insert(module.clone()));
+        Ok(order)
+    }
+
+    fn hard_load_order(&self, name: &str) -> Result<Vec<(String, PathBuf)>, IndexError> {
         let name = name.replace('-', "_");
         let entry = self
             .modules
@@ -257,6 +314,25 @@ kernel/net/core/failover.ko:
             err.to_string(),
             "no module `nosuch` in /lib/modules/6.1/modules.dep"
         );
+    }
+
+    #[test]
+    fn soft_dependencies_load_first_through_their_alias() {
+        let mut index = ModuleIndex::parse(
+            Path::new("/lib/modules/6.1.0"),
+            "kernel/lib/libcrc32c.ko:\nkernel/crypto/crc32c_generic.ko:\n\
+             kernel/net/netfilter/nf_tables.ko: kernel/lib/libcrc32c.ko\n",
+            "",
+        )
+        .with_aliases(parse_aliases("alias crc32c crc32c_generic\n"));
+        index.soft_pre = parse_softdeps("softdep libcrc32c pre: crc32c\n# comment\n");
+        let names: Vec<String> = index
+            .load_order("nf_tables")
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["crc32c_generic", "libcrc32c", "nf_tables"]);
     }
 
     #[test]
