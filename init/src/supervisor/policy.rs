@@ -14,22 +14,27 @@ pub const RESET_AFTER: Duration = Duration::from_secs(10);
 /// The restart delay of one container: 100 ms, doubling to 1 min, reset by a long run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    first: Duration,
     next: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            next: INITIAL_DELAY,
-        }
+        Backoff::starting_at(INITIAL_DELAY)
     }
 }
 
 impl Backoff {
+    /// A backoff whose first delay is `first` (a container's `restart_delay`); zero restarts
+    /// at once every time.
+    pub fn starting_at(first: Duration) -> Backoff {
+        Backoff { first, next: first }
+    }
+
     /// The delay before the restart that follows a run of `run_lasted`.
     pub fn delay_after(&mut self, run_lasted: Duration) -> Duration {
         if run_lasted >= RESET_AFTER {
-            self.next = INITIAL_DELAY;
+            self.next = self.first;
         }
         let delay = self.next;
         self.next = (self.next * 2).min(MAX_DELAY);
@@ -67,6 +72,21 @@ pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_restart_delay_restarts_at_once_every_time() {
+        let mut backoff = Backoff::starting_at(Duration::ZERO);
+        for _ in 0..5 {
+            assert_eq!(
+                backoff.delay_after(Duration::from_millis(5)),
+                Duration::ZERO
+            );
+        }
+        let mut backoff = Backoff::starting_at(Duration::from_secs(1));
+        assert_eq!(backoff.delay_after(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(backoff.delay_after(Duration::ZERO), Duration::from_secs(2));
+        assert_eq!(backoff.delay_after(RESET_AFTER), Duration::from_secs(1));
+    }
 
     #[test]
     fn delays_double_to_a_minute_and_reset_after_a_long_run() {
