@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::duration::ComposeDuration;
+use crate::ports::{NetworkMode, PortMapping};
 use crate::security::{ByteSize, Capability, Cpus, Ranged, SecurityOpt, Ulimits};
 
 /// Docker's default grace period between the stop signal and SIGKILL.
@@ -31,6 +32,9 @@ pub struct Container {
     pub user: Option<String>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// The delay before the first restart (100 ms unless given); it doubles after each run
+    /// shorter than 10 s, up to a minute, as Compose's `restart_policy.delay` starts it.
+    pub restart_delay: Option<ComposeDuration>,
     #[serde(default)]
     pub depends_on: DependsOn,
     pub stop_signal: Option<SignalName>,
@@ -77,6 +81,11 @@ pub struct Container {
     /// Run in a user namespace: container root is an unprivileged host uid from `[userns]`.
     #[serde(default)]
     pub userns: bool,
+    /// `bridge` (the default), `host`, `none` or `container:NAME`, as Docker's `--network`.
+    pub network_mode: Option<Spanned<NetworkMode>>,
+    /// Ports published on the host, Docker's short syntax (`"8080:80"`); bridge mode only.
+    #[serde(default)]
+    pub ports: Vec<Spanned<PortMapping>>,
 }
 
 /// Compose's `pid` values berth supports.
@@ -90,6 +99,11 @@ impl Container {
     pub fn stop_grace(&self) -> std::time::Duration {
         self.stop_grace_period
             .map_or(DEFAULT_STOP_GRACE, |grace| grace.0)
+    }
+
+    pub fn network_mode(&self) -> &NetworkMode {
+        static BRIDGE: NetworkMode = NetworkMode::Bridge;
+        self.network_mode.as_ref().map_or(&BRIDGE, Spanned::get_ref)
     }
 
     pub fn stop_signal_number(&self) -> i32 {

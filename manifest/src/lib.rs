@@ -21,6 +21,7 @@ mod duration;
 mod error;
 mod names;
 mod network;
+mod ports;
 mod security;
 mod storage;
 mod validate;
@@ -38,9 +39,10 @@ pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
 pub use names::{ContainerName, Hostname, ModuleName};
 pub use network::{
-    Bond, BondMode, Cidr, Interface, InterfaceMatch, LinkSelector, MacAddress, Network, Route,
-    Vlan, NETWORK_ONLINE,
+    Bond, BondMode, BridgeSettings, Cidr, Interface, InterfaceMatch, LinkSelector, MacAddress,
+    Network, Route, Vlan, NETWORK_ONLINE,
 };
+pub use ports::{NetworkMode, PortMapping, PortProtocol};
 pub use security::{
     parse_bytes, ByteSize, Capability, Cpus, IdRange, Ranged, SecurityOpt, Ulimit, Ulimits, Userns,
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
@@ -84,6 +86,16 @@ pub struct Boot {
     pub sysctl: BTreeMap<SysctlKey, SysctlValue>,
 }
 
+/// What a bridge with outbound NAT and published ports needs from the kernel.
+const CONTAINER_NETWORK_MODULES: &[&str] = &[
+    "bridge",
+    "veth",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+];
+
 impl Manifest {
     /// The hostname used when the manifest sets none.
     pub const DEFAULT_HOSTNAME: &'static str = "berth";
@@ -92,10 +104,13 @@ impl Manifest {
     pub fn parse(text: &str, origin: &Path) -> Result<Manifest, ManifestError> {
         let deserializer = toml::Deserializer::parse(text)
             .map_err(|err| ManifestError::from_toml(origin, text, "", &err))?;
-        let manifest: Manifest = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let field = err.path().to_string();
-            ManifestError::from_toml(origin, text, &field, err.inner())
-        })?;
+        let mut manifest: Manifest =
+            serde_path_to_error::deserialize(deserializer).map_err(|err| {
+                let field = err.path().to_string();
+                ManifestError::from_toml(origin, text, &field, err.inner())
+            })?;
+        validate::networks(&manifest, text, origin)?;
+        validate::imply_network_dependencies(&mut manifest);
         validate::dependencies(&manifest, text, origin)?;
         Ok(manifest)
     }
@@ -137,11 +152,30 @@ impl Manifest {
         self.boot.modules.iter().map(toml::Spanned::get_ref)
     }
 
-    /// Kernel modules the `[network]` section needs: netd creates VLANs and bonds through
-    /// netlink, and the kernel cannot load their drivers on demand without a `modprobe`.
+    /// The bridge of the containers in bridge mode.
+    pub fn bridge(&self) -> BridgeSettings {
+        self.network
+            .as_ref()
+            .map(|n| n.bridge.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether any container is in bridge mode (and so the host needs its bridge and NAT).
+    pub fn uses_bridge(&self) -> bool {
+        self.containers
+            .values()
+            .any(|c| *c.network_mode() == NetworkMode::Bridge)
+    }
+
+    /// Kernel modules the manifest's networks need: netd creates VLANs and bonds, init the
+    /// containers' bridge, veths and NAT, all through netlink, and the kernel cannot load
+    /// their drivers on demand without a `modprobe`.
     pub fn network_modules(&self) -> Vec<&'static str> {
         let interfaces = self.network.iter().flat_map(|n| &n.interface);
         let mut modules = Vec::new();
+        if self.uses_bridge() {
+            modules.extend(CONTAINER_NETWORK_MODULES);
+        }
         for interface in interfaces {
             let module = match interface.link {
                 LinkSelector::Vlan(_) => "8021q",
@@ -351,6 +385,46 @@ environment = ["A=1", "B=two=2"]
             err.to_string(),
             "m.toml:2:9: containers.w.image: no image `busybox:1.36` in the image store (it has: busybox:1.35) (did you mean `busybox:1.35`?)"
         );
+    }
+
+    #[test]
+    fn network_modes_and_ports() {
+        let manifest = parse(
+            "[containers.web]\nimage = \"x:1\"\nports = [\"8080:80\", \"127.0.0.1:9000:9000/udp\"]\n\
+             [containers.side]\nimage = \"x:1\"\nnetwork_mode = \"container:web\"\n\
+             [network.bridge]\nsubnet = \"10.77.0.0/24\"\n",
+        )
+        .unwrap();
+        let side = &manifest.containers[&ContainerName::new("side").unwrap()];
+        assert_eq!(side.depends_on.0[0].0.get_ref(), "web");
+        assert_eq!(manifest.bridge().subnet.to_string(), "10.77.0.0/24");
+        assert_eq!(manifest.bridge().name, "berth0");
+        assert!(manifest.network_modules().contains(&"nft_nat"));
+        for (bad, message) in [
+            (
+                "[containers.a]\nimage = \"x:1\"\nnetwork_mode = \"container:b\"\n",
+                "m.toml:3:16: containers.a.network_mode: no container `b` in this manifest",
+            ),
+            (
+                "[containers.a]\nimage = \"x:1\"\nnetwork_mode = \"host\"\nports = [\"80:80\"]\n",
+                "m.toml:4:10: containers.a.ports[0]: ports are published from the bridge; this container's network_mode is `host`",
+            ),
+            (
+                "[containers.a]\nimage = \"x:1\"\nports = [\"80:80\"]\n[containers.b]\nimage = \"x:1\"\nports = [\"80:81\"]\n",
+                "containers.b.ports[0]: host port 80:81 is already published by `a`",
+            ),
+            (
+                "[containers.a]\nimage = \"x:1\"\nports = [\"80\"]\n",
+                "is not a published port",
+            ),
+            (
+                "[network.bridge]\nsubnet = \"172.30.0.1/16\"\n",
+                "is not a network address",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
     }
 
     #[test]

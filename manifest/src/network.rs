@@ -27,6 +27,63 @@ pub struct Network {
     pub search: Vec<String>,
     #[serde(default = "yes")]
     pub dns_from_dhcp: bool,
+    /// The bridge containers in bridge mode share.
+    #[serde(default)]
+    pub bridge: BridgeSettings,
+}
+
+/// `[network.bridge]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSettings {
+    #[serde(default = "default_bridge_name")]
+    pub name: String,
+    /// IPv4; the bridge takes the first address, containers the next ones.
+    #[serde(default = "default_bridge_subnet", deserialize_with = "bridge_subnet")]
+    pub subnet: Cidr,
+}
+
+impl Default for BridgeSettings {
+    fn default() -> BridgeSettings {
+        BridgeSettings {
+            name: default_bridge_name(),
+            subnet: default_bridge_subnet(),
+        }
+    }
+}
+
+fn default_bridge_name() -> String {
+    "berth0".to_string()
+}
+
+/// Clear of QEMU's user network (10.0.2.0/24), Docker's 172.17.0.0/16 and the ranges cloud
+/// VPCs hand out by default (10.0.0.0/8, 172.31.0.0/16 on AWS, 192.168.0.0/16).
+fn default_bridge_subnet() -> Cidr {
+    Cidr {
+        addr: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 0)),
+        prefix: 16,
+    }
+}
+
+fn bridge_subnet<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Cidr, D::Error> {
+    let cidr = Cidr::deserialize(deserializer)?;
+    let IpAddr::V4(addr) = cidr.addr else {
+        return Err(de::Error::custom(format!(
+            "`{cidr}`: the bridge's subnet is IPv4"
+        )));
+    };
+    if cidr.prefix > 30 {
+        return Err(de::Error::custom(format!(
+            "`{cidr}`: too small for a bridge and a container (at most /30)"
+        )));
+    }
+    let host_bits = u32::MAX.checked_shr(u32::from(cidr.prefix)).unwrap_or(0);
+    if u32::from(addr) & host_bits != 0 {
+        return Err(de::Error::custom(format!(
+            "`{cidr}` is not a network address (its host bits are set)"
+        )));
+    }
+    Ok(cidr)
 }
 
 /// One `[[network.interface]]`: an existing link found by `match`, or a VLAN or bond that netd

@@ -5,7 +5,104 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::closest;
-use crate::{ContainerName, Manifest, ManifestError};
+use crate::{ContainerName, Manifest, ManifestError, NetworkMode};
+
+/// `network_mode = "container:NAME"` names another container of the manifest, and `ports`
+/// are published only from the bridge, each host port once.
+pub(crate) fn networks(
+    manifest: &Manifest,
+    text: &str,
+    origin: &Path,
+) -> Result<(), ManifestError> {
+    let mut published: BTreeMap<(Option<std::net::Ipv4Addr>, u16, crate::PortProtocol), String> =
+        BTreeMap::new();
+    for (name, container) in &manifest.containers {
+        if let Some(mode) = &container.network_mode {
+            if let NetworkMode::Container(target) = mode.get_ref() {
+                let field = format!("containers.{}.network_mode", name.as_str());
+                let message = if target == name {
+                    Some(format!(
+                        "container `{}` cannot join its own network",
+                        name.as_str()
+                    ))
+                } else if !manifest.containers.contains_key(target) {
+                    let mut message =
+                        format!("no container `{}` in this manifest", target.as_str());
+                    if let Some(suggestion) = closest(
+                        target.as_str(),
+                        manifest.containers.keys().map(ContainerName::as_str),
+                    ) {
+                        message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+                    }
+                    Some(message)
+                } else {
+                    None
+                };
+                if let Some(message) = message {
+                    return Err(ManifestError::at(
+                        origin,
+                        text,
+                        mode.span(),
+                        &field,
+                        message,
+                    ));
+                }
+            }
+        }
+        for (position, port) in container.ports.iter().enumerate() {
+            let field = format!("containers.{}.ports[{position}]", name.as_str());
+            let mapping = port.get_ref();
+            if *container.network_mode() != NetworkMode::Bridge {
+                return Err(ManifestError::at(
+                    origin,
+                    text,
+                    port.span(),
+                    &field,
+                    format!(
+                        "ports are published from the bridge; this container's network_mode is `{}`",
+                        container.network_mode()
+                    ),
+                ));
+            }
+            let key = (mapping.host_ip, mapping.host_port, mapping.protocol);
+            if let Some(other) = published.insert(key, name.as_str().to_string()) {
+                return Err(ManifestError::at(
+                    origin,
+                    text,
+                    port.span(),
+                    &field,
+                    format!("host port {mapping} is already published by `{other}`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A container in another's network namespace starts once that one has started, as if it
+/// said so in `depends_on`.
+pub(crate) fn imply_network_dependencies(manifest: &mut Manifest) {
+    for container in manifest.containers.values_mut() {
+        let Some(mode) = &container.network_mode else {
+            continue;
+        };
+        let NetworkMode::Container(target) = mode.get_ref() else {
+            continue;
+        };
+        let listed = container
+            .depends_on
+            .0
+            .iter()
+            .any(|(d, _)| d.get_ref() == target.as_str());
+        if !listed {
+            let dependency = toml::Spanned::new(mode.span(), target.as_str().to_string());
+            container
+                .depends_on
+                .0
+                .push((dependency, crate::Condition::ServiceStarted));
+        }
+    }
+}
 
 pub(crate) fn dependencies(
     manifest: &Manifest,

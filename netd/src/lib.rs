@@ -190,7 +190,10 @@ async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(),
         });
     let shared = Arc::new(Shared::new(servers, search, from_dhcp, hostname_from_dhcp));
     let default = Interface::dhcp(LinkSelector::Match(InterfaceMatch::default()));
-    let members = match &network {
+    // Without interface entries (a `[network]` with only DNS or bridge settings), every
+    // Ethernet link gets DHCP, as with no `[network]` at all.
+    let entries = network.as_ref().filter(|n| !n.interface.is_empty());
+    let members = match entries {
         Some(network) => links::create(&netlink, network).await?,
         None => Default::default(),
     };
@@ -199,7 +202,7 @@ async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(),
         if members.contains(&link.index) {
             continue;
         }
-        let entry = match &network {
+        let entry = match entries {
             None => Some(&default),
             Some(network) => entry_for(&link, network),
         };

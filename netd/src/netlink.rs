@@ -291,7 +291,7 @@ impl Netlink {
         }
     }
 
-    /// Every Ethernet link but loopback.
+    /// Every Ethernet link but loopback and the containers' bridges and veths.
     pub async fn ethernet_links(&self) -> Result<Vec<Link>, NetlinkError> {
         let mut found = Vec::new();
         let mut links = self.handle.link().get().execute();
@@ -302,13 +302,28 @@ impl Netlink {
             let mut name = String::new();
             let mut mac = Vec::new();
             let mut controller = None;
+            let mut containers_link = false;
             for attribute in &message.attributes {
                 match attribute {
                     LinkAttribute::IfName(n) => name = n.clone(),
                     LinkAttribute::Address(a) => mac = a.clone(),
                     LinkAttribute::Controller(c) => controller = Some(*c),
+                    LinkAttribute::LinkInfo(infos) => {
+                        containers_link = infos.iter().any(|info| {
+                            matches!(
+                                info,
+                                nl_link::LinkInfo::Kind(
+                                    nl_link::InfoKind::Veth | nl_link::InfoKind::Bridge
+                                )
+                            )
+                        });
+                    }
                     _ => {}
                 }
+            }
+            // The containers' bridge and veths are init's (berth-container-net).
+            if containers_link {
+                continue;
             }
             let driver = std::fs::read_link(format!("/sys/class/net/{name}/device/driver"))
                 .ok()

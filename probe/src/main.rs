@@ -6,6 +6,8 @@
 //!   `/proc/self/status`.
 //! - `berth-probe syscalls`: tries `keyctl`, `unshare(CLONE_NEWUSER)` and `mount`, and prints
 //!   `ok` or the errno name for each.
+//! - `berth-probe net`: the host ends of container veths and the rules of each chain of
+//!   berth's NAT table, read through netlink (run with the host's network and CAP_NET_ADMIN).
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -81,12 +83,27 @@ fn syscalls() {
     );
 }
 
+fn net() {
+    match berth_container_net::host::veth_host_links() {
+        Ok(links) => println!("veths={}", links.join(",")),
+        Err(err) => println!("veths_error={err}"),
+    }
+    match berth_container_net::nat::rule_counts() {
+        Ok(counts) => {
+            let counts: Vec<String> = counts.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+            println!("nat_rules={}", counts.join(","));
+        }
+        Err(err) => println!("nat_error={err}"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("status") => status(),
         Some("syscalls") => syscalls(),
+        Some("net") => net(),
         _ => {
-            eprintln!("usage: berth-probe status|syscalls");
+            eprintln!("usage: berth-probe status|syscalls|net");
             return std::process::ExitCode::from(2);
         }
     }

@@ -14,7 +14,7 @@ use nix::unistd::{chdir, execve, pivot_root, setgid, setgroups, sethostname, set
 
 use crate::spawn::SETUP_FAILED_EXIT;
 use crate::user::{resolve_user, ResolvedUser};
-use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, Rootfs, RootfsSpec};
+use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, Network, Rootfs, RootfsSpec};
 
 type StepResult<T = ()> = Result<T, String>;
 
@@ -26,8 +26,14 @@ fn step<T, E: std::fmt::Display>(
 }
 
 /// Entry point of the cloned child. Returns only on failure, after reporting it.
-pub(crate) fn run(spec: &ContainerSpec, go: &OwnedFd, errors: &OwnedFd, userns: &OwnedFd) -> isize {
-    let message = match setup_and_exec(spec, go, userns) {
+pub(crate) fn run(
+    spec: &ContainerSpec,
+    join: Option<&std::fs::File>,
+    go: &OwnedFd,
+    errors: &OwnedFd,
+    userns: &OwnedFd,
+) -> isize {
+    let message = match setup_and_exec(spec, join, go, userns) {
         Err(message) => message,
         Ok(never) => match never {},
     };
@@ -35,10 +41,16 @@ pub(crate) fn run(spec: &ContainerSpec, go: &OwnedFd, errors: &OwnedFd, userns: 
     SETUP_FAILED_EXIT
 }
 
-fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd, userns: &OwnedFd) -> StepResult<Infallible> {
+fn setup_and_exec(
+    spec: &ContainerSpec,
+    join: Option<&std::fs::File>,
+    go: &OwnedFd,
+    userns: &OwnedFd,
+) -> StepResult<Infallible> {
     // The parent moves us into our cgroup first, so that the cgroup namespace entered next is
-    // rooted there.
+    // rooted there, and wires a bridged namespace's veth before it lets us go.
     wait_for_parent(go)?;
+    enter_network(&spec.network, join)?;
     step(
         || "enter a new cgroup namespace".into(),
         unshare(CloneFlags::CLONE_NEWCGROUP),
@@ -103,6 +115,27 @@ fn setup_and_exec(spec: &ContainerSpec, go: &OwnedFd, userns: &OwnedFd) -> StepR
         seccomp::install(&seccomp::default_profile(&security.capabilities)?)?;
     }
     exec(spec, &user)
+}
+
+/// Configures the network namespace from inside, while the process still has every
+/// capability in it: `lo` up, and a bridged container's `eth0`.
+fn enter_network(network: &Network, join: Option<&std::fs::File>) -> StepResult {
+    use berth_container_net::inside;
+    match network {
+        Network::Host => Ok(()),
+        Network::Isolated => inside::loopback_up(),
+        Network::Bridge(attachment) => {
+            inside::loopback_up()?;
+            inside::configure(attachment)
+        }
+        Network::Join(pid) => match join {
+            Some(netns) => step(
+                || format!("join the network namespace of process {pid}"),
+                nix::sched::setns(netns, CloneFlags::CLONE_NEWNET),
+            ),
+            None => Err(format!("no network namespace of process {pid} to join")),
+        },
+    }
 }
 
 /// Group names or numbers from `group_add`, as gids.

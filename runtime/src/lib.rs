@@ -109,9 +109,23 @@ pub struct ContainerSpec {
     pub limits: CgroupLimits,
     /// The cgroup directory the process is placed in before it runs anything.
     pub cgroup: Option<PathBuf>,
+    pub network: Network,
     /// Where the container's stdout and stderr go (write ends; stdin is `/dev/null`).
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// Which network namespace the container gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// The host's.
+    Host,
+    /// A new one with `lo` only.
+    Isolated,
+    /// A new one whose `eth0` is a veth on the host's bridge.
+    Bridge(berth_container_net::Attachment),
+    /// The one process `pid` (another container) is in.
+    Join(i32),
 }
 
 /// A user namespace's mapping: container ids `0..count` are host ids `host_uid..` and
@@ -187,6 +201,8 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     /// A step inside the new namespaces failed; the child reported it before exiting.
+    #[error("cannot wire the container to its network: {0}")]
+    Network(String),
     #[error("{0}")]
     Setup(String),
 }

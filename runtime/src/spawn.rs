@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
-use crate::{child, ContainerSpec, IdMap, RuntimeError};
+use crate::{child, ContainerSpec, IdMap, Network, RuntimeError};
 
 /// Stack of the cloned child until it execs. It runs the setup steps, which format messages
 /// and read small files; 1 MiB leaves room, and untouched pages are never allocated.
@@ -22,6 +22,9 @@ fn namespaces(spec: &ContainerSpec) -> CloneFlags {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if !spec.host_pid {
         flags |= CloneFlags::CLONE_NEWPID;
+    }
+    if matches!(spec.network, Network::Isolated | Network::Bridge(_)) {
+        flags |= CloneFlags::CLONE_NEWNET;
     }
     flags
 }
@@ -47,8 +50,19 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
     let (error_read, error_write) = pipe("the error pipe")?;
     // The child says here when it has entered its user namespace and waits for the maps.
     let (userns_read, userns_write) = pipe("the user namespace pipe")?;
+    // Opened here, while the other container surely runs; the child enters it.
+    let join = match spec.network {
+        Network::Join(pid) => {
+            let path = format!("/proc/{pid}/ns/net");
+            Some(std::fs::File::open(&path).map_err(|e| {
+                RuntimeError::Network(format!("open {path} (is the container running?): {e}"))
+            })?)
+        }
+        _ => None,
+    };
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
-    let child_main = Box::new(|| child::run(spec, &go_read, &error_write, &userns_write));
+    let child_main =
+        Box::new(|| child::run(spec, join.as_ref(), &go_read, &error_write, &userns_write));
     // SAFETY: without CLONE_VM the child gets its own copy of the address space, as after
     // fork(2), so nothing it does touches the parent's memory. The caller (PID 1) is single
     // threaded, so no lock can be held by another thread at the time of the copy and the
@@ -82,6 +96,10 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
                     source,
                 })
             })?;
+    }
+    if let Network::Bridge(attachment) = &spec.network {
+        berth_container_net::host::attach(attachment, pid.as_raw())
+            .map_err(|e| abort(RuntimeError::Network(e.to_string())))?;
     }
     // Whether or not this write works, the child learns of it: it reads a byte or EOF.
     let _ = nix::unistd::write(&go_write, b"g");

@@ -6,6 +6,8 @@ pub mod images;
 pub mod netns;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -194,4 +196,28 @@ pub fn wait_seen(machine: &Machine, regex: &str) -> String {
 /// A regex that the tests' patterns are known to be valid for.
 pub fn pattern(text: &str) -> regex::Regex {
     regex::Regex::new(text).unwrap_or_else(|err| panic!("bad test pattern {text}: {err}"))
+}
+
+/// Serves `body` to every HTTP request on an ephemeral loopback port, from a thread that ends
+/// with the test; returns the port.
+pub fn serve_on_loopback(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let reply = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    port
 }

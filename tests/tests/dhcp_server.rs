@@ -71,6 +71,7 @@ fn short_leases_renew_options_apply_and_a_killed_netd_keeps_renewing() {
     let manifest = r#"
 [containers.show]
 image = "busybox:1.35"
+network_mode = "host"
 pid = "host"
 depends_on = ["network-online"]
 volumes = ["/run/berth:/hostrun:ro"]

@@ -39,6 +39,7 @@ dhcp = true
 
 [containers.watch]
 image = "busybox:1.35"
+network_mode = "host"
 command = ["sh", "-c", "last=; while true; do now=$(sed -n 's/^Currently Active Slave: //p' /proc/net/bonding/bond0); [ \"$now\" != \"$last\" ] && echo active=$now; last=$now; sleep 0.2; done"]
 "#;
     let image =
@@ -156,6 +157,7 @@ addresses = ["192.168.42.2/24"]
 
 [containers.probe]
 image = "busybox:1.35"
+network_mode = "host"
 depends_on = ["network-online"]
 command = ["sh", "-c", "n=0; until ping -c 1 -W 1 192.168.42.1 >/dev/null; do n=$((n+1)); [ $n -gt 60 ] && break; done; ping -c 2 -W 2 192.168.42.1 >/dev/null && echo vlan42=reached || echo vlan42=unreached; ping -c 2 -W 2 192.168.43.1 >/dev/null && echo untagged=reached || echo untagged=unreached; grep '^eth0.42 ' /proc/net/vlan/config | tr -s ' '"]
 "#;

@@ -1,37 +1,9 @@
 //! netd under QEMU user networking: DHCP gives the guest 10.0.2.15 with QEMU's router and DNS,
 //! and a container on the host's network reaches a server on the test machine's loopback.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::time::Duration;
-
 use berth_arch::Arch;
 use berth_tests::events;
-use berth_tests::{boot_to_ready, wait_seen};
-
-/// Serves `body` to every HTTP request on an ephemeral loopback port, from a thread that ends
-/// with the test; returns the port.
-fn serve_on_loopback(body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = listener
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(16) {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request);
-            let reply = format!(
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
-    port
-}
+use berth_tests::{boot_to_ready, serve_on_loopback, wait_seen};
 
 fn dhcp_and_a_page_from_the_host(arch: Arch) {
     let port = serve_on_loopback("page-from-the-host");
@@ -39,6 +11,7 @@ fn dhcp_and_a_page_from_the_host(arch: Arch) {
         r#"
 [containers.fetch]
 image = "busybox:1.35"
+network_mode = "host"
 command = ["sh", "-c", "until wget -q -O- http://10.0.2.2:{port}/; do sleep 1; done; echo; cat /hostrun/resolv.conf"]
 volumes = ["/run/berth:/hostrun:ro"]
 restart = "on-failure:3"
@@ -77,6 +50,7 @@ fn init_restarts_a_killed_netd_and_the_address_survives() {
     let manifest = r#"
 [containers.killer]
 image = "busybox:1.35"
+network_mode = "host"
 pid = "host"
 command = ["sh", "-c", "until ip -4 addr show eth0 | grep -q 10.0.2.15; do sleep 1; done; kill -KILL $(pidof netd); sleep 1; echo after_kill=$(ip -4 addr show eth0 | grep -c 10.0.2.15)"]
 "#;
@@ -124,6 +98,7 @@ required = false
 
 [containers.show]
 image = "busybox:1.35"
+network_mode = "host"
 depends_on = ["network-online"]
 command = ["sh", "-c", "for l in /sys/class/net/eth*; do echo link=${l##*/}=$(cat $l/address); done; ip addr show | grep inet | tr -s ' ' | sed 's/^ /addr:/'; ip route show | sed 's/^/route4:/'; ip -6 route show | grep -v fe80 | sed 's/^/route6:/'; sed 's/^/resolv:/' /hostrun/resolv.conf"]
 volumes = ["/run/berth:/hostrun:ro"]

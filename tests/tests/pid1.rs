@@ -26,6 +26,7 @@ fn with_virtio_disk(config: &mut MachineConfig, disk: &std::path::Path) {
 const HARDWARE_PROBE: &str = r#"
 [containers.probe]
 image = "busybox:1.35"
+network_mode = "host"
 command = ["sh", "-c", "for n in /sys/class/net/* /sys/block/*; do echo found=${n##*/}; done"]
 "#;
 

@@ -10,6 +10,7 @@
 //! on timers in the event loop, so a crash loop never delays the others.
 
 pub mod logs;
+mod network;
 pub mod policy;
 mod spec;
 
@@ -31,6 +32,7 @@ use crate::event::Event;
 use crate::images::ImageCache;
 use crate::reap;
 use logs::{LogFile, LogStream};
+use network::ContainerNetworks;
 use policy::Backoff;
 
 /// Exit code reported for a container whose start failed (as a shell's "cannot run").
@@ -91,6 +93,7 @@ pub struct Supervisor {
     shutting_down: bool,
     /// Host ids for `userns = true` containers.
     userns: Userns,
+    networks: ContainerNetworks,
 }
 
 fn millis(d: Duration) -> String {
@@ -106,6 +109,9 @@ impl Supervisor {
             .into_iter()
             .filter_map(|name| {
                 let config = manifest.containers.get(name)?.clone();
+                let backoff = config
+                    .restart_delay
+                    .map_or_else(Backoff::default, |d| Backoff::starting_at(d.0));
                 Event::new("created")
                     .field("container", name.as_str())
                     .field("image", config.image.get_ref())
@@ -117,7 +123,7 @@ impl Supervisor {
                     config,
                     state: State::Created,
                     restarts: 0,
-                    backoff: Backoff::default(),
+                    backoff,
                     ever_started: false,
                     last_exit: None,
                     stopped_by_operator: false,
@@ -132,6 +138,7 @@ impl Supervisor {
             images,
             shutting_down: false,
             userns: manifest.userns,
+            networks: ContainerNetworks::new(manifest),
         };
         for index in 0..supervisor.containers.len() {
             let blocked_by = supervisor
@@ -234,10 +241,17 @@ impl Supervisor {
             .emit();
         let reference = c.config.image.get_ref().clone();
         let userns = self.userns;
-        let result = self
-            .images
-            .prepare(&reference)
-            .and_then(|image| spawn_container(c, &image, &userns));
+        let running = running_pids(&self.containers);
+        let Some(c) = self.containers.get_mut(index) else {
+            return;
+        };
+        let networks = &mut self.networks;
+        let result = self.images.prepare(&reference).and_then(|image| {
+            let (network, mounts) = networks.prepare(c.name.as_str(), &c.config, |name| {
+                running.iter().find(|(n, _)| n == name).map(|(_, pid)| *pid)
+            })?;
+            spawn_container(c, &image, &userns, network, mounts)
+        });
         match result {
             Ok(pid) => {
                 // The run is timed from the exec, not from the image preparation before it.
@@ -246,11 +260,16 @@ impl Supervisor {
                     since: Instant::now(),
                 };
                 c.ever_started = true;
-                Event::new("started")
+                let mut event = Event::new("started")
                     .field("container", c.name())
                     .field("pid", pid)
                     .field("restarts", c.restarts)
-                    .emit();
+                    .field("network", c.config.network_mode());
+                if let Some(address) = self.networks.address_of(c.name.as_str()) {
+                    event = event.field("addr", address);
+                }
+                event.emit();
+                self.update_nat();
             }
             Err(error) => {
                 Event::new("start-failed")
@@ -287,7 +306,20 @@ impl Supervisor {
         true
     }
 
+    /// NAT rules for the containers running now.
+    fn update_nat(&mut self) {
+        let running = self
+            .containers
+            .iter()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .map(|c| (c.name.as_str(), &c.config));
+        self.networks.update_nat(running);
+    }
+
     fn after_exit(&mut self, index: usize, code: i32, ran: Duration, now: Instant) {
+        if !self.shutting_down {
+            self.update_nat();
+        }
         let shutting_down = self.shutting_down;
         let Some(c) = self.containers.get_mut(index) else {
             return;
@@ -471,10 +503,23 @@ fn drain_streams(c: &mut Supervised) {
     c.streams.retain_mut(|s| s.drain(&name, log_file));
 }
 
+/// (name, PID) of each running container.
+fn running_pids(containers: &[Supervised]) -> Vec<(String, i32)> {
+    containers
+        .iter()
+        .filter_map(|c| match c.state {
+            State::Running { pid, .. } => Some((c.name().to_string(), pid.as_raw())),
+            _ => None,
+        })
+        .collect()
+}
+
 fn spawn_container(
     c: &mut Supervised,
     image: &crate::images::PreparedImage,
     userns: &Userns,
+    network: berth_runtime::Network,
+    network_mounts: Vec<berth_runtime::ExtraMount>,
 ) -> Result<Pid, String> {
     let pipe =
         || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create output pipe: {e}"));
@@ -485,8 +530,8 @@ fn spawn_container(
         &c.config,
         userns,
         image,
-        stdout_write,
-        stderr_write,
+        (network, network_mounts),
+        (stdout_write, stderr_write),
     )?;
     let spawned = berth_runtime::spawn(&spec).map_err(|e| e.to_string())?;
     // The parent's write ends close with `spec`, so the streams end when the container does.

@@ -9,7 +9,7 @@ use berth_manifest::{
     Capability, Container, PidMode, SecurityOpt, Userns, VolumeSource, CAPABILITIES,
 };
 use berth_runtime::{
-    CgroupLimits, ContainerSpec, ExtraMount, IdMap, Rootfs, RootfsSpec, Security,
+    CgroupLimits, ContainerSpec, ExtraMount, IdMap, Network, Rootfs, RootfsSpec, Security,
     DEFAULT_CAPABILITIES,
 };
 
@@ -186,8 +186,8 @@ pub fn build(
     config: &Container,
     userns: &Userns,
     image: &PreparedImage,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    (network, network_mounts): (Network, Vec<ExtraMount>),
+    (stdout, stderr): (OwnedFd, OwnedFd),
 ) -> Result<ContainerSpec, String> {
     let dir = Path::new(CONTAINERS_DIR).join(name);
     let rootfs = RootfsSpec {
@@ -218,7 +218,8 @@ pub fn build(
     Ok(ContainerSpec {
         name: name.to_string(),
         rootfs: Rootfs::Overlay(rootfs),
-        mounts: mounts(config)?,
+        // The operator's mounts last, so a volume over /etc/hosts wins, as with Docker.
+        mounts: network_mounts.into_iter().chain(mounts(config)?).collect(),
         args: command_line(config, image),
         env: environment(config, image),
         cwd,
@@ -230,6 +231,7 @@ pub fn build(
         rlimits: rlimits(config),
         limits: limits(config),
         cgroup: Some(Path::new(CGROUP_PARENT).join(name)),
+        network,
         stdout,
         stderr,
     })
