@@ -14,6 +14,7 @@
     clippy::unimplemented
 )]
 
+pub mod grow;
 mod superblock;
 
 use std::path::{Path, PathBuf};
