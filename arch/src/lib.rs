@@ -92,6 +92,38 @@ impl Arch {
         }
     }
 
+    /// Where UEFI looks for a boot loader on removable media (and on a disk with no boot
+    /// entry of its own): the path berth's ESP puts systemd-boot at.
+    pub fn efi_removable_path(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "EFI/BOOT/BOOTX64.EFI",
+            Arch::Aarch64 => "EFI/BOOT/BOOTAA64.EFI",
+        }
+    }
+
+    /// systemd-boot in Debian's `systemd-boot-efi` package for this arch.
+    pub fn systemd_boot_path(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            Arch::Aarch64 => "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+        }
+    }
+
+    /// UEFI firmware for QEMU from Debian's `ovmf` and `qemu-efi-aarch64`: the code (read
+    /// only) and a variable store template (copied per machine).
+    pub fn uefi_firmware(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            Arch::Aarch64 => (
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+            ),
+        }
+    }
+
     pub fn qemu_binary(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",

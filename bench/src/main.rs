@@ -110,6 +110,7 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
         netd: None,
         images: Vec::new(),
         extra_modules: Vec::new(),
+        disk: None,
     })
     .map_err(|e| format!("berth build: {e}"))?;
     let trivial_initrd = trivial::build_initrd(arch, &dir).map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@ use berth_kmod::{IndexError, ModuleIndex};
 use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
 use serde::{Deserialize, Serialize};
 
+use crate::disk::{write_disk, DiskError, DiskFormat, DiskLayout, DATA_NAME};
 use crate::elf::{self, ElfError};
 use crate::images::{self, ImageError, ImageSource};
 use crate::initramfs::Initramfs;
@@ -36,6 +37,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sd_mod",
     "ext4",
     "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
     "isofs",
     // Common server NICs.
     "e1000",
@@ -90,6 +94,16 @@ pub struct BuildOptions {
     /// Kernel modules to ship beyond [`DEFAULT_MODULES`] (coldplug loads them when their
     /// hardware is there).
     pub extra_modules: Vec<String>,
+    /// Also write a bootable GPT disk image (UEFI, two slots, a data partition).
+    pub disk: Option<DiskOptions>,
+}
+
+/// `--format raw|qcow2` and `--data-size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskOptions {
+    pub format: DiskFormat,
+    /// The data partition's size in MiB; init grows it to the end of a larger disk.
+    pub data_mib: u64,
 }
 
 /// What `berth build` wrote, as recorded in `image.json`.
@@ -104,6 +118,9 @@ pub struct ImageMetadata {
     /// Images in the image store, by the names manifests use.
     #[serde(default)]
     pub images: Vec<String>,
+    /// The disk image, when one was written (`disk.raw` or `disk.qcow2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +133,8 @@ pub enum BuildError {
     Elf(#[from] ElfError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error("module index of kernel {release}: {source}")]
     ModuleIndex {
         release: String,
@@ -356,6 +375,25 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     })?;
     write_atomically(&options.out.join("initrd"), &initrd)?;
     write_atomically(&options.out.join("kernel"), &read(&kernel.image)?)?;
+    let disk = match &options.disk {
+        Some(disk) => {
+            let cache_dir = match &options.kernel {
+                KernelChoice::DebianDefault { cache_dir } => cache_dir.clone(),
+                KernelChoice::Paths { .. } => crate::kernel::default_cache_dir(),
+            };
+            let layout = DiskLayout {
+                arch: options.arch,
+                kernel: &options.out.join("kernel"),
+                initrd: &options.out.join("initrd"),
+                cmdline: disk_cmdline(options.arch),
+                data_mib: disk.data_mib,
+                format: disk.format,
+            };
+            let path = write_disk(&layout, &cache_dir, &options.out)?;
+            path.file_name().map(|n| n.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
     let metadata = ImageMetadata {
         arch: options.arch.name().to_string(),
         kernel_release: kernel.release.clone(),
@@ -363,10 +401,21 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         initrd: "initrd".to_string(),
         modules: closure.into_iter().map(|(name, _)| name).collect(),
         images: image_names,
+        disk,
     };
     let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
     write_atomically(&options.out.join(IMAGE_METADATA_FILE), &json)?;
     Ok(metadata)
+}
+
+/// The command line a disk image's boot entries give the kernel: the screen and the arch's
+/// serial port (the last is `/dev/console`, where init writes), reboot at once on panic, and
+/// where init finds the data partition.
+pub fn disk_cmdline(arch: Arch) -> String {
+    format!(
+        "console=tty0 console={} panic=-1 quiet berth.data=PARTLABEL={DATA_NAME}",
+        arch.console_device()
+    )
 }
 
 /// Reads `image.json` from a built image directory.

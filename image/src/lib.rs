@@ -5,6 +5,7 @@
 
 pub mod assemble;
 pub mod debian;
+pub mod disk;
 pub mod elf;
 pub mod images;
 pub mod initramfs;
@@ -12,4 +13,7 @@ pub mod kernel;
 pub mod run;
 pub mod run_container;
 
-pub use assemble::{build, read_metadata, BuildError, BuildOptions, ImageMetadata, KernelChoice};
+pub use assemble::{
+    build, read_metadata, BuildError, BuildOptions, DiskOptions, ImageMetadata, KernelChoice,
+};
+pub use disk::DiskFormat;

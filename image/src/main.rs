@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_arch::Arch;
-use berth_image::assemble::{self, BuildError, BuildOptions, KernelChoice};
+use berth_image::assemble::{self, BuildError, BuildOptions, DiskOptions, KernelChoice};
+use berth_image::disk::DiskFormat;
 use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
 use berth_image::run::{self, RunOptions, RunOutcome};
@@ -68,6 +69,13 @@ enum Command {
         /// is present. Repeat for more.
         #[arg(long = "module", value_name = "NAME")]
         modules_extra: Vec<String>,
+        /// Also write a bootable GPT disk image for UEFI (`disk.raw` or `disk.qcow2`): an EFI
+        /// system partition with systemd-boot and boot slots A and B, and a data partition.
+        #[arg(long, value_enum)]
+        format: Option<DiskFormat>,
+        /// The disk image's data partition, in MiB (grown to the disk's end at first boot).
+        #[arg(long, default_value_t = 256, value_name = "MIB")]
+        data_size: u64,
     },
     /// Boot a built image under QEMU, console on this terminal. Ctrl-C presses the power
     /// button.
@@ -129,6 +137,8 @@ fn main() -> ExitCode {
             netd,
             images,
             modules_extra,
+            format,
+            data_size,
         } => {
             let kernel = match (kernel, modules) {
                 (Some(image), Some(modules_dir)) => KernelChoice::Paths { image, modules_dir },
@@ -145,6 +155,10 @@ fn main() -> ExitCode {
                 netd,
                 images,
                 extra_modules: modules_extra,
+                disk: format.map(|format| DiskOptions {
+                    format,
+                    data_mib: data_size,
+                }),
             };
             match assemble::build(&options) {
                 Ok(metadata) => {

@@ -65,6 +65,19 @@ pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
         &options.dir.join(&metadata.initrd),
         &options.dir.join("run"),
     );
+    // A disk image, when the build wrote one, boots the way a server or cloud VM boots it:
+    // through UEFI firmware, systemd-boot and the active slot.
+    if let Some(disk) = &metadata.disk {
+        config.disk = Some(berth_qemu::DiskBoot {
+            image: options.dir.join(disk),
+            format: if disk.ends_with(".qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            }
+            .to_string(),
+        });
+    }
     config.memory_mib = options.memory_mib;
     config.cpus = options.cpus;
     config.append = options.append.clone();

@@ -19,6 +19,14 @@ const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the kernel prints when it panics, whatever the arch.
 const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
 
+/// A disk image booted through the arch's UEFI firmware (OVMF, AAVMF).
+#[derive(Debug, Clone)]
+pub struct DiskBoot {
+    pub image: PathBuf,
+    /// QEMU's name for the format: `raw` or `qcow2`.
+    pub format: String,
+}
+
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -37,6 +45,8 @@ pub struct MachineConfig {
     pub log_dir: PathBuf,
     /// Copy the console to this process' stdout as it arrives.
     pub echo_console: bool,
+    /// Boot this disk image through UEFI firmware instead of `kernel` and `initrd`.
+    pub disk: Option<DiskBoot>,
     /// Run QEMU in this network namespace (a file such as `/run/netns/NAME`), so that its tap
     /// devices are the ones a test made there.
     pub netns: Option<PathBuf>,
@@ -56,6 +66,7 @@ impl MachineConfig {
             log_dir: log_dir.to_path_buf(),
             echo_console: false,
             netns: None,
+            disk: None,
         }
     }
 
@@ -69,6 +80,45 @@ impl MachineConfig {
         ];
         params.extend(self.append.iter().cloned());
         params.join(" ")
+    }
+
+    /// The firmware's writable variable store for this machine: a copy of the template in the
+    /// log directory, kept across boots of the same machine as NVRAM is.
+    fn efi_vars(&self) -> PathBuf {
+        self.log_dir.join(format!("efivars-{}.fd", self.arch))
+    }
+
+    fn boot_args(&self) -> Vec<String> {
+        match &self.disk {
+            None => vec![
+                "-kernel".to_string(),
+                self.kernel.to_string_lossy().into_owned(),
+                "-initrd".to_string(),
+                self.initrd.to_string_lossy().into_owned(),
+                "-append".to_string(),
+                self.kernel_cmdline(),
+            ],
+            Some(disk) => {
+                let (code, _) = self.arch.uefi_firmware();
+                vec![
+                    "-drive".to_string(),
+                    format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+                    "-drive".to_string(),
+                    format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        self.efi_vars().display()
+                    ),
+                    "-drive".to_string(),
+                    format!(
+                        "if=none,id=disk0,format={},file={}",
+                        disk.format,
+                        disk.image.display()
+                    ),
+                    "-device".to_string(),
+                    "virtio-blk-pci,drive=disk0,bootindex=0".to_string(),
+                ]
+            }
+        }
     }
 
     fn qemu_args(&self, qmp_socket: &Path, kvm: bool) -> Vec<String> {
@@ -91,17 +141,12 @@ impl MachineConfig {
                 "-serial",
                 "stdio",
                 "-no-reboot",
-                "-kernel",
-                &self.kernel.to_string_lossy(),
-                "-initrd",
-                &self.initrd.to_string_lossy(),
-                "-append",
-                &self.kernel_cmdline(),
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", qmp_socket.display()),
             ]
             .map(str::to_string),
         );
+        args.extend(self.boot_args());
         if self.user_net {
             args.extend(
                 [
@@ -135,6 +180,12 @@ pub enum GuestExit {
 pub enum RigError {
     #[error("cannot create log directory {}: {source}", path.display())]
     LogDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot copy the UEFI variable store {}: {source} (scripts/setup installs ovmf and qemu-efi-aarch64)", path.display())]
+    Firmware {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -222,6 +273,13 @@ impl Machine {
             move |source| RigError::LogDir { path, source }
         };
         std::fs::create_dir_all(&config.log_dir).map_err(log_dir_error(&config.log_dir))?;
+        if config.disk.is_some() && !config.efi_vars().exists() {
+            let (_, template) = config.arch.uefi_firmware();
+            std::fs::copy(template, config.efi_vars()).map_err(|source| RigError::Firmware {
+                path: PathBuf::from(template),
+                source,
+            })?;
+        }
         let console_log = config.log_dir.join("console.log");
         let log = File::create(&console_log).map_err(log_dir_error(&console_log))?;
         let qmp_dir = private_socket_dir();
