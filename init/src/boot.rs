@@ -16,7 +16,10 @@ use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
 use crate::services::{self, Service};
 use crate::supervisor::Supervisor;
-use crate::{clock, cmdline, host_setup, logger, root_switch, signals, storage};
+use crate::{
+    clock, cmdline, config_source, data_partition, host_setup, logger, root_switch, signals,
+    storage,
+};
 
 /// Module lists the image builder writes (power-button drivers and the like), in
 /// systemd's `modules-load.d` format.
@@ -67,14 +70,35 @@ pub fn boot_and_serve() -> ! {
     // The image store is opened once: the manifest is checked against it, then the
     // supervisor prepares images from it.
     let mut images = ImageCache::new();
-    let manifest = load_manifest(&params.manifest, &mut images);
+    // Drivers first: the data partition and the outside configuration sources are devices.
+    let mut coldplug = load_modules();
+    // State before anything writes it: the machine-id and the containers may live on it.
+    data_partition::mount(params.data.as_ref(), &mut coldplug);
+    if let Some(slot) = &params.slot {
+        Event::new("boot-slot").field("slot", slot).emit();
+    }
+    let (manifest, manifest_path) = match config_source::outside(&mut images, &mut coldplug) {
+        Some((manifest, path)) => (Ok(manifest), path),
+        None => {
+            let manifest = load_manifest(&params.manifest, &mut images);
+            if manifest.is_ok() {
+                Event::new("config")
+                    .field("source", "image")
+                    .field("origin", params.manifest.display())
+                    .emit();
+            }
+            (manifest, params.manifest.clone())
+        }
+    };
+    if let (Ok(manifest), Some(coldplug)) = (&manifest, coldplug.as_mut()) {
+        load_manifest_modules(manifest, coldplug);
+    }
     let hostname = manifest
         .as_ref()
         .map_or(Manifest::DEFAULT_HOSTNAME, Manifest::hostname);
     if let Err(err) = nix::unistd::sethostname(hostname) {
         log::error!("cannot set hostname {hostname}: {err}");
     }
-    let mut coldplug = load_modules(manifest.as_ref().ok());
 
     // Storage before anything that writes state: the machine-id and the containers may live
     // on it.
@@ -95,7 +119,7 @@ pub fn boot_and_serve() -> ! {
     };
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     // The network comes up alongside the rest; netd says when its leases are bound.
-    let manifest_arg = params.manifest.display().to_string();
+    let manifest_arg = manifest_path.display().to_string();
     event_loop.run_service(Service::new(
         "netd",
         services::NETD,
@@ -189,9 +213,23 @@ fn load_manifest(path: &Path, images: &mut ImageCache) -> Result<Manifest, Manif
     manifest
 }
 
-/// Loads the image's own module lists and the manifest's `[boot] modules`, then drivers for
-/// the hardware that is there. None when the kernel's module index cannot be read.
-fn load_modules(manifest: Option<&Manifest>) -> Option<Coldplug> {
+/// The manifest's `[boot] modules` and what its networks need, once the manifest is known.
+fn load_manifest_modules(manifest: &Manifest, coldplug: &mut Coldplug) {
+    let names: Vec<String> = manifest
+        .boot_modules()
+        .map(|m| m.canonical())
+        .chain(manifest.network_modules().into_iter().map(str::to_string))
+        .collect();
+    for name in &names {
+        if let Err(err) = coldplug.loading().load(name) {
+            log::error!("module {name}: {err}");
+        }
+    }
+}
+
+/// Loads the image's own module lists, then drivers for the hardware that is there. None
+/// when the kernel's module index cannot be read.
+fn load_modules() -> Option<Coldplug> {
     let index = match kmod::index_for_running_kernel() {
         Ok(index) => index,
         Err(err) => {
@@ -199,11 +237,7 @@ fn load_modules(manifest: Option<&Manifest>) -> Option<Coldplug> {
             return None;
         }
     };
-    let mut names = modules_load_d(Path::new(MODULES_LOAD_DIR));
-    if let Some(manifest) = manifest {
-        names.extend(manifest.boot_modules().map(|m| m.canonical()));
-        names.extend(manifest.network_modules().into_iter().map(str::to_string));
-    }
+    let names = modules_load_d(Path::new(MODULES_LOAD_DIR));
     let started = std::time::Instant::now();
     let mut loading = ModuleLoading::new(index, KernelLoader);
     let mut failed = 0usize;

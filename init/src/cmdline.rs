@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use berth_blockdev::DeviceSpec;
 use berth_manifest::{parse_duration, MANIFEST_PATH};
 use log::LevelFilter;
 
@@ -29,6 +30,11 @@ pub struct BootParams {
     pub shutdown_timeout: Duration,
     /// `berth.power_button=poweroff|reboot|halt|ignore`.
     pub power_button: ButtonAction,
+    /// `berth.data=PARTLABEL=berth-data` (or LABEL=, UUID=, /dev/...): the partition mounted
+    /// on `/var/lib/berth`. Disk images set it in their boot entries.
+    pub data: Option<DeviceSpec>,
+    /// `berth.slot=a|b`: the boot slot the boot loader started, for the record.
+    pub slot: Option<String>,
 }
 
 impl Default for BootParams {
@@ -38,6 +44,8 @@ impl Default for BootParams {
             log_level: LevelFilter::Info,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             power_button: ButtonAction::Shutdown(ShutdownAction::PowerOff),
+            data: None,
+            slot: None,
         }
     }
 }
@@ -61,6 +69,13 @@ pub fn parse(cmdline: &str) -> (BootParams, Vec<String>) {
                 .parse::<LevelFilter>()
                 .map(|level| params.log_level = level)
                 .is_ok(),
+            "data" => DeviceSpec::parse(value)
+                .map(|spec| params.data = Some(spec))
+                .is_ok(),
+            "slot" if !value.is_empty() => {
+                params.slot = Some(value.to_string());
+                true
+            }
             "shutdown_timeout" => parse_duration(value)
                 .map(|timeout| params.shutdown_timeout = timeout)
                 .is_ok(),

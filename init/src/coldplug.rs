@@ -148,7 +148,20 @@ pub fn load_filesystem(loading: &mut ModuleLoading<KernelLoader>, fstype: &str) 
     if !known {
         loading.load_for_alias(&format!("fs-{fstype}"));
     }
+    // FAT names files through code pages the kernel would load on demand with modprobe: the
+    // mount fails with EINVAL without them.
+    if fstype == "vfat" {
+        for nls in FAT_CODEPAGES {
+            if let Err(err) = loading.load(nls) {
+                log::warn!("module {nls}: {err}");
+            }
+        }
+    }
 }
+
+/// The code page and character sets a vfat mount uses by default (Debian's kernels:
+/// `FAT_DEFAULT_CODEPAGE=437`, `FAT_DEFAULT_IOCHARSET="ascii"`, `FAT_DEFAULT_UTF8=y`).
+const FAT_CODEPAGES: &[&str] = &["nls_cp437", "nls_ascii", "nls_utf8"];
 
 #[cfg(test)]
 mod tests {

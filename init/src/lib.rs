@@ -22,6 +22,8 @@ mod boot;
 mod clock;
 mod cmdline;
 mod coldplug;
+mod config_source;
+mod data_partition;
 pub mod event;
 mod event_loop;
 mod host_setup;

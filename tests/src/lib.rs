@@ -16,7 +16,7 @@ use std::time::Duration;
 use berth_arch::Arch;
 use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
-use berth_image::{BuildOptions, KernelChoice};
+use berth_image::{BuildOptions, DiskOptions, KernelChoice};
 use berth_qemu::{Machine, MachineConfig};
 
 /// How long a guest may take to say it is ready. Generous: CI machines are shared and TCG
@@ -106,6 +106,16 @@ pub fn guest_init(arch: Arch) -> Result<PathBuf, String> {
 /// Builds an image for `arch` from `manifest` (TOML text) into `<log_dir>/image`, with the
 /// busybox test image baked in as `busybox:1.35`.
 pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf, String> {
+    build_image_with_disk(arch, manifest, log_dir, None)
+}
+
+/// As [`build_image`], with a disk image too when `disk` says so.
+pub fn build_image_with_disk(
+    arch: Arch,
+    manifest: &str,
+    log_dir: &Path,
+    disk: Option<DiskOptions>,
+) -> Result<PathBuf, String> {
     let manifest_path = log_dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
     let out = log_dir.join("image");
@@ -123,6 +133,7 @@ pub fn build_image(arch: Arch, manifest: &str, log_dir: &Path) -> Result<PathBuf
             dir: images::busybox_layout(arch)?,
         }],
         extra_modules: Vec::new(),
+        disk,
     };
     berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
     Ok(out)

@@ -1,0 +1,133 @@
+//! Where the manifest comes from, first found wins: QEMU's `fw_cfg` (`opt/berth/manifest`),
+//! a NoCloud seed (a vfat or iso9660 volume labelled `cidata` whose `user-data` is a berth
+//! manifest), then the manifest baked into the image. Each outside source is validated whole
+//! before it is used; a bad one is reported (`config-invalid`) and the next one tried, so a bad
+//! seed never half-configures a host. The source used is one `config` event.
+
+use std::path::{Path, PathBuf};
+
+use berth_blockdev::{find, DeviceSpec, SYS_CLASS_BLOCK};
+use berth_manifest::{Manifest, ManifestError};
+
+use crate::coldplug::{self, Coldplug};
+use crate::event::Event;
+use crate::images::ImageCache;
+
+const FW_CFG_MANIFEST: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/berth/manifest/raw";
+/// The manifest taken from outside the image, for netd and for the operator to read.
+pub const RUN_MANIFEST: &str = "/run/berth/manifest.toml";
+const CIDATA_MOUNT: &str = "/run/berth/cidata";
+
+/// A manifest read from an outside source, named as error messages name it.
+struct Candidate {
+    source: &'static str,
+    origin: PathBuf,
+    text: String,
+}
+
+fn from_fw_cfg() -> Option<Candidate> {
+    let text = std::fs::read_to_string(FW_CFG_MANIFEST).ok()?;
+    Some(Candidate {
+        source: "fw_cfg",
+        origin: PathBuf::from("fw_cfg:opt/berth/manifest"),
+        text,
+    })
+}
+
+fn from_nocloud(coldplug: &mut Option<Coldplug>) -> Option<Candidate> {
+    // vfat labels are upper case as mkfs.vfat writes them; iso9660 keeps what genisoimage got.
+    let device = ["cidata", "CIDATA"].into_iter().find_map(|label| {
+        find(
+            &DeviceSpec::Label(label.to_string()),
+            Path::new(SYS_CLASS_BLOCK),
+            Path::new("/dev"),
+        )
+    })?;
+    let fstype = device.fs.as_ref()?.fstype.clone();
+    if let Some(coldplug) = coldplug.as_mut() {
+        coldplug::load_filesystem(coldplug.loading(), &fstype);
+    }
+    if let Err(err) = std::fs::create_dir_all(CIDATA_MOUNT) {
+        log::error!("create {CIDATA_MOUNT}: {err}");
+        return None;
+    }
+    let mounted = nix::mount::mount(
+        Some(&device.node),
+        CIDATA_MOUNT,
+        Some(fstype.as_str()),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    if let Err(err) = mounted {
+        Event::new("config-invalid")
+            .field("source", "nocloud")
+            .field("error", format!("mount {}: {err}", device.node.display()))
+            .emit();
+        return None;
+    }
+    let text = std::fs::read_to_string(Path::new(CIDATA_MOUNT).join("user-data"));
+    let _ = nix::mount::umount(CIDATA_MOUNT);
+    match text {
+        Ok(text) => Some(Candidate {
+            source: "nocloud",
+            origin: PathBuf::from(format!("{}:user-data", device.node.display())),
+            text,
+        }),
+        Err(err) => {
+            Event::new("config-invalid")
+                .field("source", "nocloud")
+                .field(
+                    "error",
+                    format!("{}: no user-data: {err}", device.node.display()),
+                )
+                .emit();
+            None
+        }
+    }
+}
+
+fn validate(candidate: &Candidate, images: &mut ImageCache) -> Result<Manifest, ManifestError> {
+    let manifest = Manifest::parse(&candidate.text, &candidate.origin)?;
+    manifest.check_images(&candidate.text, &candidate.origin, &images.references())?;
+    Ok(manifest)
+}
+
+/// The first valid outside manifest, with the path it was saved to; None when there is none
+/// (the image's own manifest is then the one).
+pub fn outside(
+    images: &mut ImageCache,
+    coldplug: &mut Option<Coldplug>,
+) -> Option<(Manifest, PathBuf)> {
+    // In order, each read only when the ones before it gave nothing usable.
+    for source in 0..2 {
+        let candidate = match source {
+            0 => from_fw_cfg(),
+            _ => from_nocloud(coldplug),
+        };
+        let Some(candidate) = candidate else {
+            continue;
+        };
+        match validate(&candidate, images) {
+            Ok(manifest) => {
+                let saved = std::fs::create_dir_all("/run/berth")
+                    .and_then(|()| std::fs::write(RUN_MANIFEST, &candidate.text));
+                if let Err(err) = saved {
+                    log::error!("save {RUN_MANIFEST}: {err}");
+                }
+                Event::new("config")
+                    .field("source", candidate.source)
+                    .field("origin", candidate.origin.display())
+                    .emit();
+                return Some((manifest, PathBuf::from(RUN_MANIFEST)));
+            }
+            Err(err) => {
+                log::error!("{err}");
+                Event::new("config-invalid")
+                    .field("source", candidate.source)
+                    .field("error", err)
+                    .emit();
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,283 @@
+//! Disk images: UEFI boot through systemd-boot on both arches from raw and qcow2, state on
+//! the data partition across the power button and a power cut, the data partition grown
+//! with its disk, and manifests from QEMU's fw_cfg and a NoCloud seed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_arch::Arch;
+use berth_image::{DiskFormat, DiskOptions};
+use berth_qemu::{DiskBoot, GuestExit, Machine, MachineConfig};
+use berth_tests::{events, wait_seen};
+
+/// UEFI firmware under TCG takes its time before the kernel starts, aarch64's most.
+const DISK_READY_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn build_disk(arch: Arch, manifest: &str, dir: &Path, format: DiskFormat) -> (PathBuf, PathBuf) {
+    let image = berth_tests::build_image_with_disk(
+        arch,
+        manifest,
+        dir,
+        Some(DiskOptions {
+            format,
+            data_mib: 256,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let disk = image.join(format.file_name());
+    (image, disk)
+}
+
+fn disk_config(
+    arch: Arch,
+    image: &Path,
+    disk: &Path,
+    format: DiskFormat,
+    log_dir: &Path,
+) -> MachineConfig {
+    let mut config = berth_tests::machine_config(arch, image, log_dir);
+    config.disk = Some(DiskBoot {
+        image: disk.to_path_buf(),
+        format: format.qemu_name().to_string(),
+    });
+    config
+}
+
+fn boot_disk(config: &MachineConfig) -> Machine {
+    let mut machine = Machine::start(config).unwrap_or_else(|e| panic!("{e}"));
+    machine
+        .wait_for_line(
+            &berth_tests::pattern(berth_tests::READY_PATTERN),
+            DISK_READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    machine
+}
+
+const HELLO: &str = r#"
+[containers.hello]
+image = "busybox:1.35"
+command = ["sh", "-c", "echo hello-from-$(uname -m)"]
+"#;
+
+fn boots_through_uefi(arch: Arch, format: DiskFormat) {
+    let test = format!("disk-uefi-{arch}-{}", format.qemu_name());
+    let dir = berth_tests::log_dir(&test);
+    let (image, disk) = build_disk(arch, HELLO, &dir, format);
+    let machine = boot_disk(&disk_config(arch, &image, &disk, format, &dir));
+    let c = format!("console: {}", machine.console_log().display());
+    wait_seen(&machine, r"^berth event=boot-slot slot=a ");
+    let mounted = wait_seen(&machine, r"^berth event=data-mounted ");
+    assert!(mounted.contains("fs=ext4"), "{mounted}; {c}");
+    wait_seen(&machine, r"^hello \| hello-from-");
+    // No -kernel: the kernel came from the disk, through the firmware.
+    assert!(
+        !machine.console_text().contains("berth event=data-volatile"),
+        "{c}"
+    );
+}
+
+#[test]
+fn x86_64_raw_disk_boots_through_uefi() {
+    boots_through_uefi(Arch::X86_64, DiskFormat::Raw);
+}
+
+#[test]
+fn aarch64_raw_disk_boots_through_uefi() {
+    boots_through_uefi(Arch::Aarch64, DiskFormat::Raw);
+}
+
+#[test]
+fn aarch64_qcow2_disk_boots_through_uefi() {
+    boots_through_uefi(Arch::Aarch64, DiskFormat::Qcow2);
+}
+
+const WRITER: &str = r#"
+[containers.writer]
+image = "busybox:1.35"
+volumes = ["data:/data"]
+command = ["sh", "-c", "[ -f /data/first ] && echo seen=$(cat /data/first); echo first > /data/first; sync; echo written; i=0; while true; do echo line-$i >> /data/stream; i=$((i+1)); [ $((i % 100)) = 0 ] && sync; done"]
+"#;
+
+#[test]
+fn data_survives_the_power_button_and_a_power_cut() {
+    let arch = Arch::X86_64;
+    let format = DiskFormat::Qcow2;
+    let dir = berth_tests::log_dir("disk-persistence");
+    let (image, disk) = build_disk(arch, WRITER, &dir, format);
+    let boot = |n: u32| {
+        let log = dir.join(format!("boot-{n}"));
+        boot_disk(&disk_config(arch, &image, &disk, format, &log))
+    };
+
+    let mut first = boot(1);
+    let c1 = format!("console: {}", first.console_log().display());
+    wait_seen(&first, r"^writer \| written$");
+    let id1 = events::events(&first, "machine-id", None);
+    assert_eq!(
+        id1.first().and_then(|e| e.get("persistent")),
+        Some("true"),
+        "{c1}"
+    );
+    first.press_power_button().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        first
+            .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}")),
+        GuestExit::PowerOff,
+        "{c1}"
+    );
+
+    let mut second = boot(2);
+    let c2 = format!("console: {}", second.console_log().display());
+    wait_seen(&second, r"^writer \| seen=first$");
+    wait_seen(&second, r"^writer \| written$");
+    let id2 = events::events(&second, "machine-id", None);
+    assert_eq!(
+        id2.first().and_then(|e| e.get("id")),
+        id1.first().and_then(|e| e.get("id")),
+        "the machine-id lives on the data partition; {c2}"
+    );
+    // The power cut: QEMU killed while the container writes.
+    std::thread::sleep(Duration::from_secs(2));
+    second.kill();
+
+    let third = boot(3);
+    let c3 = format!("console: {}", third.console_log().display());
+    let mounted = wait_seen(&third, r"^berth event=data-mounted ");
+    assert!(mounted.contains("fs=ext4"), "{mounted}; {c3}");
+    wait_seen(&third, r"^writer \| seen=first$");
+}
+
+#[test]
+fn the_data_partition_grows_with_its_disk() {
+    let arch = Arch::X86_64;
+    let format = DiskFormat::Raw;
+    let dir = berth_tests::log_dir("disk-grow");
+    let manifest = r#"
+[containers.df]
+image = "busybox:1.35"
+volumes = ["data:/data"]
+command = ["sh", "-c", "df -m /data | tail -1 | tr -s ' ' | cut -d' ' -f2 | sed 's/^/size_mb=/'"]
+"#;
+    let (image, disk) = build_disk(arch, manifest, &dir, format);
+    let status = std::process::Command::new("qemu-img")
+        .args(["resize", "-f", "raw"])
+        .arg(&disk)
+        .arg("+768M")
+        .status()
+        .unwrap_or_else(|e| panic!("qemu-img: {e}"));
+    assert!(status.success());
+    let machine = boot_disk(&disk_config(arch, &image, &disk, format, &dir));
+    let c = format!("console: {}", machine.console_log().display());
+    let mounted = wait_seen(&machine, r"^berth event=data-mounted ");
+    let event = events::parse(&mounted).unwrap_or_else(|| panic!("{mounted}"));
+    assert_eq!(event.get("grown_from_mb"), Some("256"), "{mounted}; {c}");
+    let size = event.number("size_mb").unwrap_or(0);
+    assert!(size > 900, "the filesystem grew online: {mounted}; {c}");
+    let df = wait_seen(&machine, r"^df \| size_mb=");
+    let seen: u64 = df.trim_start_matches("df | size_mb=").parse().unwrap_or(0);
+    assert!(seen > 900, "{df}; {c}");
+}
+
+/// A manifest whose one container says where the manifest came from.
+fn says(source: &str) -> String {
+    format!(
+        "[containers.from_{source}]\nimage = \"busybox:1.35\"\ncommand = [\"echo\", \"manifest-from-{source}\"]\n"
+    )
+}
+
+/// A vfat volume labelled CIDATA with `user-data`, as cloud-localds makes one.
+fn nocloud_seed(path: &Path, user_data: &str) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    file.set_len(4 * 1024 * 1024)
+        .unwrap_or_else(|e| panic!("{e}"));
+    fatfs::format_volume(
+        &file,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"CIDATA     "),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fs =
+        fatfs::FileSystem::new(&file, fatfs::FsOptions::new()).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = fs
+        .root_dir()
+        .create_file("user-data")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut out, user_data.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn boot_with_sources(test: &str, fw_cfg: Option<&str>, seed: Option<&str>) -> Machine {
+    let arch = Arch::X86_64;
+    let dir = berth_tests::log_dir(test);
+    let image =
+        berth_tests::build_image(arch, &says("image"), &dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = berth_tests::machine_config(arch, &image, &dir);
+    if let Some(manifest) = fw_cfg {
+        let path = dir.join("fw_cfg.toml");
+        std::fs::write(&path, manifest).unwrap_or_else(|e| panic!("{e}"));
+        config.extra_args.extend([
+            "-fw_cfg".to_string(),
+            format!("name=opt/berth/manifest,file={}", path.display()),
+        ]);
+    }
+    if let Some(user_data) = seed {
+        let path = dir.join("seed.img");
+        nocloud_seed(&path, user_data);
+        config.extra_args.extend([
+            "-drive".to_string(),
+            format!(
+                "if=none,id=seed,format=raw,readonly=on,file={}",
+                path.display()
+            ),
+            "-device".to_string(),
+            "virtio-blk-pci,drive=seed".to_string(),
+        ]);
+    }
+    berth_tests::start_to_ready(&config)
+}
+
+#[test]
+fn a_manifest_from_fw_cfg_decides_which_containers_run() {
+    let machine = boot_with_sources(
+        "disk-config-fw-cfg",
+        Some(&says("fw_cfg")),
+        Some(&says("nocloud")),
+    );
+    let c = format!("console: {}", machine.console_log().display());
+    let config = wait_seen(&machine, r"^berth event=config ");
+    assert!(config.contains("source=fw_cfg "), "{config}; {c}");
+    wait_seen(&machine, r"^from_fw_cfg \| manifest-from-fw_cfg$");
+    assert!(
+        events::events(&machine, "created", Some("from_image")).is_empty(),
+        "{c}"
+    );
+    assert!(
+        events::events(&machine, "created", Some("from_nocloud")).is_empty(),
+        "{c}"
+    );
+}
+
+#[test]
+fn a_bad_fw_cfg_manifest_is_reported_and_the_nocloud_seed_is_used() {
+    let bad = "[containers.broken]\nimage = \"busybox:1.35\"\nrestart = \"sometimes\"\n";
+    let machine = boot_with_sources("disk-config-nocloud", Some(bad), Some(&says("nocloud")));
+    let c = format!("console: {}", machine.console_log().display());
+    let invalid = wait_seen(&machine, r"^berth event=config-invalid source=fw_cfg ");
+    assert!(
+        invalid.contains("fw_cfg:opt/berth/manifest:3:11: containers.broken.restart"),
+        "the error names the source, line and field: {invalid}; {c}"
+    );
+    let config = wait_seen(&machine, r"^berth event=config ");
+    assert!(config.contains("source=nocloud "), "{config}; {c}");
+    wait_seen(&machine, r"^from_nocloud \| manifest-from-nocloud$");
+    assert!(
+        events::events(&machine, "created", Some("broken")).is_empty(),
+        "{c}"
+    );
+}
