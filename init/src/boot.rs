@@ -17,8 +17,8 @@ use crate::mounts::{self, SystemMounter};
 use crate::services::{self, Service};
 use crate::supervisor::Supervisor;
 use crate::{
-    clock, cmdline, config_source, data_partition, host_setup, logger, root_switch, signals,
-    storage,
+    clock, cmdline, config_source, data_partition, host_setup, logger, metadata, root_switch,
+    signals, storage,
 };
 
 /// Module lists the image builder writes (power-button drivers and the like), in
@@ -70,6 +70,7 @@ pub fn boot_and_serve() -> ! {
     // The image store is opened once: the manifest is checked against it, then the
     // supervisor prepares images from it.
     let mut images = ImageCache::new();
+    let mut started_netd: Option<Service> = None;
     // Drivers first: the data partition and the outside configuration sources are devices.
     let mut coldplug = load_modules();
     // State before anything writes it: the machine-id and the containers may live on it.
@@ -77,26 +78,53 @@ pub fn boot_and_serve() -> ! {
     if let Some(slot) = &params.slot {
         Event::new("boot-slot").field("slot", slot).emit();
     }
-    let (manifest, manifest_path) = match config_source::outside(&mut images, &mut coldplug) {
-        Some((manifest, path)) => (Ok(manifest), path),
+    // init's own cgroup (and netd's, which inherits it) before netd may start.
+    host_setup::cgroups();
+    // Outside sources report themselves as `config`; the image's own manifest is reported
+    // below, once the metadata service (if asked) has not replaced it.
+    let mut outside_source = true;
+    let manifest = match config_source::outside(&mut images, &mut coldplug) {
+        Some((manifest, _)) => Ok(manifest),
         None => {
             let manifest = load_manifest(&params.manifest, &mut images);
-            if manifest.is_ok() {
-                Event::new("config")
-                    .field("source", "image")
-                    .field("origin", params.manifest.display())
-                    .emit();
+            // netd always reads the manifest in use from /run, whatever its source.
+            config_source::save(&std::fs::read_to_string(&params.manifest).unwrap_or_default());
+            // On an EC2 instance the metadata service outranks the baked manifest; it can be
+            // asked only once netd has the network up, so netd starts now, on the baked one.
+            if metadata::wanted(params.metadata_ec2) {
+                let mut netd = netd_service();
+                netd.start(std::time::Instant::now());
+                started_netd = Some(netd);
+                if let Some(from_metadata) = config_source::from_metadata(&mut images) {
+                    // netd re-reads the manifest, keeping its leases.
+                    if let Some(netd) = &started_netd {
+                        netd.signal(nix::sys::signal::Signal::SIGHUP);
+                    }
+                    Ok(from_metadata)
+                } else {
+                    outside_source = false;
+                    manifest
+                }
+            } else {
+                outside_source = false;
+                manifest
             }
-            (manifest, params.manifest.clone())
         }
     };
+    if !outside_source && manifest.is_ok() {
+        Event::new("config")
+            .field("source", "image")
+            .field("origin", params.manifest.display())
+            .emit();
+    }
     if let (Ok(manifest), Some(coldplug)) = (&manifest, coldplug.as_mut()) {
         load_manifest_modules(manifest, coldplug);
     }
     let hostname = manifest
         .as_ref()
-        .map_or(Manifest::DEFAULT_HOSTNAME, Manifest::hostname);
-    if let Err(err) = nix::unistd::sethostname(hostname) {
+        .map_or(Manifest::DEFAULT_HOSTNAME, Manifest::hostname)
+        .to_string();
+    if let Err(err) = nix::unistd::sethostname(&hostname) {
         log::error!("cannot set hostname {hostname}: {err}");
     }
 
@@ -106,8 +134,7 @@ pub fn boot_and_serve() -> ! {
         Ok(manifest) => storage::mount_all(&manifest.mounts, &mut coldplug),
         Err(_) => Vec::new(),
     };
-    host_setup::cgroups();
-    host_setup::write_hosts(hostname);
+    host_setup::write_hosts(&hostname);
     host_setup::machine_id();
     if let Ok(manifest) = &manifest {
         host_setup::apply_sysctls(manifest);
@@ -119,12 +146,12 @@ pub fn boot_and_serve() -> ! {
     };
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     // The network comes up alongside the rest; netd says when its leases are bound.
-    let manifest_arg = manifest_path.display().to_string();
-    event_loop.run_service(Service::new(
-        "netd",
-        services::NETD,
-        vec!["--manifest".to_string(), manifest_arg],
-    ));
+    let netd = started_netd.unwrap_or_else(|| {
+        let mut netd = netd_service();
+        netd.start(std::time::Instant::now());
+        netd
+    });
+    event_loop.adopt_service(netd);
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")
@@ -143,6 +170,18 @@ pub fn boot_and_serve() -> ! {
         event_loop.supervise(Supervisor::new(manifest, &failed_mounts, images));
     }
     event_loop.serve()
+}
+
+/// netd, reading the manifest in use from `/run`.
+fn netd_service() -> Service {
+    Service::new(
+        "netd",
+        services::NETD,
+        vec![
+            "--manifest".to_string(),
+            config_source::RUN_MANIFEST.to_string(),
+        ],
+    )
 }
 
 fn install_panic_hook() {

@@ -35,6 +35,9 @@ pub struct BootParams {
     pub data: Option<DeviceSpec>,
     /// `berth.slot=a|b`: the boot slot the boot loader started, for the record.
     pub slot: Option<String>,
+    /// `berth.metadata=ec2`: ask the EC2 metadata service for the manifest even when DMI does
+    /// not say this is an EC2 instance.
+    pub metadata_ec2: bool,
 }
 
 impl Default for BootParams {
@@ -46,6 +49,7 @@ impl Default for BootParams {
             power_button: ButtonAction::Shutdown(ShutdownAction::PowerOff),
             data: None,
             slot: None,
+            metadata_ec2: false,
         }
     }
 }
@@ -72,6 +76,10 @@ pub fn parse(cmdline: &str) -> (BootParams, Vec<String>) {
             "data" => DeviceSpec::parse(value)
                 .map(|spec| params.data = Some(spec))
                 .is_ok(),
+            "metadata" if value == "ec2" => {
+                params.metadata_ec2 = true;
+                true
+            }
             "slot" if !value.is_empty() => {
                 params.slot = Some(value.to_string());
                 true

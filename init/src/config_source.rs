@@ -2,7 +2,9 @@
 //! a NoCloud seed (a vfat or iso9660 volume labelled `cidata` whose `user-data` is a berth
 //! manifest), then the manifest baked into the image. Each outside source is validated whole
 //! before it is used; a bad one is reported (`config-invalid`) and the next one tried, so a bad
-//! seed never half-configures a host. The source used is one `config` event.
+//! seed never half-configures a host. On an EC2 instance (or with `berth.metadata=ec2`) the
+//! instance metadata service comes third, asked once netd has the network online. The source
+//! used is one `config` event.
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +94,75 @@ fn validate(candidate: &Candidate, images: &mut ImageCache) -> Result<Manifest, 
     Ok(manifest)
 }
 
+/// Saves the manifest in use where netd reads it.
+pub fn save(text: &str) {
+    let saved =
+        std::fs::create_dir_all("/run/berth").and_then(|()| std::fs::write(RUN_MANIFEST, text));
+    if let Err(err) = saved {
+        log::error!("save {RUN_MANIFEST}: {err}");
+    }
+}
+
+/// The manifest in the instance's EC2 user data, once the network is online; None when there
+/// is none or it is refused (reported).
+pub fn from_metadata(images: &mut ImageCache) -> Option<Manifest> {
+    let deadline = std::time::Instant::now() + METADATA_NETWORK_TIMEOUT;
+    while !Path::new(NETWORK_ONLINE_MARKER).exists() {
+        if std::time::Instant::now() >= deadline {
+            Event::new("config-invalid")
+                .field("source", "ec2")
+                .field("error", "the network did not come online")
+                .emit();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let text = match crate::metadata::user_data() {
+        Ok(Some(text)) => text,
+        Ok(None) => return None,
+        Err(err) => {
+            Event::new("config-invalid")
+                .field("source", "ec2")
+                .field("error", err)
+                .emit();
+            return None;
+        }
+    };
+    let candidate = Candidate {
+        source: "ec2",
+        origin: PathBuf::from("ec2:latest/user-data"),
+        text,
+    };
+    accept(candidate, images)
+}
+
+/// How long the metadata source waits for netd's first lease.
+const METADATA_NETWORK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// netd's marker of the network being online.
+const NETWORK_ONLINE_MARKER: &str = "/run/berth/network-online";
+
+/// Validates `candidate`; when good, saves it for netd and reports the source.
+fn accept(candidate: Candidate, images: &mut ImageCache) -> Option<Manifest> {
+    match validate(&candidate, images) {
+        Ok(manifest) => {
+            save(&candidate.text);
+            Event::new("config")
+                .field("source", candidate.source)
+                .field("origin", candidate.origin.display())
+                .emit();
+            Some(manifest)
+        }
+        Err(err) => {
+            log::error!("{err}");
+            Event::new("config-invalid")
+                .field("source", candidate.source)
+                .field("error", err)
+                .emit();
+            None
+        }
+    }
+}
+
 /// The first valid outside manifest, with the path it was saved to; None when there is none
 /// (the image's own manifest is then the one).
 pub fn outside(
@@ -107,26 +178,8 @@ pub fn outside(
         let Some(candidate) = candidate else {
             continue;
         };
-        match validate(&candidate, images) {
-            Ok(manifest) => {
-                let saved = std::fs::create_dir_all("/run/berth")
-                    .and_then(|()| std::fs::write(RUN_MANIFEST, &candidate.text));
-                if let Err(err) = saved {
-                    log::error!("save {RUN_MANIFEST}: {err}");
-                }
-                Event::new("config")
-                    .field("source", candidate.source)
-                    .field("origin", candidate.origin.display())
-                    .emit();
-                return Some((manifest, PathBuf::from(RUN_MANIFEST)));
-            }
-            Err(err) => {
-                log::error!("{err}");
-                Event::new("config-invalid")
-                    .field("source", candidate.source)
-                    .field("error", err)
-                    .emit();
-            }
+        if let Some(manifest) = accept(candidate, images) {
+            return Some((manifest, PathBuf::from(RUN_MANIFEST)));
         }
     }
     None

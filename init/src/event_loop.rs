@@ -70,9 +70,8 @@ impl EventLoop {
         }
     }
 
-    /// Starts a service (netd) that the loop restarts whenever it exits.
-    pub fn run_service(&mut self, mut service: Service) {
-        service.start(Instant::now());
+    /// Takes a started service (netd) that the loop restarts whenever it exits.
+    pub fn adopt_service(&mut self, service: Service) {
         self.services.push(service);
     }
 

@@ -30,6 +30,7 @@ mod host_setup;
 mod images;
 pub mod kmod;
 mod logger;
+mod metadata;
 pub mod mounts;
 mod power_button;
 mod reap;

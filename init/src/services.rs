@@ -39,6 +39,15 @@ impl Service {
         }
     }
 
+    /// Sends `signal` to the running service, if it runs.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid {
+            if let Err(err) = nix::sys::signal::kill(pid, signal) {
+                log::warn!("signal {signal} to {}: {err}", self.name);
+            }
+        }
+    }
+
     pub fn start(&mut self, now: Instant) {
         self.restart_at = None;
         if !self.path.exists() {
@@ -49,12 +58,24 @@ impl Service {
             );
             return;
         }
-        // std resets the signal mask and SIGPIPE in the child, so the service does not inherit
-        // the signals init blocks for its signalfd.
-        match std::process::Command::new(&self.path)
-            .args(&self.args)
-            .spawn()
-        {
+        let mut command = std::process::Command::new(&self.path);
+        command.args(&self.args);
+        // init blocks the signals its signalfd reads; a child inherits that mask through
+        // fork and exec (measured: netd ran with init's mask), and a netd with SIGTERM and SIGHUP
+        // blocked would never release its leases or reload. The child starts unblocked.
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // sigprocmask(2), which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        match command.spawn() {
             Ok(child) => {
                 let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
                 self.pid = Some(pid);

@@ -69,7 +69,17 @@ pub fn run() -> ExitCode {
         }
     };
     match runtime.block_on(serve(network, !hostname_given)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Terminated) => ExitCode::SUCCESS,
+        Ok(Outcome::Reload) => {
+            drop(runtime);
+            // A fresh netd on the new manifest, in this process (init keeps supervising the
+            // same PID); the leases saved under /run are resumed, not released.
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new("/proc/self/exe").args(std::env::args_os().skip(1)),
+            );
+            eprintln!("netd: cannot re-execute itself to reload: {err}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("netd: {err}");
             ExitCode::FAILURE
@@ -172,7 +182,18 @@ async fn configure_static(
     Ok(())
 }
 
-async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(), NetlinkError> {
+/// How [`serve`] ended.
+enum Outcome {
+    /// SIGTERM: leases released.
+    Terminated,
+    /// SIGHUP: start over on the manifest as it is now, keeping the leases.
+    Reload,
+}
+
+async fn serve(
+    network: Option<Network>,
+    hostname_from_dhcp: bool,
+) -> Result<Outcome, NetlinkError> {
     let netlink = Netlink::connect()?;
     netlink.loopback_up().await?;
     emit(
@@ -182,6 +203,8 @@ async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(),
     );
     // Before any lease: SIGTERM (init's shutdown) must find the handler in place.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(NetlinkError::Signal)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(NetlinkError::Signal)?;
     let (servers, search, from_dhcp) = network
         .as_ref()
@@ -247,11 +270,18 @@ async fn serve(network: Option<Network>, hostname_from_dhcp: bool) -> Result<(),
     }
     // No required link (or none at all): online at once.
     shared.check_online();
-    terminate.recv().await;
+    let reload = tokio::select! {
+        _ = terminate.recv() => false,
+        _ = hangup.recv() => true,
+    };
     for client in &clients {
         client.abort();
     }
+    if reload {
+        emit(Event::new("netd-reload"));
+        return Ok(Outcome::Reload);
+    }
     // The addresses stay in the kernel until the host goes; the servers learn now.
     dhcp::release_all(&shared).await;
-    Ok(())
+    Ok(Outcome::Terminated)
 }

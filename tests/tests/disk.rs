@@ -281,3 +281,85 @@ fn a_bad_fw_cfg_manifest_is_reported_and_the_nocloud_seed_is_used() {
         "{c}"
     );
 }
+
+/// Serves an IMDSv2 metadata service on the test machine's loopback: a token for
+/// `PUT /latest/api/token`, and `user_data` for `GET /latest/user-data` with that token only.
+fn serve_metadata(user_data: String) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(match stream.try_clone() {
+                Ok(s) => s,
+                Err(_) => continue,
+            });
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let request = head.first().cloned().unwrap_or_default();
+            let has_token = head
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("X-aws-ec2-metadata-token: token-1234"));
+            let (status, body) = if request.starts_with("PUT /latest/api/token ") {
+                ("200 OK", "token-1234".to_string())
+            } else if request.starts_with("GET /latest/user-data ") && has_token {
+                ("200 OK", user_data.clone())
+            } else {
+                ("401 Unauthorized", String::new())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn the_metadata_service_supplies_the_manifest_of_an_ec2_instance() {
+    let arch = Arch::X86_64;
+    let dir = berth_tests::log_dir("disk-config-ec2");
+    let image =
+        berth_tests::build_image(arch, &says("image"), &dir).unwrap_or_else(|e| panic!("{e}"));
+    let port = serve_metadata(says("ec2"));
+    let mut config = berth_tests::machine_config(arch, &image, &dir);
+    config.user_net = false;
+    // The link-local metadata address forwarded to the test's server, and the DMI vendor an
+    // EC2 instance has.
+    config.extra_args.extend([
+        "-netdev".to_string(),
+        format!(
+            "user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,\
+             guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
+        ),
+        "-device".to_string(),
+        "virtio-net-pci,netdev=net0,romfile=".to_string(),
+        "-smbios".to_string(),
+        "type=1,manufacturer=Amazon EC2".to_string(),
+    ]);
+    let machine = berth_tests::start_to_ready(&config);
+    let c = format!("console: {}", machine.console_log().display());
+    let source = wait_seen(&machine, r"^berth event=config ");
+    assert!(source.contains("source=ec2 "), "{source}; {c}");
+    wait_seen(&machine, r"^from_ec2 \| manifest-from-ec2$");
+    // netd took the new manifest by re-executing itself and kept its lease.
+    wait_seen(&machine, r"^berth event=netd-reload ");
+    let resumed = wait_seen(&machine, r"^berth event=dhcp-resumed iface=eth0 ");
+    assert!(resumed.contains("addr=169.254.0.15/16 "), "{resumed}; {c}");
+    assert!(
+        events::events(&machine, "created", Some("from_image")).is_empty(),
+        "{c}"
+    );
+}

@@ -27,6 +27,16 @@ restart = "on-failure:3"
     assert_eq!(event.get("routes"), Some("0.0.0.0/0>10.0.2.2"), "{c}");
     wait_seen(&machine, r"^fetch \| page-from-the-host$");
     wait_seen(&machine, r"^fetch \| nameserver 10\.0\.2\.3$");
+    // At shutdown netd gets SIGTERM (it must not inherit init's blocked signals) and releases
+    // its lease.
+    let mut machine = machine;
+    machine
+        .press_power_button()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_seen(
+        &machine,
+        r"^berth event=dhcp-released iface=eth0 addr=10\.0\.2\.15 ",
+    );
     let started = events::events(&machine, "service-started", None);
     assert_eq!(
         started.first().and_then(|e| e.get("service")),
