@@ -5,6 +5,7 @@
 //! under the same kernel and QEMU flags. Runs are interleaved so that a slow moment of the
 //! machine hits both alike. The difference is what berth costs at boot.
 
+mod kernel;
 mod runtime;
 mod stats;
 mod trivial;
@@ -49,6 +50,18 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// berth on its own kernel against Debian's: boot to ready and initrd size, per arch.
+    Kernel {
+        /// Arches to measure (default: x86_64; aarch64 cross-builds its kernel first).
+        #[arg(long)]
+        arch: Vec<Arch>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value = "examples/default.toml")]
+        manifest: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Container start: berth's runtime against crun and runc on the same rootfs (run as root,
     /// with cgroup2 on /sys/fs/cgroup: `scripts/bench runtime` arranges both).
     Runtime {
@@ -74,13 +87,16 @@ struct BootFigures {
     berth_cost_s: f64,
 }
 
-fn work_dir() -> PathBuf {
+pub(crate) fn work_dir() -> PathBuf {
     std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()))
 }
 
 /// Boots once and returns the time from QEMU's start to the first line matching `marker`,
 /// and that line.
-fn time_to_line(config: &MachineConfig, marker: &Regex) -> Result<(Duration, String), String> {
+pub(crate) fn time_to_line(
+    config: &MachineConfig,
+    marker: &Regex,
+) -> Result<(Duration, String), String> {
     let mut machine = Machine::start(config).map_err(|e| e.to_string())?;
     let line = machine
         .wait_for_line(marker, BOOT_TIMEOUT)
@@ -152,6 +168,55 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
     })
 }
 
+fn bench_kernels(
+    arch: Vec<Arch>,
+    runs: usize,
+    manifest: &Path,
+    json: Option<PathBuf>,
+) -> std::process::ExitCode {
+    let arches = if arch.is_empty() {
+        vec![Arch::X86_64]
+    } else {
+        arch
+    };
+    let mut figures = Vec::new();
+    for arch in arches {
+        eprintln!("kernel benchmark, {arch}: {runs} boots of each");
+        match kernel::bench(arch, runs, manifest) {
+            Ok(f) => figures.push(f),
+            Err(err) => {
+                eprintln!("berth-bench: kernel {arch}: {err}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("berth on its own kernel against Debian's, QEMU start to ready, TCG ({runs} runs each, mean ± sd)");
+    println!(
+        "{:<8} {:>16} {:>16} {:>7} {:>14} {:>14} {:>7}",
+        "arch",
+        "own kernel (s)",
+        "Debian's (s)",
+        "ratio",
+        "own initrd KiB",
+        "Debian's KiB",
+        "ratio"
+    );
+    for f in &figures {
+        println!(
+            "{:<8} {:>16} {:>16} {:>7.2} {:>14} {:>14} {:>7.2}",
+            f.arch,
+            f.berth_kernel_ready_s.display(2),
+            f.debian_kernel_ready_s.display(2),
+            f.ready_ratio,
+            f.berth_kernel_initrd_kib,
+            f.debian_kernel_initrd_kib,
+            f.initrd_ratio
+        );
+    }
+    write_json(json, &figures);
+    std::process::ExitCode::SUCCESS
+}
+
 fn write_json(path: Option<PathBuf>, figures: &impl Serialize) {
     if let Some(path) = path {
         let text = serde_json::to_string_pretty(figures).unwrap_or_default();
@@ -169,6 +234,12 @@ fn main() -> std::process::ExitCode {
             manifest,
             json,
         } => (arch, runs, manifest, json),
+        Command::Kernel {
+            arch,
+            runs,
+            manifest,
+            json,
+        } => return bench_kernels(arch, runs, &manifest, json),
         Command::Runtime { runs, berth, json } => {
             eprintln!("container start benchmark: {runs} runs of each runtime, interleaved");
             return match runtime::bench(runs, &berth) {

@@ -72,10 +72,11 @@ pub const IMAGE_METADATA_FILE: &str = "image.json";
 pub enum KernelChoice {
     /// The arch's default Debian kernel, fetched into the cache.
     DebianDefault { cache_dir: PathBuf },
-    /// A kernel image and its `/lib/modules/<release>` directory.
+    /// A kernel image and its `/lib/modules/<release>` directory; without one, a kernel with
+    /// everything built in (no modules shipped, none loaded).
     Paths {
         image: PathBuf,
-        modules_dir: PathBuf,
+        modules_dir: Option<PathBuf>,
     },
 }
 
@@ -277,24 +278,39 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         KernelChoice::DebianDefault { cache_dir } => {
             Kernel::debian_default(options.arch, cache_dir)?
         }
-        KernelChoice::Paths { image, modules_dir } => Kernel::from_paths(image, modules_dir)?,
+        KernelChoice::Paths {
+            image,
+            modules_dir: Some(modules_dir),
+        } => Kernel::from_paths(image, modules_dir)?,
+        KernelChoice::Paths {
+            image,
+            modules_dir: None,
+        } => Kernel::without_modules(image)?,
     };
-    let index =
-        ModuleIndex::read(&kernel.modules_dir).map_err(|source| BuildError::ModuleIndex {
+    let index = match &kernel.modules_dir {
+        Some(dir) => ModuleIndex::read(dir).map_err(|source| BuildError::ModuleIndex {
             release: kernel.release.clone(),
             source,
-        })?;
-    check_manifest_modules(
-        &manifest,
-        &manifest_text,
-        &options.manifest,
-        &index,
-        &kernel.release,
-    )?;
+        })?,
+        None => ModuleIndex::default(),
+    };
+    // A kernel without modules builds its drivers in: `[boot] modules` have nothing to name.
+    if kernel.modules_dir.is_some() {
+        check_manifest_modules(
+            &manifest,
+            &manifest_text,
+            &options.manifest,
+            &index,
+            &kernel.release,
+        )?;
+    }
 
-    let mut image_modules: Vec<&str> = options.arch.power_button_modules().to_vec();
-    if !manifest.containers.is_empty() {
-        image_modules.extend(CONTAINER_MODULES);
+    let mut image_modules: Vec<&str> = Vec::new();
+    if kernel.modules_dir.is_some() {
+        image_modules.extend(options.arch.power_button_modules());
+        if !manifest.containers.is_empty() {
+            image_modules.extend(CONTAINER_MODULES);
+        }
     }
     if let Some(name) = options.extra_modules.iter().find(|m| !index.has(m)) {
         return Err(BuildError::UnknownModule {
@@ -307,7 +323,12 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         .chain(DEFAULT_MODULES.iter().filter(|m| index.has(m)))
         .map(|m| m.to_string())
         .chain(options.extra_modules.iter().cloned())
-        .chain(manifest.boot_modules().map(|m| m.canonical()))
+        .chain(
+            manifest
+                .boot_modules()
+                .map(|m| m.canonical())
+                .filter(|_| kernel.modules_dir.is_some()),
+        )
         .collect();
     let closure = index
         .closure(wanted.iter().map(String::as_str))
@@ -334,34 +355,43 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             )
             .into_bytes(),
         );
-    let image_modules_dir = format!("/lib/modules/{}", kernel.release);
-    let mut dep_lines = Vec::with_capacity(closure.len());
-    for (module, path) in &closure {
-        let relative = path.strip_prefix(&kernel.modules_dir).unwrap_or(path);
+    // A kernel with everything built in gets no module tree: init then loads nothing.
+    if kernel.modules_dir.is_some() {
+        let image_modules_dir = format!("/lib/modules/{}", kernel.release);
+        let mut dep_lines = Vec::with_capacity(closure.len());
+        for (module, path) in &closure {
+            let relative = kernel
+                .modules_dir
+                .as_ref()
+                .and_then(|dir| path.strip_prefix(dir).ok())
+                .unwrap_or(path);
+            initramfs.file(
+                &format!("{image_modules_dir}/{}", relative.display()),
+                0o644,
+                read(path)?,
+            );
+            dep_lines.extend(index.dep_line(module));
+        }
+        dep_lines.push(String::new());
         initramfs.file(
-            &format!("{image_modules_dir}/{}", relative.display()),
+            &format!("{image_modules_dir}/modules.dep"),
             0o644,
-            read(path)?,
+            dep_lines.join("\n").into_bytes(),
         );
-        dep_lines.extend(index.dep_line(module));
-    }
-    dep_lines.push(String::new());
-    initramfs.file(
-        &format!("{image_modules_dir}/modules.dep"),
-        0o644,
-        dep_lines.join("\n").into_bytes(),
-    );
-    let mut alias_lines = index.alias_lines(closure.iter().map(|(name, _)| name.as_str()));
-    alias_lines.push(String::new());
-    initramfs.file(
-        &format!("{image_modules_dir}/modules.alias"),
-        0o644,
-        alias_lines.join("\n").into_bytes(),
-    );
-    for name in MODULE_INDEX_FILES {
-        let path = kernel.modules_dir.join(name);
-        if path.is_file() {
-            initramfs.file(&format!("{image_modules_dir}/{name}"), 0o644, read(&path)?);
+        let mut alias_lines = index.alias_lines(closure.iter().map(|(name, _)| name.as_str()));
+        alias_lines.push(String::new());
+        initramfs.file(
+            &format!("{image_modules_dir}/modules.alias"),
+            0o644,
+            alias_lines.join("\n").into_bytes(),
+        );
+        for name in MODULE_INDEX_FILES {
+            let Some(path) = kernel.modules_dir.as_ref().map(|dir| dir.join(name)) else {
+                continue;
+            };
+            if path.is_file() {
+                initramfs.file(&format!("{image_modules_dir}/{name}"), 0o644, read(&path)?);
+            }
         }
     }
 

@@ -16,8 +16,9 @@ use crate::debian::{self, DebianError};
 pub struct Kernel {
     /// The bootable image (`vmlinuz-*`).
     pub image: PathBuf,
-    /// `/lib/modules/<release>` of that kernel, with `modules.dep`.
-    pub modules_dir: PathBuf,
+    /// `/lib/modules/<release>` of that kernel, with `modules.dep`; None for a kernel with
+    /// everything built in (berth's own, `berth kernel build`).
+    pub modules_dir: Option<PathBuf>,
     /// `uname -r` of the kernel, the modules directory's name.
     pub release: String,
 }
@@ -35,6 +36,25 @@ pub enum KernelError {
 }
 
 impl Kernel {
+    /// A kernel with no modules: its release is read from `kernel.release` beside the image,
+    /// as `berth kernel build` writes it.
+    pub fn without_modules(image: &Path) -> Result<Kernel, KernelError> {
+        if !image.is_file() {
+            return Err(KernelError::MissingImage {
+                path: image.to_path_buf(),
+            });
+        }
+        let release = image
+            .parent()
+            .and_then(|dir| std::fs::read_to_string(dir.join("kernel.release")).ok())
+            .map_or_else(|| "unknown".to_string(), |r| r.trim().to_string());
+        Ok(Kernel {
+            image: image.to_path_buf(),
+            modules_dir: None,
+            release,
+        })
+    }
+
     /// A kernel the operator supplies: an image and its `/lib/modules/<release>` directory.
     pub fn from_paths(image: &Path, modules_dir: &Path) -> Result<Kernel, KernelError> {
         if !image.is_file() {
@@ -53,7 +73,7 @@ impl Kernel {
             .unwrap_or_default();
         Ok(Kernel {
             image: image.to_path_buf(),
-            modules_dir: modules_dir.to_path_buf(),
+            modules_dir: Some(modules_dir.to_path_buf()),
             release,
         })
     }

@@ -10,6 +10,7 @@ pub mod elf;
 pub mod images;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_build;
 pub mod run;
 pub mod run_container;
 

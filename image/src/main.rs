@@ -10,6 +10,7 @@ use berth_image::assemble::{self, BuildError, BuildOptions, DiskOptions, KernelC
 use berth_image::disk::DiskFormat;
 use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
+use berth_image::kernel_build;
 use berth_image::run::{self, RunOptions, RunOutcome};
 use berth_image::run_container::{run_container, RunContainerOptions};
 use berth_qemu::GuestExit;
@@ -49,8 +50,9 @@ enum Command {
         /// Output directory: gets `kernel`, `initrd` and `image.json`.
         #[arg(long)]
         out: PathBuf,
-        /// A kernel image to use instead of Debian's default (needs --modules).
-        #[arg(long, requires = "modules")]
+        /// A kernel image to use instead of Debian's default: with --modules, a modular kernel;
+        /// alone, one with its drivers built in (as `berth kernel build` makes it).
+        #[arg(long)]
         kernel: Option<PathBuf>,
         /// The kernel's `/lib/modules/<release>` directory (with modules.dep).
         #[arg(long, requires = "kernel")]
@@ -76,6 +78,11 @@ enum Command {
         /// The disk image's data partition, in MiB (grown to the disk's end at first boot).
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         data_size: u64,
+    },
+    /// berth's own kernel.
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCommand,
     },
     /// Boot a built image under QEMU, console on this terminal. Ctrl-C presses the power
     /// button.
@@ -116,6 +123,24 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KernelCommand {
+    /// Build a kernel for a container host from Debian's linux-source-6.1 and berth's
+    /// configuration fragment (kernel/*.config), cached; writes `vmlinuz`, `kernel.release` and
+    /// `config` into --out, for `berth build --kernel <out>/vmlinuz`.
+    Build {
+        #[arg(long, default_value = "x86_64")]
+        arch: Arch,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Configure only, and check that every symbol of the fragment keeps its value.
+    Check {
+        #[arg(long, default_value = "x86_64")]
+        arch: Arch,
+    },
+}
+
 fn report(err: &dyn Error) {
     eprintln!("berth: error: {err}");
     let mut source = err.source();
@@ -141,7 +166,7 @@ fn main() -> ExitCode {
             data_size,
         } => {
             let kernel = match (kernel, modules) {
-                (Some(image), Some(modules_dir)) => KernelChoice::Paths { image, modules_dir },
+                (Some(image), modules_dir) => KernelChoice::Paths { image, modules_dir },
                 _ => KernelChoice::DebianDefault {
                     cache_dir: default_cache_dir(),
                 },
@@ -198,6 +223,38 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Kernel {
+            command: KernelCommand::Build { arch, out },
+        } => match kernel_build::build(arch, &default_cache_dir(), &out) {
+            Ok(built) => {
+                println!(
+                    "berth: built kernel {} for {arch} in {}",
+                    built.release,
+                    built.image.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                report(&err);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Kernel {
+            command: KernelCommand::Check { arch },
+        } => match kernel_build::configure(arch, &default_cache_dir()) {
+            Ok((_, mismatches)) if mismatches.is_empty() => {
+                println!("berth: every symbol of the {arch} fragment kept its value");
+                ExitCode::SUCCESS
+            }
+            Ok((_, mismatches)) => {
+                report(&kernel_build::KernelBuildError::FragmentNotKept(mismatches));
+                ExitCode::FAILURE
+            }
+            Err(err) => {
+                report(&err);
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             dir,
             arch,

@@ -269,6 +269,13 @@ fn load_manifest_modules(manifest: &Manifest, coldplug: &mut Coldplug) {
 /// Loads the image's own module lists, then drivers for the hardware that is there. None
 /// when the kernel's module index cannot be read.
 fn load_modules() -> Option<Coldplug> {
+    // A kernel with its drivers built in (berth's own) has no module tree at all.
+    let has_modules = nix::sys::utsname::uname()
+        .is_ok_and(|uts| Path::new("/lib/modules").join(uts.release()).exists());
+    if !has_modules {
+        log::info!("no module tree for this kernel: its drivers are built in");
+        return None;
+    }
     let index = match kmod::index_for_running_kernel() {
         Ok(index) => index,
         Err(err) => {

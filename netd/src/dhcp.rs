@@ -31,8 +31,9 @@ const FIRST_RETRANSMIT: Duration = Duration::from_secs(4);
 const MAX_RETRANSMIT: Duration = Duration::from_secs(64);
 /// While renewing or rebinding, ask again after half the time left, but at least this often.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
-/// After an error that is not the server's answer (a socket or netlink failure).
-const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+/// After an error that is not the server's answer (a socket or netlink failure): soon, since
+/// such errors are mostly the link or its firewall settling at boot.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// The options netd asks for: subnet, router, DNS, hostname, domain, MTU, lease time, T1, T2
 /// and classless static routes.
 const REQUESTED: &[OptionCode] = &[

@@ -225,6 +225,11 @@ async fn serve(
         if members.contains(&link.index) {
             continue;
         }
+        // DHCP everywhere means every Ethernet port, not a bond or VLAN nobody asked for.
+        if entries.is_none() && link.virtual_link {
+            emit(Event::new("link-unmanaged").field("iface", &link.name));
+            continue;
+        }
         let entry = match entries {
             None => Some(&default),
             Some(network) => entry_for(&link, network),

@@ -37,6 +37,9 @@ pub struct Link {
     pub driver: String,
     /// The bond (or bridge) this link is a member of.
     pub controller: Option<u32>,
+    /// A bond or VLAN: made by netd for the manifest, or by the kernel itself (a built-in
+    /// bonding driver makes `bond0` at boot).
+    pub virtual_link: bool,
 }
 
 fn bond_mode(mode: BondMode) -> nl_link::BondMode {
@@ -303,12 +306,21 @@ impl Netlink {
             let mut mac = Vec::new();
             let mut controller = None;
             let mut containers_link = false;
+            let mut virtual_link = false;
             for attribute in &message.attributes {
                 match attribute {
                     LinkAttribute::IfName(n) => name = n.clone(),
                     LinkAttribute::Address(a) => mac = a.clone(),
                     LinkAttribute::Controller(c) => controller = Some(*c),
                     LinkAttribute::LinkInfo(infos) => {
+                        virtual_link = infos.iter().any(|info| {
+                            matches!(
+                                info,
+                                nl_link::LinkInfo::Kind(
+                                    nl_link::InfoKind::Bond | nl_link::InfoKind::Vlan
+                                )
+                            )
+                        });
                         containers_link = infos.iter().any(|info| {
                             matches!(
                                 info,
@@ -335,6 +347,7 @@ impl Netlink {
                 mac,
                 driver,
                 controller,
+                virtual_link,
             });
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));

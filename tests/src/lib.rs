@@ -116,6 +116,17 @@ pub fn build_image_with_disk(
     log_dir: &Path,
     disk: Option<DiskOptions>,
 ) -> Result<PathBuf, String> {
+    build_image_with(arch, manifest, log_dir, None, disk)
+}
+
+/// As [`build_image`], with another kernel than Debian's default and optionally a disk.
+pub fn build_image_with(
+    arch: Arch,
+    manifest: &str,
+    log_dir: &Path,
+    kernel: Option<KernelChoice>,
+    disk: Option<DiskOptions>,
+) -> Result<PathBuf, String> {
     let manifest_path = log_dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
     let out = log_dir.join("image");
@@ -123,9 +134,9 @@ pub fn build_image_with_disk(
         arch,
         manifest: manifest_path,
         out: out.clone(),
-        kernel: KernelChoice::DebianDefault {
+        kernel: kernel.unwrap_or_else(|| KernelChoice::DebianDefault {
             cache_dir: default_cache_dir(),
-        },
+        }),
         init: Some(guest_init(arch)?),
         netd: Some(guest_binary("berth-netd", "netd", arch)?),
         images: vec![ImageSource {
