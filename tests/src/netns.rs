@@ -89,6 +89,19 @@ impl NetRig {
             .is_ok_and(|s| s.success())
     }
 
+    /// Pings `addr` until it answers or `within` passes (the first ARP exchange after an
+    /// address changes may be lost).
+    pub fn answers_within(&self, addr: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.ping(addr) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    }
+
     /// Starts dnsmasq as the DHCP server on the bridge, with `options` added (ranges, lease
     /// times, DHCP options). Its log is `dnsmasq.log` in the test's evidence directory.
     pub fn start_dnsmasq(&mut self, options: &[&str]) -> Result<(), String> {

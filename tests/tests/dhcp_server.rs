@@ -184,7 +184,7 @@ fn a_nak_sends_the_client_back_to_discovery() {
     let log = rig.dnsmasq_log();
     assert!(log.contains("DHCPNAK(br0)"), "{log}");
     assert!(
-        rig.ping(second.trim_end_matches("/24")),
+        rig.answers_within(second.trim_end_matches("/24"), Duration::from_secs(20)),
         "the new address answers; {c}"
     );
 }

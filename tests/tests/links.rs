@@ -3,25 +3,13 @@
 //! they share).
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_arch::Arch;
 use berth_qemu::Machine;
 use berth_tests::netns::NetRig;
 use berth_tests::{events, wait_seen};
 use serde_json::json;
-
-/// Pings `addr` from the rig until it answers or `within` passes.
-fn answers_within(rig: &NetRig, addr: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if rig.ping(addr) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    false
-}
 
 /// Also guards against the bonding driver's own `bond0` (it makes one on load unless told
 /// `max_bonds=0`) standing in for the manifest's, in round-robin mode with no link monitor.
@@ -75,7 +63,7 @@ command = ["sh", "-c", "last=; while true; do now=$(sed -n 's/^Currently Active 
     );
     let first = wait_seen(&machine, r"^watch \| active=eth\d$");
     assert!(
-        answers_within(&rig, ip, Duration::from_secs(20)),
+        rig.answers_within(ip, Duration::from_secs(20)),
         "bond0 answers through {first}; {c}"
     );
     // Pull the cable of the active member: its carrier drops and the bond moves to the other.
@@ -93,7 +81,7 @@ command = ["sh", "-c", "last=; while true; do now=$(sed -n 's/^Currently Active 
     };
     wait_seen(&machine, &format!(r"^watch \| active={other}$"));
     assert!(
-        answers_within(&rig, ip, Duration::from_secs(20)),
+        rig.answers_within(ip, Duration::from_secs(20)),
         "bond0 answers through {other} after the failover; {c}"
     );
 }
