@@ -62,6 +62,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
 ];
 /// Where netd goes in the image (init's `services::NETD`).
 const NETD_PATH: &str = "/usr/lib/berth/netd";
+/// Where berthctl goes in the image, on the containers' usual PATH.
+const BERTHCTL_PATH: &str = "/usr/bin/berthctl";
 /// Index files copied into the image next to the modules.
 const MODULE_INDEX_FILES: &[&str] = &["modules.builtin", "modules.softdep"];
 /// What the image's description file is called in the output directory.
@@ -90,6 +92,8 @@ pub struct BuildOptions {
     pub init: Option<PathBuf>,
     /// The netd binary; found next to the `berth` executable when not given.
     pub netd: Option<PathBuf>,
+    /// The berthctl binary; found next to the `berth` executable when not given.
+    pub berthctl: Option<PathBuf>,
     /// OCI image layouts to bake into the image store.
     pub images: Vec<ImageSource>,
     /// Kernel modules to ship beyond [`DEFAULT_MODULES`] (coldplug loads them when their
@@ -273,6 +277,14 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     let netd_path = find_guest_binary(options.netd.as_ref(), options.arch, "netd", "berth-netd")?;
     let netd = read(&netd_path)?;
     elf::check_static_executable(&netd_path, &netd, options.arch)?;
+    let berthctl_path = find_guest_binary(
+        options.berthctl.as_ref(),
+        options.arch,
+        "berthctl",
+        "berth-ctl",
+    )?;
+    let berthctl = read(&berthctl_path)?;
+    elf::check_static_executable(&berthctl_path, &berthctl, options.arch)?;
 
     let kernel = match &options.kernel {
         KernelChoice::DebianDefault { cache_dir } => {
@@ -345,6 +357,7 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         .directory("/tmp", 0o1777)
         .file("/init", 0o755, init)
         .file(NETD_PATH, 0o755, netd)
+        .file(BERTHCTL_PATH, 0o755, berthctl)
         .file(MANIFEST_PATH, 0o644, manifest_text.into_bytes())
         .file(
             IMAGE_MODULES_LOAD,

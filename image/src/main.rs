@@ -63,6 +63,9 @@ enum Command {
         /// The netd binary (a static musl build); found next to `berth` by default.
         #[arg(long)]
         netd: Option<PathBuf>,
+        /// The berthctl binary (a static musl build); found next to `berth` by default.
+        #[arg(long)]
+        berthctl: Option<PathBuf>,
         /// An OCI image layout to bake in: `NAME:TAG=DIR`, or `DIR` to use the layout's own
         /// `org.opencontainers.image.ref.name`. Repeat for more images.
         #[arg(long = "image", value_name = "NAME:TAG=DIR")]
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
             modules,
             init,
             netd,
+            berthctl,
             images,
             modules_extra,
             format,
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
                 kernel,
                 init,
                 netd,
+                berthctl,
                 images,
                 extra_modules: modules_extra,
                 disk: format.map(|format| DiskOptions {

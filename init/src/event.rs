@@ -18,6 +18,27 @@ impl Event {
     }
 
     pub fn emit(self) {
-        crate::logger::write_line(log::Level::Info, &self.0.finish());
+        let line = self.0.finish();
+        crate::logger::write_line(log::Level::Info, &line);
+        if let Ok(mut recent) = RECENT.lock() {
+            if recent.len() >= RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(line);
+        }
     }
+}
+
+/// Event lines kept in memory for `berthctl events`, whatever the storage.
+const RECENT_EVENTS: usize = 1000;
+static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The last `tail` event lines (all that are kept when None).
+pub fn recent(tail: Option<usize>) -> Vec<String> {
+    let Ok(recent) = RECENT.lock() else {
+        return Vec::new();
+    };
+    let skip = tail.map_or(0, |t| recent.len().saturating_sub(t));
+    recent.iter().skip(skip).cloned().collect()
 }

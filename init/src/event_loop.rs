@@ -15,6 +15,7 @@ use nix::sys::signalfd::SignalFd;
 
 use crate::cmdline::{BootParams, ButtonAction};
 use crate::coldplug::Coldplug;
+use crate::control::ControlSocket;
 use crate::power_button::{self, PowerButton};
 use crate::reap;
 use crate::services::Service;
@@ -40,6 +41,7 @@ pub struct EventLoop {
     shutdown_timeout: Duration,
     coldplug: Option<Coldplug>,
     services: Vec<Service>,
+    control: Option<ControlSocket>,
 }
 
 impl EventLoop {
@@ -53,6 +55,7 @@ impl EventLoop {
             shutdown_timeout: params.shutdown_timeout,
             coldplug,
             services: Vec::new(),
+            control: ControlSocket::bind(),
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -124,13 +127,23 @@ impl EventLoop {
             .map(|s| s.streams().into_iter().map(|(id, _)| id).collect())
             .unwrap_or_default();
         let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(2 + self.buttons.len() + stream_ids.len());
+            let mut fds = Vec::with_capacity(3 + self.buttons.len() + stream_ids.len());
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             // Always one slot for uevents, so the indexes below do not depend on it.
             let uevents = self.coldplug.as_ref().and_then(Coldplug::fd);
             fds.push(PollFd::new(
                 uevents.unwrap_or(self.signals.as_fd()),
                 if uevents.is_some() {
+                    PollFlags::POLLIN
+                } else {
+                    PollFlags::empty()
+                },
+            ));
+            // And one for the control socket.
+            let control = self.control.as_ref().map(ControlSocket::fd);
+            fds.push(PollFd::new(
+                control.unwrap_or(self.signals.as_fd()),
+                if control.is_some() {
                     PollFlags::POLLIN
                 } else {
                     PollFlags::empty()
@@ -166,10 +179,17 @@ impl EventLoop {
                 coldplug.on_uevents();
             }
         }
+        if ready.get(2).copied().unwrap_or(false) {
+            if let Some(control) = self.control.as_ref() {
+                if let Some(asked) = control.serve(self.supervisor.as_mut()) {
+                    request.get_or_insert(asked);
+                }
+            }
+        }
         for (button, _) in self
             .buttons
             .iter_mut()
-            .zip(ready.iter().skip(2))
+            .zip(ready.iter().skip(3))
             .filter(|(_, ready)| **ready)
         {
             if button.pressed() {
@@ -183,7 +203,7 @@ impl EventLoop {
                 }
             }
         }
-        let first_stream = 2 + self.buttons.len();
+        let first_stream = 3 + self.buttons.len();
         if let Some(supervisor) = self.supervisor.as_mut() {
             // Highest index first: a stream that ends is removed, shifting those after it.
             for (id, _) in stream_ids

@@ -23,6 +23,7 @@ mod clock;
 mod cmdline;
 mod coldplug;
 mod config_source;
+mod control;
 mod data_partition;
 pub mod event;
 mod event_loop;

@@ -139,6 +139,7 @@ pub fn build_image_with(
         }),
         init: Some(guest_init(arch)?),
         netd: Some(guest_binary("berth-netd", "netd", arch)?),
+        berthctl: Some(guest_binary("berth-ctl", "berthctl", arch)?),
         images: vec![ImageSource {
             name: Some(images::BUSYBOX.to_string()),
             dir: images::busybox_layout(arch)?,

@@ -160,6 +160,11 @@ fn fake_buildroot_output(dir: &Path, arch: Arch) -> (PathBuf, PathBuf, PathBuf) 
         berth_tests::guest_binary("berth-netd", "netd", arch).unwrap_or_else(|e| panic!("{e}")),
         target.join("usr/lib/berth/netd"),
     );
+    std::fs::create_dir_all(target.join("usr/bin")).unwrap_or_else(|e| panic!("{e}"));
+    copy(
+        berth_tests::guest_binary("berth-ctl", "berthctl", arch).unwrap_or_else(|e| panic!("{e}")),
+        target.join("usr/bin/berthctl"),
+    );
     copy(
         berth_cli().unwrap_or_else(|e| panic!("{e}")),
         host.join("bin/berth"),

@@ -22,7 +22,8 @@ manifest="${BERTH_MANIFEST:-$BR2_EXTERNAL_BERTH_PATH/board/berth/manifest.toml}"
 berth="$HOST_DIR/bin/berth"
 
 args=(build --arch "$arch" --manifest "$manifest" --out "$BINARIES_DIR/berth"
-      --kernel "$kernel" --init "$TARGET_DIR/init" --netd "$TARGET_DIR/usr/lib/berth/netd")
+      --kernel "$kernel" --init "$TARGET_DIR/init" --netd "$TARGET_DIR/usr/lib/berth/netd"
+      --berthctl "$TARGET_DIR/usr/bin/berthctl")
 for image in ${BERTH_IMAGES:-}; do
   args+=(--image "$image")
 done

@@ -21,7 +21,12 @@ pub struct LogFile {
     path: PathBuf,
     file: Option<File>,
     size: u64,
+    /// The last lines, kept in memory so `berthctl logs` works without a data partition.
+    recent: std::collections::VecDeque<String>,
 }
+
+/// Lines of each container's output kept in memory.
+pub const RECENT_LINES: usize = 1000;
 
 impl LogFile {
     pub fn new(container: &str) -> LogFile {
@@ -30,7 +35,14 @@ impl LogFile {
             path,
             file: None,
             size: 0,
+            recent: std::collections::VecDeque::new(),
         }
+    }
+
+    /// The last `tail` lines kept in memory (all of them when `tail` is None).
+    pub fn recent(&self, tail: Option<usize>) -> Vec<String> {
+        let skip = tail.map_or(0, |t| self.recent.len().saturating_sub(t));
+        self.recent.iter().skip(skip).cloned().collect()
     }
 
     fn open(&mut self) -> Option<&mut File> {
@@ -52,6 +64,10 @@ impl LogFile {
     }
 
     fn append(&mut self, line: &str) {
+        if self.recent.len() >= RECENT_LINES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line.to_string());
         if self.size >= LOG_FILE_CAP {
             self.file = None;
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));

@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 use crate::event::Event;
 use crate::images::ImageCache;
 use crate::reap;
+pub use berth_control::ContainerStatus;
 use logs::{LogFile, LogStream};
 use network::ContainerNetworks;
 use policy::Backoff;
@@ -141,6 +142,16 @@ impl Supervisor {
             networks: ContainerNetworks::new(manifest),
         };
         for index in 0..supervisor.containers.len() {
+            let kept_stopped = supervisor.containers.get_mut(index).is_some_and(|c| {
+                let stopped = c.config.restart == RestartPolicy::UnlessStopped
+                    && policy::was_stopped_by_operator(c.name());
+                c.stopped_by_operator = stopped;
+                stopped
+            });
+            if kept_stopped {
+                supervisor.stop_for_good(index, "operator", None);
+                continue;
+            }
             let blocked_by = supervisor
                 .containers
                 .get(index)
@@ -341,6 +352,7 @@ impl Supervisor {
         event.emit();
         let reason = match (shutting_down, c.config.restart) {
             (true, _) => "shutdown",
+            _ if c.stopped_by_operator => "operator",
             (
                 false,
                 RestartPolicy::OnFailure {
@@ -431,6 +443,104 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize, String> {
+        self.containers
+            .iter()
+            .position(|c| c.name() == name)
+            .ok_or_else(|| format!("no container `{name}`"))
+    }
+
+    /// Every container's state, for `berthctl ps`.
+    pub fn statuses(&self) -> Vec<ContainerStatus> {
+        let now = Instant::now();
+        self.containers
+            .iter()
+            .map(|c| {
+                let (state, pid, uptime_s) = match c.state {
+                    State::Created if c.waiting_reported => ("waiting", None, None),
+                    State::Created => ("created", None, None),
+                    State::Running { pid, since } => (
+                        "running",
+                        Some(pid.as_raw()),
+                        Some(now.saturating_duration_since(since).as_secs()),
+                    ),
+                    State::BackingOff { .. } => ("restarting", None, None),
+                    State::Stopped => ("stopped", None, None),
+                };
+                ContainerStatus {
+                    name: c.name().to_string(),
+                    image: c.config.image.get_ref().clone(),
+                    state: state.to_string(),
+                    pid,
+                    restarts: c.restarts,
+                    uptime_s,
+                    last_exit: c.last_exit,
+                    restart_policy: c.config.restart.to_string(),
+                    network: c.config.network_mode().to_string(),
+                    addr: self.networks.address_of(c.name()).map(|a| a.to_string()),
+                    stopped_by_operator: c.stopped_by_operator,
+                }
+            })
+            .collect()
+    }
+
+    /// A container's recent output lines.
+    pub fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<String>, String> {
+        let index = self.index_of(name)?;
+        Ok(self
+            .containers
+            .get(index)
+            .map(|c| c.log_file.recent(tail))
+            .unwrap_or_default())
+    }
+
+    /// `berthctl stop`: stops the container with its stop signal and grace period and keeps
+    /// it stopped (across reboots too for `unless-stopped`) until an operator starts it.
+    pub fn operator_stop(&mut self, name: &str) -> Result<(), String> {
+        let index = self.index_of(name)?;
+        let Some(c) = self.containers.get_mut(index) else {
+            return Err(format!("no container `{name}`"));
+        };
+        c.stopped_by_operator = true;
+        policy::remember_operator_stop(name, true);
+        match c.state {
+            State::Running { pid, .. } => self.stop_one(index, pid),
+            State::Stopped => {}
+            State::Created | State::BackingOff { .. } => {
+                self.stop_for_good(index, "operator", None)
+            }
+        }
+        Ok(())
+    }
+
+    /// `berthctl start`: starts a container that is not running, as soon as its dependencies
+    /// allow.
+    pub fn operator_start(&mut self, name: &str) -> Result<(), String> {
+        let index = self.index_of(name)?;
+        let Some(c) = self.containers.get_mut(index) else {
+            return Err(format!("no container `{name}`"));
+        };
+        if matches!(c.state, State::Running { .. }) {
+            return Err(format!("container `{name}` is running"));
+        }
+        c.stopped_by_operator = false;
+        policy::remember_operator_stop(name, false);
+        c.backoff = c
+            .config
+            .restart_delay
+            .map_or_else(Backoff::default, |d| Backoff::starting_at(d.0));
+        c.state = State::Created;
+        c.waiting_reported = false;
+        self.tick(Instant::now());
+        Ok(())
+    }
+
+    /// `berthctl restart`.
+    pub fn operator_restart(&mut self, name: &str) -> Result<(), String> {
+        self.operator_stop(name)?;
+        self.operator_start(name)
     }
 
     fn stop_one(&mut self, index: usize, pid: Pid) {

@@ -49,14 +49,43 @@ pub fn should_restart(
     restarts: u32,
     stopped_by_operator: bool,
 ) -> bool {
+    // Docker: a container an operator stopped stays stopped until an operator starts it.
+    if stopped_by_operator {
+        return false;
+    }
     match policy {
         RestartPolicy::No => false,
         RestartPolicy::Always => true,
-        RestartPolicy::UnlessStopped => !stopped_by_operator,
+        RestartPolicy::UnlessStopped => true,
         RestartPolicy::OnFailure { max_restarts } => {
             code != 0 && max_restarts.is_none_or(|max| restarts < max)
         }
     }
+}
+
+/// Operator stops are remembered on the state directory (the data partition when there is
+/// one), so an `unless-stopped` container stays stopped after a reboot, as with Docker.
+const OPERATOR_STOPPED_DIR: &str = "/var/lib/berth/operator-stopped";
+
+pub fn remember_operator_stop(name: &str, stopped: bool) {
+    let path = std::path::Path::new(OPERATOR_STOPPED_DIR).join(name);
+    let result = if stopped {
+        std::fs::create_dir_all(OPERATOR_STOPPED_DIR).and_then(|()| std::fs::write(&path, ""))
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    if let Err(err) = result {
+        log::warn!("cannot record the operator's stop of {name}: {err}");
+    }
+}
+
+pub fn was_stopped_by_operator(name: &str) -> bool {
+    std::path::Path::new(OPERATOR_STOPPED_DIR)
+        .join(name)
+        .exists()
 }
 
 /// Docker's exit code: the process' own, or 128 + the signal that killed it.
@@ -117,7 +146,7 @@ mod tests {
             1000,
             false
         ));
-        assert!(should_restart(RestartPolicy::Always, 0, 0, true));
+        assert!(!should_restart(RestartPolicy::Always, 0, 0, true));
         assert!(!should_restart(RestartPolicy::UnlessStopped, 0, 0, true));
         assert!(should_restart(RestartPolicy::UnlessStopped, 0, 0, false));
         assert!(!should_restart(RestartPolicy::No, 1, 0, false));

@@ -1,0 +1,102 @@
+//! Operating a running host through init's control socket with `berthctl` (shipped at
+//! /usr/bin/berthctl): ps, logs, events, stop and start remembered as the operator's,
+//! refusal of non-root callers, and a power-off asked for over the socket.
+
+use berth_arch::Arch;
+use berth_qemu::GuestExit;
+use berth_tests::{boot_to_ready, events, wait_seen};
+
+const MANIFEST: &str = r#"
+[containers.web]
+image = "busybox:1.35"
+restart = "always"
+command = ["sh", "-c", "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www"]
+
+[containers.counter]
+image = "busybox:1.35"
+command = ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.3; done"]
+
+[containers.stranger]
+image = "busybox:1.35"
+user = "1000"
+network_mode = "host"
+volumes = ["/run/berth:/run/berth", "/usr/bin/berthctl:/usr/bin/berthctl:ro"]
+command = ["sh", "-c", "berthctl ps; echo stranger-code=$?"]
+
+[containers.ops]
+image = "busybox:1.35"
+network_mode = "host"
+depends_on = ["web", "counter"]
+volumes = ["/run/berth:/run/berth", "/usr/bin/berthctl:/usr/bin/berthctl:ro"]
+command = ["sh", "-c", "sleep 2; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; sleep 1; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; berthctl poweroff"]
+"#;
+
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+#[test]
+fn berthctl_operates_the_host_over_the_control_socket() {
+    let mut machine = boot_to_ready(Arch::X86_64, MANIFEST, "operate-berthctl");
+    let c = format!("console: {}", machine.console_log().display());
+    let exit = machine
+        .wait_exit(berth_tests::LINE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}; {c}"));
+    assert_eq!(exit, GuestExit::PowerOff, "berthctl poweroff; {c}");
+    let shutdown = wait_seen(&machine, r"^berth event=shutdown ");
+    assert!(shutdown.contains("reason=berthctl"), "{shutdown}; {c}");
+
+    let out = events::output(&machine, "ops");
+    let ps1: Vec<&String> = out.iter().filter(|l| l.starts_with("ps1:")).collect();
+    let row = |name: &str| {
+        ps1.iter()
+            .find(|l| l.starts_with(&format!("ps1:{name} ")))
+            .map(|l| words(l))
+            .unwrap_or_else(|| panic!("no {name} in {ps1:?}; {c}"))
+    };
+    assert_eq!(row("web").get(1), Some(&"running"), "{ps1:?}; {c}");
+    assert_eq!(row("counter").get(1), Some(&"running"), "{ps1:?}; {c}");
+    let logs: Vec<&String> = out.iter().filter(|l| l.starts_with("log:")).collect();
+    assert_eq!(logs.len(), 2, "{out:?}; {c}");
+    assert!(
+        logs.iter().all(|l| l.starts_with("log:tick-")),
+        "{logs:?}; {c}"
+    );
+    assert!(out.contains(&"stopped-web".to_string()), "{out:?}; {c}");
+    let ps2 = out
+        .iter()
+        .find(|l| l.starts_with("ps2:"))
+        .unwrap_or_else(|| panic!("{out:?}; {c}"));
+    assert_eq!(
+        words(ps2).get(1),
+        Some(&"stopped"),
+        "restart=always does not undo an operator's stop; {ps2}; {c}"
+    );
+    let ps3 = out
+        .iter()
+        .find(|l| l.starts_with("ps3:"))
+        .unwrap_or_else(|| panic!("{out:?}; {c}"));
+    assert_eq!(words(ps3).get(1), Some(&"running"), "{ps3}; {c}");
+    assert!(
+        out.contains(&"berthctl: no container `nope`".to_string()),
+        "{out:?}; {c}"
+    );
+    assert!(out.contains(&"missing-code=1".to_string()), "{out:?}; {c}");
+    assert!(
+        out.contains(&"operator-stops=1".to_string()),
+        "{out:?}; {c}"
+    );
+
+    // A process that is not root in the host's view cannot use the socket.
+    let stranger = events::output(&machine, "stranger");
+    assert!(
+        stranger
+            .iter()
+            .any(|l| l.starts_with("stranger-code=") && l != "stranger-code=0"),
+        "{stranger:?}; {c}"
+    );
+    assert!(
+        !stranger.iter().any(|l| l.starts_with("NAME")),
+        "no listing for a non-root caller: {stranger:?}; {c}"
+    );
+}
