@@ -40,14 +40,19 @@ pub enum Request {
     Inspect {
         name: String,
     },
-    /// A container's recent output lines (the last `tail`, all that init keeps by default).
+    /// A container's recent output lines (the last `tail`, all that init keeps by default);
+    /// with `follow`, the connection stays open and each new line comes as a [`StreamLine`].
     Logs {
         name: String,
         tail: Option<usize>,
+        #[serde(default)]
+        follow: bool,
     },
-    /// Recent event lines.
+    /// Recent event lines; `follow` as for logs.
     Events {
         tail: Option<usize>,
+        #[serde(default)]
+        follow: bool,
     },
     Start {
         name: String,
@@ -133,6 +138,13 @@ impl Response {
             ..Response::ok()
         }
     }
+}
+
+/// One more line of a followed log or event stream, after the response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamLine {
+    pub v: u32,
+    pub line: String,
 }
 
 /// Parses one request line; the error is what init answers.

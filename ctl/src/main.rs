@@ -17,9 +17,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
-use berth_control::{to_line, ContainerStatus, Envelope, Request, Response, SOCKET, VERSION};
+use berth_control::{
+    to_line, ContainerStatus, Envelope, Request, Response, StreamLine, SOCKET, VERSION,
+};
 
-const USAGE: &str = "usage: berthctl [--json] [--socket PATH] ps | inspect NAME | logs [--tail N] NAME | events [--tail N] | start NAME | stop NAME | restart NAME | reboot | poweroff";
+const USAGE: &str = "usage: berthctl [--json] [--socket PATH] ps | inspect NAME | logs [-f] [--tail N] NAME | events [-f] [--tail N] | start NAME | stop NAME | restart NAME | reboot | poweroff";
 
 struct Options {
     json: bool,
@@ -31,6 +33,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut json = false;
     let mut socket = SOCKET.to_string();
     let mut tail = None;
+    let mut follow = false;
     let mut words = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -44,6 +47,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                         .map_err(|_| format!("--tail {value}: not a number"))?,
                 );
             }
+            "-f" | "--follow" => follow = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             _ => words.push(arg),
         }
@@ -65,8 +69,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         Some("logs") => Request::Logs {
             name: name(&words)?,
             tail,
+            follow,
         },
-        Some("events") => Request::Events { tail },
+        Some("events") => Request::Events { tail, follow },
         Some("start") => Request::Start {
             name: name(&words)?,
         },
@@ -88,7 +93,31 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     })
 }
 
-fn ask(socket: &str, request: Request) -> Result<(String, Response), String> {
+/// The connection's remaining lines after the response: a followed stream, printed as it
+/// comes until init closes it or the reader goes away.
+fn follow_stream(reader: &mut impl BufRead, json: bool) {
+    let mut line = String::new();
+    let stdout = std::io::stdout();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+        let printed = if json {
+            write!(stdout.lock(), "{line}")
+        } else {
+            match serde_json::from_str::<StreamLine>(line.trim()) {
+                Ok(stream) => writeln!(stdout.lock(), "{}", stream.line),
+                Err(_) => Ok(()),
+            }
+        };
+        if printed.and_then(|()| stdout.lock().flush()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+fn ask(
+    socket: &str,
+    request: Request,
+) -> Result<(String, Response, BufReader<UnixStream>), String> {
     let mut stream =
         UnixStream::connect(socket).map_err(|e| format!("cannot reach init at {socket}: {e}"))?;
     let envelope = Envelope {
@@ -99,12 +128,13 @@ fn ask(socket: &str, request: Request) -> Result<(String, Response), String> {
         .write_all(to_line(&envelope).as_bytes())
         .map_err(|e| format!("send to {socket}: {e}"))?;
     let mut line = String::new();
-    BufReader::new(stream)
+    let mut reader = BufReader::new(stream);
+    reader
         .read_line(&mut line)
         .map_err(|e| format!("read from {socket}: {e}"))?;
     let response: Response = serde_json::from_str(line.trim())
         .map_err(|e| format!("init's answer does not parse ({e}): {line}"))?;
-    Ok((line, response))
+    Ok((line, response, reader))
 }
 
 fn duration(seconds: u64) -> String {
@@ -145,7 +175,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (raw, response) = match ask(&options.socket, options.request) {
+    let following = matches!(
+        options.request,
+        Request::Logs { follow: true, .. } | Request::Events { follow: true, .. }
+    );
+    let (raw, response, mut reader) = match ask(&options.socket, options.request) {
         Ok(answer) => answer,
         Err(message) => {
             eprintln!("berthctl: {message}");
@@ -160,6 +194,10 @@ fn main() -> ExitCode {
         for line in lines {
             println!("{line}");
         }
+    }
+    if response.ok && following {
+        let _ = std::io::stdout().flush();
+        follow_stream(&mut reader, options.json);
     }
     if response.ok {
         ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use berth_control::{parse_request, to_line, Request, Response, SOCKET};
+use berth_control::{parse_request, to_line, Request, Response, StreamLine, SOCKET, VERSION};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::shutdown::ShutdownAction;
@@ -19,9 +19,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
 
+/// What a `-f` client follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Follow {
+    Events,
+    Logs(String),
+}
+
+/// A client that keeps its connection open for new lines.
+#[derive(Debug)]
+struct Follower {
+    stream: UnixStream,
+    follow: Follow,
+}
+
 #[derive(Debug)]
 pub struct ControlSocket {
     listener: UnixListener,
+    followers: Vec<Follower>,
 }
 
 impl ControlSocket {
@@ -34,7 +49,10 @@ impl ControlSocket {
             Ok(listener)
         });
         match bound {
-            Ok(listener) => Some(ControlSocket { listener }),
+            Ok(listener) => Some(ControlSocket {
+                listener,
+                followers: Vec::new(),
+            }),
             Err(err) => {
                 log::error!("no control socket at {SOCKET}: {err}");
                 None
@@ -48,70 +66,141 @@ impl ControlSocket {
 
     /// Serves every waiting connection; a shutdown the operator asked for comes back.
     pub fn serve(
-        &self,
+        &mut self,
         mut supervisor: Option<&mut Supervisor>,
     ) -> Option<(ShutdownAction, &'static str)> {
         let mut shutdown = None;
         while let Ok((stream, _)) = self.listener.accept() {
-            if let Some(request) = serve_one(stream, supervisor.as_deref_mut()) {
+            let (asked, follower) = serve_one(stream, supervisor.as_deref_mut());
+            if let Some(request) = asked {
                 shutdown.get_or_insert(request);
             }
+            self.followers.extend(follower);
         }
+        self.mark_followed();
         shutdown
+    }
+
+    fn mark_followed(&self) {
+        use std::sync::atomic::Ordering;
+        let events = self.followers.iter().any(|f| f.follow == Follow::Events);
+        let logs = self
+            .followers
+            .iter()
+            .any(|f| matches!(f.follow, Follow::Logs(_)));
+        crate::event::FOLLOWED.store(events, Ordering::Relaxed);
+        crate::supervisor::logs::FOLLOWED.store(logs, Ordering::Relaxed);
+    }
+
+    /// Sends followers the lines that came since the last turn. A follower that has gone,
+    /// or reads too slowly to keep its socket buffer from filling, is dropped.
+    pub fn flush_followers(&mut self) {
+        if self.followers.is_empty() {
+            return;
+        }
+        let events = crate::event::take_new();
+        let logs = crate::supervisor::logs::take_new();
+        self.followers.retain_mut(|follower| {
+            let lines: Vec<&String> = match &follower.follow {
+                Follow::Events => events.iter().collect(),
+                Follow::Logs(name) => logs
+                    .iter()
+                    .filter(|(container, _)| container == name)
+                    .map(|(_, line)| line)
+                    .collect(),
+            };
+            lines.into_iter().all(|line| {
+                let message = StreamLine {
+                    v: VERSION,
+                    line: line.clone(),
+                };
+                follower
+                    .stream
+                    .write_all(to_line(&message).as_bytes())
+                    .is_ok()
+            })
+        });
+        self.mark_followed();
     }
 }
 
-fn serve_one(
-    stream: UnixStream,
-    supervisor: Option<&mut Supervisor>,
-) -> Option<(ShutdownAction, &'static str)> {
+type Served = (Option<(ShutdownAction, &'static str)>, Option<Follower>);
+
+fn serve_one(stream: UnixStream, supervisor: Option<&mut Supervisor>) -> Served {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
     let mut writer = match stream.try_clone() {
         Ok(writer) => writer,
-        Err(_) => return None,
+        Err(_) => return (None, None),
     };
     let root = getsockopt(&stream, sockopt::PeerCredentials).is_ok_and(|c| c.uid() == 0);
     if !root {
-        let _ = writer
-            .write_all(to_line(&Response::error("the control socket is for root only")).as_bytes());
-        return None;
+        let refusal = Response::error("the control socket is for root only");
+        let _ = writer.write_all(to_line(&refusal).as_bytes());
+        return (None, None);
     }
     let mut line = String::new();
     let read = BufReader::new(std::io::Read::take(stream, MAX_REQUEST)).read_line(&mut line);
-    let (response, shutdown) = match read {
+    let (response, shutdown, follow) = match read {
         Ok(_) => match parse_request(&line) {
             Ok(request) => answer(request, supervisor),
-            Err(err) => (Response::error(err), None),
+            Err(err) => (Response::error(err), None, None),
         },
         Err(err) => (
             Response::error(format!("cannot read the request: {err}")),
             None,
+            None,
         ),
     };
-    let _ = writer.write_all(to_line(&response).as_bytes());
-    shutdown
+    if writer.write_all(to_line(&response).as_bytes()).is_err() {
+        return (shutdown, None);
+    }
+    // Followed from now on: writes must never block init.
+    let follower = follow
+        .filter(|_| response.ok && writer.set_nonblocking(true).is_ok())
+        .map(|follow| Follower {
+            stream: writer,
+            follow,
+        });
+    (shutdown, follower)
 }
 
-fn answer(
-    request: Request,
-    supervisor: Option<&mut Supervisor>,
-) -> (Response, Option<(ShutdownAction, &'static str)>) {
+type Answer = (
+    Response,
+    Option<(ShutdownAction, &'static str)>,
+    Option<Follow>,
+);
+
+fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
     let done = |result: Result<(), String>| match result {
         Ok(()) => Response::ok(),
         Err(err) => Response::error(err),
     };
     match request {
-        Request::Reboot => (Response::ok(), Some((ShutdownAction::Reboot, "berthctl"))),
-        Request::Poweroff => (Response::ok(), Some((ShutdownAction::PowerOff, "berthctl"))),
-        Request::Events { tail } => (Response::lines(crate::event::recent(tail)), None),
+        Request::Reboot => (
+            Response::ok(),
+            Some((ShutdownAction::Reboot, "berthctl")),
+            None,
+        ),
+        Request::Poweroff => (
+            Response::ok(),
+            Some((ShutdownAction::PowerOff, "berthctl")),
+            None,
+        ),
+        Request::Events { tail, follow } => (
+            Response::lines(crate::event::recent(tail)),
+            None,
+            follow.then_some(Follow::Events),
+        ),
         request => {
             let Some(supervisor) = supervisor else {
                 return (
                     Response::error("no containers: the manifest was not loaded"),
                     None,
+                    None,
                 );
             };
+            let mut follow = None;
             let response = match request {
                 Request::Ps => Response::containers(supervisor.statuses()),
                 Request::Inspect { name } => {
@@ -126,8 +215,15 @@ fn answer(
                         Response::containers(found)
                     }
                 }
-                Request::Logs { name, tail } => match supervisor.logs(&name, tail) {
-                    Ok(lines) => Response::lines(lines),
+                Request::Logs {
+                    name,
+                    tail,
+                    follow: following,
+                } => match supervisor.logs(&name, tail) {
+                    Ok(lines) => {
+                        follow = following.then_some(Follow::Logs(name));
+                        Response::lines(lines)
+                    }
                     Err(err) => Response::error(err),
                 },
                 Request::Start { name } => done(supervisor.operator_start(&name)),
@@ -135,7 +231,7 @@ fn answer(
                 Request::Restart { name } => done(supervisor.operator_restart(&name)),
                 Request::Events { .. } | Request::Reboot | Request::Poweroff => Response::ok(),
             };
-            (response, None)
+            (response, None, follow)
         }
     }
 }

@@ -20,6 +20,11 @@ impl Event {
     pub fn emit(self) {
         let line = self.0.finish();
         crate::logger::write_line(log::Level::Info, &line);
+        if FOLLOWED.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut new) = NEW.lock() {
+                new.push(line.clone());
+            }
+        }
         if let Ok(mut recent) = RECENT.lock() {
             if recent.len() >= RECENT_EVENTS {
                 recent.pop_front();
@@ -33,6 +38,17 @@ impl Event {
 const RECENT_EVENTS: usize = 1000;
 static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> =
     std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Whether a `berthctl events -f` is connected: only then are new lines queued for it.
+pub static FOLLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static NEW: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Event lines emitted since the last call, for followers.
+pub fn take_new() -> Vec<String> {
+    NEW.lock()
+        .map(|mut new| std::mem::take(&mut *new))
+        .unwrap_or_default()
+}
 
 /// The last `tail` event lines (all that are kept when None).
 pub fn recent(tail: Option<usize>) -> Vec<String> {

@@ -180,7 +180,7 @@ impl EventLoop {
             }
         }
         if ready.get(2).copied().unwrap_or(false) {
-            if let Some(control) = self.control.as_ref() {
+            if let Some(control) = self.control.as_mut() {
                 if let Some(asked) = control.serve(self.supervisor.as_mut()) {
                     request.get_or_insert(asked);
                 }
@@ -216,6 +216,9 @@ impl EventLoop {
             {
                 supervisor.on_stream_ready(*id);
             }
+        }
+        if let Some(control) = self.control.as_mut() {
+            control.flush_followers();
         }
         if searching {
             self.look_for_power_buttons();

@@ -28,7 +28,7 @@ image = "busybox:1.35"
 network_mode = "host"
 depends_on = ["web", "counter"]
 volumes = ["/run/berth:/run/berth", "/usr/bin/berthctl:/usr/bin/berthctl:ro"]
-command = ["sh", "-c", "sleep 2; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; sleep 1; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; berthctl poweroff"]
+command = ["sh", "-c", "sleep 2; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl logs -f --tail 0 counter > /tmp/follow & f=$!; berthctl events -f --tail 0 > /tmp/events & e=$!; sleep 2; kill $f; echo followed=$(grep -c '^tick-' /tmp/follow); berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; sleep 1; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; kill $e; echo followed-starts=$(grep -c 'event=started container=web' /tmp/events); berthctl poweroff"]
 "#;
 
 fn words(line: &str) -> Vec<&str> {
@@ -84,6 +84,18 @@ fn berthctl_operates_the_host_over_the_control_socket() {
     assert!(out.contains(&"missing-code=1".to_string()), "{out:?}; {c}");
     assert!(
         out.contains(&"operator-stops=1".to_string()),
+        "{out:?}; {c}"
+    );
+    // `logs -f` streamed the counter's new lines as they came (one every 0.3 s for 2 s), and
+    // `events -f` saw web started again.
+    let followed: usize = out
+        .iter()
+        .find_map(|l| l.strip_prefix("followed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(followed >= 3, "{out:?}; {c}");
+    assert!(
+        out.contains(&"followed-starts=1".to_string()),
         "{out:?}; {c}"
     );
 

@@ -144,9 +144,25 @@ impl LogStream {
     }
 }
 
+/// Whether a `berthctl logs -f` is connected: only then are new lines queued for it.
+pub static FOLLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static NEW: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// (container, line) of the output lines since the last call, for followers.
+pub fn take_new() -> Vec<(String, String)> {
+    NEW.lock()
+        .map(|mut new| std::mem::take(&mut *new))
+        .unwrap_or_default()
+}
+
 fn emit(container: &str, file: &mut LogFile, raw: &[u8]) {
     let text = String::from_utf8_lossy(raw);
     let text = text.trim_end_matches('\r');
+    if FOLLOWED.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(mut new) = NEW.lock() {
+            new.push((container.to_string(), text.to_string()));
+        }
+    }
     file.append(text);
     crate::logger::console_line(&format!("{container} | {text}"));
 }
