@@ -64,8 +64,27 @@ pub enum Request {
     Restart {
         name: String,
     },
+    /// Memory, CPU time and process count of each running container, from its cgroup.
+    Stats,
+    /// The processes in a container's cgroup.
+    Top {
+        name: String,
+    },
+    /// The kernel's log.
+    Dmesg {
+        tail: Option<usize>,
+    },
     Reboot,
     Poweroff,
+}
+
+/// One container's resource use, as `stats` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub name: String,
+    pub memory_bytes: Option<u64>,
+    pub cpu_usec: Option<u64>,
+    pub pids: Option<u64>,
 }
 
 /// A request on the wire: the version, then the request's own fields.
@@ -105,6 +124,8 @@ pub struct Response {
     pub containers: Option<Vec<ContainerStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Vec<ContainerStats>>,
 }
 
 impl Response {

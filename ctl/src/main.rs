@@ -21,7 +21,7 @@ use berth_control::{
     to_line, ContainerStatus, Envelope, Request, Response, StreamLine, SOCKET, VERSION,
 };
 
-const USAGE: &str = "usage: berthctl [--json] [--socket PATH] ps | inspect NAME | logs [-f] [--tail N] NAME | events [-f] [--tail N] | start NAME | stop NAME | restart NAME | reboot | poweroff";
+const USAGE: &str = "usage: berthctl [--json] [--socket PATH] ps | inspect NAME | logs [-f] [--tail N] NAME | events [-f] [--tail N] | stats | top NAME | dmesg [--tail N] | start NAME | stop NAME | restart NAME | reboot | poweroff";
 
 struct Options {
     json: bool,
@@ -81,6 +81,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         Some("restart") => Request::Restart {
             name: name(&words)?,
         },
+        Some("stats") => Request::Stats,
+        Some("top") => Request::Top {
+            name: name(&words)?,
+        },
+        Some("dmesg") => Request::Dmesg { tail },
         Some("reboot") => Request::Reboot,
         Some("poweroff") => Request::Poweroff,
         Some(other) => return Err(format!("unknown command `{other}`\n{USAGE}")),
@@ -190,6 +195,24 @@ fn main() -> ExitCode {
         print!("{raw}");
     } else if let Some(containers) = &response.containers {
         print_table(containers);
+    } else if let Some(stats) = &response.stats {
+        println!(
+            "{:<20} {:>12} {:>12} {:>6}",
+            "NAME", "MEMORY", "CPU", "PIDS"
+        );
+        let show = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or_else(|| "-".to_string(), f);
+        for s in stats {
+            println!(
+                "{:<20} {:>12} {:>12} {:>6}",
+                s.name,
+                show(s.memory_bytes, &|b| format!(
+                    "{:.1}MiB",
+                    b as f64 / 1_048_576.0
+                )),
+                show(s.cpu_usec, &|u| format!("{:.2}s", u as f64 / 1e6)),
+                show(s.pids, &|p| p.to_string()),
+            );
+        }
     } else if let Some(lines) = &response.lines {
         for line in lines {
             println!("{line}");

@@ -28,7 +28,7 @@ image = "busybox:1.35"
 network_mode = "host"
 depends_on = ["web", "counter"]
 volumes = ["/run/berth:/run/berth", "/usr/bin/berthctl:/usr/bin/berthctl:ro"]
-command = ["sh", "-c", "sleep 2; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl logs -f --tail 0 counter > /tmp/follow & f=$!; berthctl events -f --tail 0 > /tmp/events & e=$!; sleep 2; kill $f; echo followed=$(grep -c '^tick-' /tmp/follow); berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; sleep 1; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; kill $e; echo followed-starts=$(grep -c 'event=started container=web' /tmp/events); berthctl poweroff"]
+command = ["sh", "-c", "sleep 2; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl logs -f --tail 0 counter > /tmp/follow & f=$!; berthctl events -f --tail 0 > /tmp/events & e=$!; sleep 2; kill $f; echo followed=$(grep -c '^tick-' /tmp/follow); berthctl stats | grep '^counter ' | sed 's/^/stats:/'; berthctl top counter | sed 's/^/top:/'; echo dmesg=$(berthctl dmesg | grep -c 'Linux version'); berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; sleep 1; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; kill $e; echo followed-starts=$(grep -c 'event=started container=web' /tmp/events); berthctl poweroff"]
 "#;
 
 fn words(line: &str) -> Vec<&str> {
@@ -98,6 +98,29 @@ fn berthctl_operates_the_host_over_the_control_socket() {
         out.contains(&"followed-starts=1".to_string()),
         "{out:?}; {c}"
     );
+    // stats and top read the container's cgroup; dmesg the kernel's log.
+    let stats = out
+        .iter()
+        .find(|l| l.starts_with("stats:counter "))
+        .unwrap_or_else(|| panic!("{out:?}; {c}"));
+    let columns = words(stats);
+    assert!(
+        columns.get(1).is_some_and(|m| m.ends_with("MiB")),
+        "{stats}; {c}"
+    );
+    assert!(
+        columns
+            .get(3)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|p| p >= 2),
+        "sh and its sleep: {stats}; {c}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("top:") && l.contains("sh -c i=0")),
+        "{out:?}; {c}"
+    );
+    assert!(out.contains(&"dmesg=1".to_string()), "{out:?}; {c}");
 
     // A process that is not root in the host's view cannot use the socket.
     let stranger = events::output(&machine, "stranger");
