@@ -305,38 +305,32 @@ impl Netlink {
             let mut name = String::new();
             let mut mac = Vec::new();
             let mut controller = None;
-            let mut containers_link = false;
-            let mut virtual_link = false;
+            let mut kind = None;
             for attribute in &message.attributes {
                 match attribute {
                     LinkAttribute::IfName(n) => name = n.clone(),
                     LinkAttribute::Address(a) => mac = a.clone(),
                     LinkAttribute::Controller(c) => controller = Some(*c),
                     LinkAttribute::LinkInfo(infos) => {
-                        virtual_link = infos.iter().any(|info| {
-                            matches!(
-                                info,
-                                nl_link::LinkInfo::Kind(
-                                    nl_link::InfoKind::Bond | nl_link::InfoKind::Vlan
-                                )
-                            )
-                        });
-                        containers_link = infos.iter().any(|info| {
-                            matches!(
-                                info,
-                                nl_link::LinkInfo::Kind(
-                                    nl_link::InfoKind::Veth | nl_link::InfoKind::Bridge
-                                )
-                            )
+                        kind = infos.iter().find_map(|info| match info {
+                            nl_link::LinkInfo::Kind(kind) => Some(kind.clone()),
+                            _ => None,
                         });
                     }
                     _ => {}
                 }
             }
             // The containers' bridge and veths are init's (berth-container-net).
-            if containers_link {
+            if matches!(
+                kind,
+                Some(nl_link::InfoKind::Veth | nl_link::InfoKind::Bridge)
+            ) {
                 continue;
             }
+            let virtual_link = matches!(
+                kind,
+                Some(nl_link::InfoKind::Bond | nl_link::InfoKind::Vlan)
+            );
             let driver = std::fs::read_link(format!("/sys/class/net/{name}/device/driver"))
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

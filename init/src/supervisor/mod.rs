@@ -314,6 +314,10 @@ impl Supervisor {
             report_oom_kills(c);
         }
         self.after_exit(index, code, ran, now);
+        // Once its state says it no longer runs, so its published ports leave the rules.
+        if !self.shutting_down {
+            self.update_nat();
+        }
         true
     }
 
@@ -328,9 +332,6 @@ impl Supervisor {
     }
 
     fn after_exit(&mut self, index: usize, code: i32, ran: Duration, now: Instant) {
-        if !self.shutting_down {
-            self.update_nat();
-        }
         let shutting_down = self.shutting_down;
         let Some(c) = self.containers.get_mut(index) else {
             return;
