@@ -125,6 +125,7 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
         init: None,
         netd: None,
         berthctl: None,
+        puller: None,
         images: Vec::new(),
         extra_modules: Vec::new(),
         disk: None,

@@ -13,6 +13,26 @@
 //!
 //! Fields are only ever added; a client ignores fields it does not know, and init refuses a
 //! request whose `v` is newer than its own with an error naming both versions.
+//!
+//! Two transports carry the same lines: the Unix socket [`SOCKET`] inside the guest (one
+//! request per connection), and the virtio-serial port named [`PORT_NAME`] when QEMU provides
+//! one, which a rig's host side connects to (one connection at a time: the host's connect and
+//! disconnect bound a session, and requests are answered one after the other within it).
+//!
+//! ## Streams
+//! `logs -f` and `events -f` keep the connection: each new line comes as a [`StreamLine`].
+//! `exec` answers with the process' PID, then relays its I/O until it exits:
+//!
+//! ```text
+//! > {"v":1,"cmd":"exec","name":"web","args":["sh","-c","cat; exit 3"],"interactive":true}
+//! < {"v":1,"ok":true,"pid":812}
+//! > {"v":1,"stdin":"aGkK"}                    (base64)
+//! > {"v":1,"stdin_close":true}
+//! < {"v":1,"stdout":"aGkK"}
+//! < {"v":1,"exit":3}
+//! ```
+//! With `tty`, the process runs on a pseudo-terminal in the guest (stdout carries both
+//! streams) and `{"v":1,"resize":{"rows":40,"cols":120}}` changes its size.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -27,6 +47,9 @@ use serde::{Deserialize, Serialize};
 
 /// Where init listens.
 pub const SOCKET: &str = "/run/berth/control.sock";
+/// The name of the virtio-serial port init serves the protocol on (`-device
+/// virtserialport,name=org.berth.control`).
+pub const PORT_NAME: &str = "org.berth.control";
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
 
@@ -47,6 +70,9 @@ pub enum Request {
         tail: Option<usize>,
         #[serde(default)]
         follow: bool,
+        /// Only lines from the last this many seconds (`--since 10m` becomes 600).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_secs: Option<u64>,
     },
     /// Recent event lines; `follow` as for logs.
     Events {
@@ -76,6 +102,166 @@ pub enum Request {
     },
     Reboot,
     Poweroff,
+    /// Runs `args` inside a running container: its namespaces, cgroup, user, capabilities
+    /// and seccomp filter, its environment with `env` over it.
+    Exec {
+        name: String,
+        args: Vec<String>,
+        /// Relay the client's stdin (otherwise the process reads /dev/null).
+        #[serde(default)]
+        interactive: bool,
+        /// Run on a pseudo-terminal.
+        #[serde(default)]
+        tty: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tty_size: Option<TtySize>,
+        /// `uid[:gid]` or a name; the container's own user when unset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// `KEY=value` pairs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+    },
+    /// Validates `manifest` (the text of a manifest file; `file` names it in errors) and
+    /// converges the running containers to it: starts the added, stops the removed,
+    /// restarts the changed, leaves the rest alone. A bad manifest changes nothing.
+    Apply {
+        manifest: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+    },
+    /// The images on the host, baked and pulled, with their sizes.
+    Images,
+    /// Removes pulled images no container of the running manifest uses, the blobs only they
+    /// used, and unpacked layers no image on the host uses.
+    ImagePrune,
+}
+
+/// One image on the host, as `images` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub reference: String,
+    /// `baked` (in the boot image) or `pulled` (from a registry, in the data store).
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Bytes of blobs only this image uses (pulled images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_bytes: Option<u64>,
+    /// Bytes of blobs it shares with other pulled images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_bytes: Option<u64>,
+}
+
+/// What `image-prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub removed_images: Vec<String>,
+    pub removed_blobs: usize,
+    pub removed_layers: usize,
+    pub freed_bytes: u64,
+}
+
+/// The one JSON line `berth-pull` prints (pull, gc or usage); fields of the other
+/// commands are absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullResult {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub layers: Option<u64>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    #[serde(default)]
+    pub downloaded: Option<u64>,
+    #[serde(default)]
+    pub removed_refs: Option<Vec<String>>,
+    #[serde(default)]
+    pub removed_blobs: Option<Vec<String>>,
+    #[serde(default)]
+    pub freed_bytes: Option<u64>,
+    #[serde(default)]
+    pub images: Option<Vec<PulledUsage>>,
+}
+
+/// One image of `berth-pull usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledUsage {
+    pub reference: String,
+    pub digest: String,
+    pub unique_bytes: u64,
+    pub shared_bytes: u64,
+}
+
+/// Parses berth-pull's result line.
+pub fn parse_pull_result(line: &str) -> Result<PullResult, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bad berth-pull result: {e}"))
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What `apply` did, by container name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Parts of the manifest other than containers that differ: they take effect at the
+    /// next boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_boot: Vec<String>,
+}
+
+/// From the client during an `exec`, after init's response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecInput {
+    pub v: u32,
+    /// Bytes for the process' stdin, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// The client's stdin ended: the process sees end of file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_close: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<TtySize>,
+}
+
+/// From init during an `exec`: output as it comes, then the exit code (Docker's: 128 +
+/// signal for a killed process), after which the exec is over.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
+}
+
+/// Bytes as the protocol carries them (standard base64 with padding).
+pub fn encode_bytes(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The bytes of an `encode_bytes` string.
+pub fn decode_bytes(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("bad base64: {e}"))
 }
 
 /// One container's resource use, as `stats` shows it.
@@ -91,6 +277,10 @@ pub struct ContainerStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub v: u32,
+    /// Echoed in the response, so a client on the serial port can tell its answer from a
+    /// line left over from an earlier session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     #[serde(flatten)]
     pub request: Request,
 }
@@ -108,6 +298,9 @@ pub struct ContainerStatus {
     pub uptime_s: Option<u64>,
     pub last_exit: Option<i32>,
     pub restart_policy: String,
+    /// `starting`, `healthy` or `unhealthy` for a container with a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     pub network: String,
     pub addr: Option<String>,
     pub stopped_by_operator: bool,
@@ -117,6 +310,9 @@ pub struct ContainerStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Response {
     pub v: u32,
+    /// The request's `id`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -126,6 +322,15 @@ pub struct Response {
     pub lines: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Vec<ContainerStats>>,
+    /// The process `exec` started, as the host sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneReport>,
 }
 
 impl Response {
@@ -170,6 +375,11 @@ pub struct StreamLine {
 
 /// Parses one request line; the error is what init answers.
 pub fn parse_request(line: &str) -> Result<Request, String> {
+    parse_envelope(line).map(|e| e.request)
+}
+
+/// Parses one request line with its `id`.
+pub fn parse_envelope(line: &str) -> Result<Envelope, String> {
     let envelope: Envelope =
         serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}"))?;
     if envelope.v > VERSION {
@@ -178,7 +388,12 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             envelope.v
         ));
     }
-    Ok(envelope.request)
+    Ok(envelope)
+}
+
+/// Parses one line a client sends during an `exec`.
+pub fn parse_exec_input(line: &str) -> Result<ExecInput, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bad exec input: {e}"))
 }
 
 /// One line of JSON for `value` (with its newline).
@@ -196,9 +411,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exec_messages_carry_bytes_as_base64() {
+        let input = ExecInput {
+            v: VERSION,
+            stdin: Some(encode_bytes(b"hi\n")),
+            ..ExecInput::default()
+        };
+        assert_eq!(to_line(&input), "{\"v\":1,\"stdin\":\"aGkK\"}\n");
+        let output: ExecOutput = serde_json::from_str(r#"{"v":1,"exit":3}"#).unwrap();
+        assert_eq!(output.exit, Some(3));
+        assert_eq!(decode_bytes("aGkK").unwrap(), b"hi\n");
+        assert!(decode_bytes("a!").is_err());
+        let exec = parse_request(r#"{"v":1,"cmd":"exec","name":"web","args":["true"]}"#).unwrap();
+        assert!(matches!(
+            exec,
+            Request::Exec {
+                interactive: false,
+                tty: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn requests_round_trip_as_documented() {
         let stop = Envelope {
             v: VERSION,
+            id: None,
             request: Request::Stop {
                 name: "web".to_string(),
             },

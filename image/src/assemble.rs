@@ -62,6 +62,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
 ];
 /// Where netd goes in the image (init's `services::NETD`).
 const NETD_PATH: &str = "/usr/lib/berth/netd";
+/// Where berth-pull goes (init's `supervisor::pulls::PULLER`), when a container may pull.
+const PULLER_PATH: &str = "/usr/lib/berth/pull";
 /// Where berthctl goes in the image, on the containers' usual PATH.
 const BERTHCTL_PATH: &str = "/usr/bin/berthctl";
 /// Index files copied into the image next to the modules.
@@ -94,6 +96,9 @@ pub struct BuildOptions {
     pub netd: Option<PathBuf>,
     /// The berthctl binary; found next to the `berth` executable when not given.
     pub berthctl: Option<PathBuf>,
+    /// The berth-pull binary, shipped only when a container may pull its image; found next
+    /// to the `berth` executable when not given.
+    pub puller: Option<PathBuf>,
     /// OCI image layouts to bake into the image store.
     pub images: Vec<ImageSource>,
     /// Kernel modules to ship beyond [`DEFAULT_MODULES`] (coldplug loads them when their
@@ -285,6 +290,20 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     )?;
     let berthctl = read(&berthctl_path)?;
     elf::check_static_executable(&berthctl_path, &berthctl, options.arch)?;
+    // About 2 MB of TLS and HTTP: only images that may pull carry it.
+    let puller = if manifest.pulls_images() {
+        let path = find_guest_binary(
+            options.puller.as_ref(),
+            options.arch,
+            "berth-pull",
+            "berth-registry",
+        )?;
+        let puller = read(&path)?;
+        elf::check_static_executable(&path, &puller, options.arch)?;
+        Some(puller)
+    } else {
+        None
+    };
 
     let kernel = match &options.kernel {
         KernelChoice::DebianDefault { cache_dir } => {
@@ -368,6 +387,9 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             )
             .into_bytes(),
         );
+    if let Some(puller) = puller {
+        initramfs.file(PULLER_PATH, 0o755, puller);
+    }
     // A kernel with everything built in gets no module tree: init then loads nothing.
     if kernel.modules_dir.is_some() {
         let image_modules_dir = format!("/lib/modules/{}", kernel.release);

@@ -14,7 +14,7 @@ use berth_image::kernel_build;
 use berth_image::run::{self, RunOptions, RunOutcome};
 use berth_image::run_container::{run_container, RunContainerOptions};
 use berth_qemu::GuestExit;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 
 /// Exit codes, documented in the README.
 mod exit {
@@ -66,9 +66,14 @@ enum Command {
         /// The berthctl binary (a static musl build); found next to `berth` by default.
         #[arg(long)]
         berthctl: Option<PathBuf>,
-        /// An OCI image layout to bake in: `NAME:TAG=DIR`, or `DIR` to use the layout's own
-        /// `org.opencontainers.image.ref.name`. Repeat for more images.
-        #[arg(long = "image", value_name = "NAME:TAG=DIR")]
+        /// The berth-pull binary (a static musl build), shipped when a container may pull
+        /// its image; found next to `berth` by default.
+        #[arg(long)]
+        puller: Option<PathBuf>,
+        /// An image to bake in: `NAME:TAG=PATH`, PATH an OCI layout directory, an
+        /// `oci-archive` tarball or a `docker save` archive; or a layout `DIR` alone to use its
+        /// own `org.opencontainers.image.ref.name`. Repeat for more images.
+        #[arg(long = "image", value_name = "NAME:TAG=PATH")]
         images: Vec<ImageSource>,
         /// A kernel module to ship beyond the default set; coldplug loads it when its hardware
         /// is present. Repeat for more.
@@ -110,6 +115,30 @@ enum Command {
         /// Extra QEMU arguments, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
+    },
+    /// Operate a guest that `berth run` (or the QEMU rig) boots, over its control port: the
+    /// verbs, flags, output and exit codes of berthctl (`berth ctl --image DIR ps`, `berth ctl
+    /// --image DIR exec -it web sh`); errors are prefixed `berth ctl:`.
+    #[command(
+        group(ArgGroup::new("port").required(true).args(["socket", "image"])),
+        after_help = berth_ctl::VERBS
+    )]
+    Ctl {
+        /// The control port's Unix socket (QEMU's chardev).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The image directory `berth run` boots: its control.sock.
+        #[arg(long, value_name = "DIR")]
+        image: Option<PathBuf>,
+        /// The verb and its arguments, exactly as berthctl takes them, global flags
+        /// (`--json`, `--timeout SECS`) included.
+        #[arg(
+            value_name = "VERB",
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
     },
     /// Run one container on this host from a plain root filesystem, with the runtime and
     /// defaults init uses in the guest (needs root). Exits with the container's exit code.
@@ -155,6 +184,17 @@ fn report(err: &dyn Error) {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Ctl {
+            socket,
+            image,
+            args,
+        } => {
+            // clap makes sure exactly one of the two is given.
+            let socket = socket
+                .or_else(|| image.as_deref().map(run::control_socket))
+                .unwrap_or_default();
+            berth_ctl::run("berth ctl", &socket, args)
+        }
         Command::Build {
             arch,
             manifest,
@@ -164,6 +204,7 @@ fn main() -> ExitCode {
             init,
             netd,
             berthctl,
+            puller,
             images,
             modules_extra,
             format,
@@ -183,6 +224,7 @@ fn main() -> ExitCode {
                 init,
                 netd,
                 berthctl,
+                puller,
                 images,
                 extra_modules: modules_extra,
                 disk: format.map(|format| DiskOptions {
@@ -293,5 +335,46 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctl_args(line: &[&str]) -> (Option<PathBuf>, Option<PathBuf>, Vec<String>) {
+        match Cli::try_parse_from(line).map(|cli| cli.command) {
+            Ok(Command::Ctl {
+                socket,
+                image,
+                args,
+            }) => (socket, image, args),
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_passes_the_verb_and_its_arguments_through_untouched() {
+        let (socket, image, args) = ctl_args(&[
+            "berth", "ctl", "--image", "out", "exec", "-it", "web", "--", "sh", "-c", "exit 3",
+        ]);
+        assert_eq!((socket, image), (None, Some(PathBuf::from("out"))));
+        assert_eq!(args, ["exec", "-it", "web", "--", "sh", "-c", "exit 3"]);
+        let (socket, _, args) = ctl_args(&[
+            "berth", "ctl", "--socket", "/s", "--json", "logs", "-f", "--since", "1m", "web",
+        ]);
+        assert_eq!(socket, Some(PathBuf::from("/s")));
+        assert_eq!(args, ["--json", "logs", "-f", "--since", "1m", "web"]);
+        let (_, _, args) = ctl_args(&["berth", "ctl", "--image", "out", "ps", "--help"]);
+        assert_eq!(args, ["ps", "--help"]);
+    }
+
+    #[test]
+    fn ctl_needs_exactly_one_way_to_the_port() {
+        assert!(Cli::try_parse_from(["berth", "ctl", "ps"]).is_err());
+        assert!(
+            Cli::try_parse_from(["berth", "ctl", "--socket", "s", "--image", "d", "ps"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["berth", "ctl", "--image", "d"]).is_err());
     }
 }

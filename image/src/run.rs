@@ -1,9 +1,10 @@
 //! `berth run`: boot a built image under QEMU with the console on this terminal.
 //!
 //! Ctrl-C presses the guest's power button, so the guest shuts down cleanly; a second Ctrl-C
-//! pulls the plug.
+//! pulls the plug. The guest always gets init's control port, served on
+//! [`control_socket`]`(dir)` for `berth ctl --image DIR`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,13 @@ use crate::assemble::{read_metadata, BuildError};
 
 /// How often the run loop looks at QEMU and at Ctrl-C.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// The control port's socket, in the image's directory.
+const CONTROL_SOCKET: &str = "control.sock";
+
+/// Where `berth run DIR` serves the guest's control port: `DIR/control.sock`.
+pub fn control_socket(dir: &Path) -> PathBuf {
+    dir.join(CONTROL_SOCKET)
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -83,6 +91,13 @@ pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     config.append = options.append.clone();
     config.extra_args = options.qemu_args.clone();
     config.echo_console = true;
+    let socket = control_socket(&options.dir);
+    config.control_socket = Some(socket.clone());
+    eprintln!(
+        "berth: control port on {} (berth ctl --image {} ps)",
+        socket.display(),
+        options.dir.display()
+    );
 
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))

@@ -15,7 +15,7 @@ use nix::sys::signalfd::SignalFd;
 
 use crate::cmdline::{BootParams, ButtonAction};
 use crate::coldplug::Coldplug;
-use crate::control::ControlSocket;
+use crate::control::{Control, Slot};
 use crate::power_button::{self, PowerButton};
 use crate::reap;
 use crate::services::Service;
@@ -41,7 +41,7 @@ pub struct EventLoop {
     shutdown_timeout: Duration,
     coldplug: Option<Coldplug>,
     services: Vec<Service>,
-    control: Option<ControlSocket>,
+    control: Control,
 }
 
 impl EventLoop {
@@ -55,7 +55,7 @@ impl EventLoop {
             shutdown_timeout: params.shutdown_timeout,
             coldplug,
             services: Vec::new(),
-            control: ControlSocket::bind(),
+            control: Control::new(),
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -113,6 +113,10 @@ impl EventLoop {
 
     /// One wait for events and their handling; `Some` when the host must shut down.
     fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        let now = Instant::now();
+        for (pid, status) in reap::take_deferred() {
+            self.dispatch_exit(pid, status, now);
+        }
         for service in &mut self.services {
             service.tick(Instant::now());
         }
@@ -126,24 +130,20 @@ impl EventLoop {
             .as_ref()
             .map(|s| s.streams().into_iter().map(|(id, _)| id).collect())
             .unwrap_or_default();
+        let control_slots: Vec<Slot> = self
+            .control
+            .poll_fds()
+            .into_iter()
+            .map(|(slot, _, _)| slot)
+            .collect();
         let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(3 + self.buttons.len() + stream_ids.len());
+            let mut fds = Vec::with_capacity(2 + self.buttons.len() + stream_ids.len());
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             // Always one slot for uevents, so the indexes below do not depend on it.
             let uevents = self.coldplug.as_ref().and_then(Coldplug::fd);
             fds.push(PollFd::new(
                 uevents.unwrap_or(self.signals.as_fd()),
                 if uevents.is_some() {
-                    PollFlags::POLLIN
-                } else {
-                    PollFlags::empty()
-                },
-            ));
-            // And one for the control socket.
-            let control = self.control.as_ref().map(ControlSocket::fd);
-            fds.push(PollFd::new(
-                control.unwrap_or(self.signals.as_fd()),
-                if control.is_some() {
                     PollFlags::POLLIN
                 } else {
                     PollFlags::empty()
@@ -156,6 +156,9 @@ impl EventLoop {
                 for (_, fd) in supervisor.streams() {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
+            }
+            for (_, fd, flags) in self.control.poll_fds() {
+                fds.push(PollFd::new(fd, flags));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => fds
@@ -179,17 +182,10 @@ impl EventLoop {
                 coldplug.on_uevents();
             }
         }
-        if ready.get(2).copied().unwrap_or(false) {
-            if let Some(control) = self.control.as_mut() {
-                if let Some(asked) = control.serve(self.supervisor.as_mut()) {
-                    request.get_or_insert(asked);
-                }
-            }
-        }
         for (button, _) in self
             .buttons
             .iter_mut()
-            .zip(ready.iter().skip(3))
+            .zip(ready.iter().skip(2))
             .filter(|(_, ready)| **ready)
         {
             if button.pressed() {
@@ -203,7 +199,8 @@ impl EventLoop {
                 }
             }
         }
-        let first_stream = 3 + self.buttons.len();
+        let first_stream = 2 + self.buttons.len();
+        let first_control = first_stream + stream_ids.len();
         if let Some(supervisor) = self.supervisor.as_mut() {
             // Highest index first: a stream that ends is removed, shifting those after it.
             for (id, _) in stream_ids
@@ -217,9 +214,19 @@ impl EventLoop {
                 supervisor.on_stream_ready(*id);
             }
         }
-        if let Some(control) = self.control.as_mut() {
-            control.flush_followers();
+        let control_ready: Vec<Slot> = control_slots
+            .into_iter()
+            .zip(ready.iter().skip(first_control))
+            .filter(|(_, ready)| **ready)
+            .map(|(slot, _)| slot)
+            .collect();
+        if let Some(asked) = self
+            .control
+            .on_ready(&control_ready, self.supervisor.as_mut())
+        {
+            request.get_or_insert(asked);
         }
+        self.control.after_turn();
         if searching {
             self.look_for_power_buttons();
             if self.buttons.is_empty() && Instant::now() >= self.search_until {
@@ -242,6 +249,7 @@ impl EventLoop {
             .and_then(Supervisor::next_deadline)
             .into_iter()
             .chain(self.services.iter().filter_map(Service::next_deadline))
+            .chain(self.control.next_deadline())
             .min()
             .map(|deadline| deadline.saturating_duration_since(now));
         match rescan.into_iter().chain(restart).min() {
@@ -251,6 +259,31 @@ impl EventLoop {
             }
             None => PollTimeout::NONE,
         }
+    }
+
+    /// Hands an exited child to whoever started it: a service, the supervisor (containers
+    /// and their health checks), or the control (`exec`); orphans need nothing more.
+    fn dispatch_exit(
+        &mut self,
+        pid: nix::unistd::Pid,
+        status: nix::sys::wait::WaitStatus,
+        now: Instant,
+    ) {
+        if self
+            .services
+            .iter_mut()
+            .any(|s| s.on_exit(pid, status, now))
+        {
+            return;
+        }
+        if self
+            .supervisor
+            .as_mut()
+            .is_some_and(|s| s.on_exit(pid, status, now))
+        {
+            return;
+        }
+        self.control.on_exit(pid, status);
     }
 
     fn handle_signals(&mut self) -> Option<(ShutdownAction, &'static str)> {
@@ -263,18 +296,10 @@ impl EventLoop {
                 SignalAction::Reap => {
                     let now = Instant::now();
                     for (pid, status) in reap::reap_exited().exited {
-                        if self
-                            .services
-                            .iter_mut()
-                            .any(|s| s.on_exit(pid, status, now))
-                        {
-                            continue;
-                        }
-                        if let Some(supervisor) = self.supervisor.as_mut() {
-                            supervisor.on_exit(pid, status, now);
-                        }
+                        self.dispatch_exit(pid, status, now);
                     }
                 }
+                SignalAction::ControlPort => self.control.on_port_signal(),
                 SignalAction::Shutdown(action) => {
                     log::info!("received {signal}: {action}");
                     request.get_or_insert((action, signal.as_str()));

@@ -24,10 +24,15 @@ pub struct PreparedImage {
     pub config: ContainerConfig,
 }
 
+/// Images pulled from registries (by berth-pull), an OCI layout too: on the data partition
+/// when there is one, so pulls are kept across boots.
+pub const PULLED_STORE: &str = "/var/lib/berth/images";
+
 /// Images prepared so far, by reference; each is prepared once per boot.
 #[derive(Debug, Default)]
 pub struct ImageCache {
-    layout: Option<Layout>,
+    baked: Option<Layout>,
+    pulled: Option<Layout>,
     prepared: HashMap<String, Result<PreparedImage, String>>,
 }
 
@@ -46,25 +51,95 @@ impl ImageCache {
         result
     }
 
-    /// The names of the images in the store; none when the image has no store.
+    /// The names of the images on the host: baked into the image, then pulled.
     pub fn references(&mut self) -> Vec<String> {
-        self.layout().map(Layout::references).unwrap_or_default()
+        let mut references = self.baked().map(Layout::references).unwrap_or_default();
+        references.extend(self.pulled().map(Layout::references).unwrap_or_default());
+        references
     }
 
-    fn layout(&mut self) -> Result<&Layout, String> {
-        if self.layout.is_none() {
+    /// Whether the host has `reference`, baked or pulled.
+    pub fn has(&mut self, reference: &str) -> bool {
+        self.references().iter().any(|r| r == reference)
+    }
+
+    /// Whether `reference` was baked into the image (it is never pulled then).
+    pub fn is_baked(&mut self, reference: &str) -> bool {
+        self.baked()
+            .map(Layout::references)
+            .is_ok_and(|refs| refs.iter().any(|r| r == reference))
+    }
+
+    /// A pull rewrote the pulled store: it is read again, and `reference` prepared anew.
+    pub fn pulled_changed(&mut self, reference: &str) {
+        self.pulled = None;
+        self.prepared.remove(reference);
+    }
+
+    fn baked(&mut self) -> Result<&Layout, String> {
+        if self.baked.is_none() {
             let layout = Layout::open(Path::new(IMAGE_STORE))
                 .map_err(|e| format!("image store {IMAGE_STORE}: {e}"))?;
-            self.layout = Some(layout);
+            self.baked = Some(layout);
         }
-        self.layout
+        self.baked
             .as_ref()
             .ok_or_else(|| format!("image store {IMAGE_STORE} is not open"))
     }
 
+    fn pulled(&mut self) -> Result<&Layout, String> {
+        if self.pulled.is_none() {
+            let layout = Layout::open(Path::new(PULLED_STORE))
+                .map_err(|e| format!("image store {PULLED_STORE}: {e}"))?;
+            self.pulled = Some(layout);
+        }
+        self.pulled
+            .as_ref()
+            .ok_or_else(|| format!("image store {PULLED_STORE} is not open"))
+    }
+
+    /// The store that holds `reference`: the baked one first.
+    fn layout(&mut self, reference: &str) -> Result<&Layout, String> {
+        if self.is_baked(reference) {
+            return self.baked();
+        }
+        let pulled = self
+            .pulled()
+            .is_ok_and(|l| l.references().iter().any(|r| r == reference));
+        if pulled {
+            return self.pulled();
+        }
+        Err(format!("no image `{reference}` on this host"))
+    }
+
+    /// The layer directories (`diff_id`s) every image on the host uses, to tell which
+    /// unpacked layers an image prune may remove.
+    pub fn layers_in_use(&mut self) -> std::collections::HashSet<PathBuf> {
+        let mut dirs = std::collections::HashSet::new();
+        for layout in [self.baked().ok().cloned(), self.pulled().ok().cloned()]
+            .into_iter()
+            .flatten()
+        {
+            for reference in layout.references() {
+                if let Ok(image) = layout.resolve(&reference) {
+                    for (_, diff_id) in image.layers() {
+                        dirs.insert(berth_oci::layer_dir(Path::new(LAYER_STORE), diff_id));
+                    }
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Forgets every pulled image read so far (after an image prune).
+    pub fn forget_pulled(&mut self) {
+        self.pulled = None;
+        self.prepared.clear();
+    }
+
     fn prepare_uncached(&mut self, reference: &str) -> Result<PreparedImage, String> {
         let started = Instant::now();
-        let layout = self.layout()?;
+        let layout = self.layout(reference)?;
         let image = layout.resolve(reference).map_err(|e| e.to_string())?;
         let mut lower_dirs = Vec::new();
         let mut unpacked = 0;

@@ -60,21 +60,7 @@ impl Service {
         }
         let mut command = std::process::Command::new(&self.path);
         command.args(&self.args);
-        // init blocks the signals its signalfd reads; a child inherits that mask through
-        // fork and exec (measured: netd ran with init's mask), and a netd with SIGTERM and SIGHUP
-        // blocked would never release its leases or reload. The child starts unblocked.
-        // SAFETY: the closure runs in the child between fork and exec and only calls
-        // sigprocmask(2), which is async-signal-safe; it touches no memory of the parent.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                nix::sys::signal::sigprocmask(
-                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                    Some(&nix::sys::signal::SigSet::empty()),
-                    None,
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
+        start_unblocked(&mut command);
         match command.spawn() {
             Ok(child) => {
                 let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
@@ -128,5 +114,24 @@ impl Service {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.restart_at
+    }
+}
+
+/// Makes `command`'s process start with no signal blocked. init blocks the signals its
+/// signalfd reads; a child inherits that mask through fork and exec (measured: netd ran with
+/// init's mask), and a netd with SIGTERM and SIGHUP blocked would never release its leases or
+/// reload.
+pub fn start_unblocked(command: &mut std::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // sigprocmask(2), which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, || {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
     }
 }

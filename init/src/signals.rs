@@ -9,6 +9,8 @@ pub enum SignalAction {
     /// Reap every exited child and orphan.
     Reap,
     Shutdown(ShutdownAction),
+    /// The host side of the control's serial port connected or went away.
+    ControlPort,
     /// Received and logged, nothing else (yet).
     Log,
 }
@@ -39,6 +41,7 @@ pub const SIGNAL_TABLE: &[(Signal, SignalAction)] = &[
         SignalAction::Shutdown(ShutdownAction::PowerOff),
     ),
     (Signal::SIGHUP, SignalAction::Log),
+    (Signal::SIGIO, SignalAction::ControlPort),
 ];
 
 /// Every signal in the table, to block and read through a signalfd.

@@ -9,7 +9,9 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::duration::ComposeDuration;
+use crate::health::HealthCheck;
 use crate::ports::{NetworkMode, PortMapping};
+use crate::registries::{names_registry, PullPolicy};
 use crate::security::{ByteSize, Capability, Cpus, Ranged, SecurityOpt, Ulimits};
 
 /// Docker's default grace period between the stop signal and SIGKILL.
@@ -19,8 +21,11 @@ pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_se
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Container {
-    /// `name:tag` of an image in the image store.
+    /// `name:tag` of an image in the image store, or a reference to pull
+    /// (`registry.example.com/team/app:1.4`, `nginx@sha256:...`).
     pub image: Spanned<String>,
+    /// When the image is pulled (see [`Container::pull_policy`]).
+    pub pull_policy: Option<Spanned<PullPolicy>>,
     /// Replaces the image's Cmd (and, with `entrypoint`, its Entrypoint).
     pub command: Option<Command>,
     pub entrypoint: Option<Command>,
@@ -39,6 +44,12 @@ pub struct Container {
     pub depends_on: DependsOn,
     pub stop_signal: Option<SignalName>,
     pub stop_grace_period: Option<ComposeDuration>,
+    /// A command run inside the container at intervals to tell whether it is healthy.
+    pub healthcheck: Option<HealthCheck>,
+    /// Stop and start the container again when its health check says it is unhealthy
+    /// (needs an enabled `healthcheck`). Read it through
+    /// [`Container::restarts_on_unhealthy`]; the span is for messages.
+    pub restart_on_unhealthy: Option<Spanned<bool>>,
     #[serde(default)]
     pub volumes: Vec<Volume>,
     #[serde(default)]
@@ -106,8 +117,33 @@ impl Container {
         self.network_mode.as_ref().map_or(&BRIDGE, Spanned::get_ref)
     }
 
+    /// When the image is pulled: as `pull_policy` says; unset, `missing` for a reference that
+    /// names its registry and `never` for a short name (`busybox:1.35`), which must then be
+    /// in the image store, so a typo is caught when the manifest is checked rather than
+    /// sent to Docker Hub.
+    pub fn pull_policy(&self) -> PullPolicy {
+        match &self.pull_policy {
+            Some(policy) => *policy.get_ref(),
+            None if names_registry(self.image.get_ref()) => PullPolicy::Missing,
+            None => PullPolicy::Never,
+        }
+    }
+
     pub fn stop_signal_number(&self) -> i32 {
         self.stop_signal.as_ref().map_or(SIGTERM, |s| s.number)
+    }
+
+    /// The health check, unless there is none or it is disabled (`disable = true`,
+    /// `test = ["NONE"]`).
+    pub fn enabled_healthcheck(&self) -> Option<&HealthCheck> {
+        self.healthcheck.as_ref().filter(|check| check.is_enabled())
+    }
+
+    /// Whether an `unhealthy` verdict restarts the container (`restart_on_unhealthy`).
+    pub fn restarts_on_unhealthy(&self) -> bool {
+        self.restart_on_unhealthy
+            .as_ref()
+            .is_some_and(|flag| *flag.get_ref())
     }
 }
 
@@ -293,6 +329,8 @@ pub enum Condition {
     ServiceStarted,
     /// The dependency ran to completion and exited 0.
     ServiceCompletedSuccessfully,
+    /// The dependency's health check has passed (its status is `healthy`).
+    ServiceHealthy,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -27,6 +27,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.is_empty() {
         return Err(invalid());
     }
+    if text.starts_with('-') {
+        return Err(format!("`{text}` is negative: a duration is zero or more"));
+    }
     let mut rest = text;
     let mut total_ns = 0f64;
     while !rest.is_empty() {
@@ -85,8 +88,13 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         for bad in ["", "10", "s", "10x", "-1s", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_duration("-1s").unwrap_err(),
+            "`-1s` is negative: a duration is zero or more"
+        );
     }
 }

@@ -19,9 +19,11 @@
 mod container;
 mod duration;
 mod error;
+mod health;
 mod names;
 mod network;
 mod ports;
+mod registries;
 mod security;
 mod storage;
 mod validate;
@@ -37,12 +39,18 @@ pub use container::{
 };
 pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
+pub use health::{
+    HealthCheck, HealthTest, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES,
+    DEFAULT_HEALTH_START_INTERVAL, DEFAULT_HEALTH_START_PERIOD, DEFAULT_HEALTH_TIMEOUT,
+    HEALTH_SHELL,
+};
 pub use names::{ContainerName, Hostname, ModuleName};
 pub use network::{
     Bond, BondMode, BridgeSettings, Cidr, Interface, InterfaceMatch, LinkSelector, MacAddress,
     Network, Route, Vlan, NETWORK_ONLINE,
 };
 pub use ports::{NetworkMode, PortMapping, PortProtocol};
+pub use registries::{names_registry, registry_of, PullPolicy, RegistrySettings};
 pub use security::{
     parse_bytes, ByteSize, Capability, Cpus, IdRange, Ranged, SecurityOpt, Ulimit, Ulimits, Userns,
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
@@ -72,6 +80,9 @@ pub struct Manifest {
     pub userns: Userns,
     /// How netd configures the links; `None` is DHCP on every Ethernet link.
     pub network: Option<Network>,
+    /// Settings per registry images are pulled from, by `HOST[:PORT]`.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistrySettings>,
 }
 
 /// The `[boot]` table.
@@ -110,9 +121,18 @@ impl Manifest {
                 ManifestError::from_toml(origin, text, &field, err.inner())
             })?;
         validate::networks(&manifest, text, origin)?;
+        validate::health(&manifest, text, origin)?;
+        validate::registries(&manifest, text, origin)?;
         validate::imply_network_dependencies(&mut manifest);
         validate::dependencies(&manifest, text, origin)?;
         Ok(manifest)
+    }
+
+    /// Whether some container may pull its image: the image then ships berth's puller.
+    pub fn pulls_images(&self) -> bool {
+        self.containers
+            .values()
+            .any(|c| c.pull_policy() != PullPolicy::Never)
     }
 
     /// Containers in an order that starts every dependency before its dependants (names
@@ -388,6 +408,55 @@ environment = ["A=1", "B=two=2"]
     }
 
     #[test]
+    fn images_to_pull_pass_the_store_check_and_never_refuses_a_missing_one() {
+        let known = ["busybox:1.35".to_string()];
+        let check = |text: &str| {
+            parse(text)
+                .and_then(|m| m.check_images(text, Path::new("m.toml"), &known))
+                .map_err(|e| e.to_string())
+        };
+        let named = "[containers.w]\nimage = \"10.0.2.2:5000/team/app:1.4\"\n";
+        assert!(check(named).is_ok());
+        assert_eq!(
+            parse(named)
+                .unwrap()
+                .containers
+                .values()
+                .next()
+                .unwrap()
+                .pull_policy(),
+            PullPolicy::Missing
+        );
+        assert!(check("[containers.w]\nimage = \"nginx\"\npull_policy = \"always\"\n").is_ok());
+        let never =
+            check("[containers.w]\nimage = \"10.0.2.2:5000/app:1\"\npull_policy = \"never\"\n")
+                .unwrap_err();
+        assert!(
+            never.starts_with("m.toml:2:9: containers.w.image: no image"),
+            "{never}"
+        );
+        assert!(never.contains("forbids pulling"), "{never}");
+        let policy = parse("[containers.w]\nimage = \"x:1\"\npull_policy = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            policy.starts_with("m.toml:3:15: containers.w.pull_policy: unknown variant"),
+            "{policy}"
+        );
+        let registry =
+            parse("[registries.\"r.example:5000\"]\ninsecure = true\nusername = \"u\"\n")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            registry,
+            "m.toml:3:12: registries.r.example:5000.username: a username needs its `password`"
+        );
+        assert!(!parse("[containers.w]\nimage = \"busybox:1.35\"\n")
+            .unwrap()
+            .pulls_images());
+    }
+
+    #[test]
     fn network_modes_and_ports() {
         let manifest = parse(
             "[containers.web]\nimage = \"x:1\"\nports = [\"8080:80\", \"127.0.0.1:9000:9000/udp\"]\n\
@@ -523,6 +592,237 @@ environment = ["A=1", "B=two=2"]
         );
         let err = parse("[boot]\nsysctl = { \"../x\" = 1 }\n").unwrap_err();
         assert!(err.to_string().contains("boot.sysctl"), "{err}");
+    }
+
+    fn container<'m>(manifest: &'m Manifest, name: &str) -> &'m Container {
+        &manifest.containers[&ContainerName::new(name).unwrap()]
+    }
+
+    #[test]
+    fn healthcheck_with_every_key() {
+        let manifest = parse(
+            "[containers.web]\nimage = \"x:1\"\nrestart_on_unhealthy = true\n\
+             healthcheck = { test = [\"CMD\", \"wget\", \"-q\", \"http://localhost/\"], interval = \"10s\", \
+             timeout = \"2s\", retries = 5, start_period = \"5s\", start_interval = \"1s\", disable = false }\n",
+        )
+        .unwrap();
+        let web = container(&manifest, "web");
+        assert!(web.restarts_on_unhealthy());
+        let check = web.enabled_healthcheck().unwrap();
+        assert_eq!(
+            *check,
+            HealthCheck {
+                test: HealthTest::Cmd(vec!["wget".into(), "-q".into(), "http://localhost/".into()]),
+                interval: std::time::Duration::from_secs(10),
+                timeout: std::time::Duration::from_secs(2),
+                retries: 5,
+                start_period: std::time::Duration::from_secs(5),
+                start_interval: std::time::Duration::from_secs(1),
+            }
+        );
+        assert_eq!(check.argv().unwrap(), ["wget", "-q", "http://localhost/"]);
+    }
+
+    #[test]
+    fn healthcheck_defaults_are_dockers() {
+        let manifest = parse(
+            "[containers.web]\nimage = \"x:1\"\n\
+             [containers.web.healthcheck]\ntest = [\"CMD-SHELL\", \"test -e /ready || exit 1\"]\n",
+        )
+        .unwrap();
+        let web = container(&manifest, "web");
+        assert!(!web.restarts_on_unhealthy());
+        let check = web.healthcheck.as_ref().unwrap();
+        assert_eq!(check.interval, DEFAULT_HEALTH_INTERVAL);
+        assert_eq!(check.interval, std::time::Duration::from_secs(30));
+        assert_eq!(check.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(check.retries, 3);
+        assert_eq!(check.start_period, std::time::Duration::ZERO);
+        assert_eq!(check.start_interval, std::time::Duration::from_secs(5));
+        assert_eq!(
+            check.argv().unwrap(),
+            ["/bin/sh", "-c", "test -e /ready || exit 1"]
+        );
+    }
+
+    #[test]
+    fn healthcheck_test_as_a_string_is_cmd_shell() {
+        let manifest =
+            parse("[containers.web]\nimage = \"x:1\"\nhealthcheck = { test = \"pidof httpd\" }\n")
+                .unwrap();
+        let check = container(&manifest, "web").healthcheck.clone().unwrap();
+        assert_eq!(check.test, HealthTest::CmdShell("pidof httpd".into()));
+        assert_eq!(check.argv().unwrap(), ["/bin/sh", "-c", "pidof httpd"]);
+    }
+
+    #[test]
+    fn healthcheck_disabled_by_none_or_disable() {
+        for text in [
+            "[containers.web]\nimage = \"x:1\"\nhealthcheck = { test = [\"NONE\"] }\n",
+            "[containers.web]\nimage = \"x:1\"\nhealthcheck = { disable = true }\n",
+            "[containers.web]\nimage = \"x:1\"\nhealthcheck = { disable = true, interval = \"1s\" }\n",
+        ] {
+            let manifest = parse(text).unwrap();
+            let web = container(&manifest, "web");
+            let check = web.healthcheck.as_ref().unwrap();
+            assert_eq!(check.test, HealthTest::None, "{text}");
+            assert_eq!(check.argv(), None, "{text}");
+            assert!(web.enabled_healthcheck().is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn healthcheck_rejections_name_line_column_and_field() {
+        let head = "[containers.web]\nimage = \"x:1\"\n";
+        for (body, message) in [
+            (
+                "healthcheck = { test = [] }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: the test is empty: write [\"CMD\", \"program\", \"arg\", ...], [\"CMD-SHELL\", \"command\"] or [\"NONE\"] (an image's own HEALTHCHECK is not used)",
+            ),
+            (
+                "healthcheck = { test = [\"curl\", \"-f\", \"http://localhost\"] }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: `curl` is not a test type: the list starts with \"CMD\", \"CMD-SHELL\" or \"NONE\" (or write the test as one string, run by /bin/sh -c)",
+            ),
+            (
+                "healthcheck = { test = [\"CMD-SHELL\", \"curl\", \"-f\"] }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: \"CMD-SHELL\" takes exactly one string after it, the command for /bin/sh -c (got 2)",
+            ),
+            (
+                "healthcheck = { test = [\"CMD-SHELL\"] }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: \"CMD-SHELL\" takes exactly one string after it, the command for /bin/sh -c (got 0)",
+            ),
+            (
+                "healthcheck = { test = [\"CMD\"] }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: \"CMD\" needs the program to run after it",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\", \"x\"] }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: \"NONE\" takes nothing after it",
+            ),
+            (
+                "healthcheck = { test = \"  \" }\n",
+                "m.toml:3:24: containers.web.healthcheck.test: the health check's shell command is empty",
+            ),
+            (
+                "healthcheck = { test = \"true\", interval = \"0s\" }\n",
+                "m.toml:3:43: containers.web.healthcheck.interval: `0s` is zero: it must be more than zero, e.g. `1s`",
+            ),
+            (
+                "healthcheck = { test = \"true\", timeout = \"0ms\" }\n",
+                "m.toml:3:42: containers.web.healthcheck.timeout: `0ms` is zero: it must be more than zero, e.g. `1s`",
+            ),
+            (
+                "healthcheck = { test = \"true\", interval = \"-5s\" }\n",
+                "m.toml:3:43: containers.web.healthcheck.interval: `-5s` is negative: a duration is zero or more",
+            ),
+            (
+                "healthcheck = { test = \"true\", start_interval = \"0s\" }\n",
+                "m.toml:3:49: containers.web.healthcheck.start_interval: `0s` is zero: it must be more than zero, e.g. `1s`",
+            ),
+            (
+                "healthcheck = { test = \"true\", start_period = \"-1s\" }\n",
+                "m.toml:3:47: containers.web.healthcheck.start_period: `-1s` is negative: a duration is zero or more",
+            ),
+            (
+                "healthcheck = { test = \"true\", retries = 0 }\n",
+                "m.toml:3:42: containers.web.healthcheck.retries: 0 is not a number of retries: use 1 to 4294967295 (the consecutive failures that make the container unhealthy)",
+            ),
+            (
+                "healthcheck = { test = \"true\", retries = -2 }\n",
+                "m.toml:3:42: containers.web.healthcheck.retries: -2 is not a number of retries: use 1 to 4294967295 (the consecutive failures that make the container unhealthy)",
+            ),
+            (
+                "healthcheck = { test = [\"CMD\", \"true\"], disable = true }\n",
+                "m.toml:3:15: containers.web.healthcheck: `test` and `disable = true` exclude each other: give one of them",
+            ),
+            (
+                "healthcheck = { interval = \"5s\" }\n",
+                "m.toml:3:15: containers.web.healthcheck: a healthcheck needs a `test` (or `disable = true`): an image's own HEALTHCHECK is not used",
+            ),
+            (
+                "healthcheck = { test = \"true\", retry = 3 }\n",
+                "m.toml:3:32: containers.web.healthcheck.retry: unknown field `retry`, expected one of `test`, `interval`, `timeout`, `retries`, `start_period`, `start_interval`, `disable` (did you mean `retries`?)",
+            ),
+            (
+                "restart_on_unhealthy = true\n",
+                "m.toml:3:24: containers.web.restart_on_unhealthy: needs a `healthcheck`: without one the container can never be unhealthy",
+            ),
+            (
+                "restart_on_unhealthy = true\nhealthcheck = { disable = true }\n",
+                "m.toml:3:24: containers.web.restart_on_unhealthy: the container's healthcheck is disabled, so it can never be unhealthy",
+            ),
+        ] {
+            let err = parse(&format!("{head}{body}")).unwrap_err().to_string();
+            assert!(err.starts_with(message), "{body}\n  got: {err}\n want: {message}");
+        }
+    }
+
+    /// The README's health check example.
+    const HEALTH_EXAMPLE: &str = r#"
+[containers.db]
+image = "postgres:16"
+healthcheck = { test = ["CMD", "pg_isready", "-U", "postgres"], interval = "10s", timeout = "2s", retries = 3, start_period = "5s", start_interval = "1s" }
+restart_on_unhealthy = true
+
+[containers.app]
+image = "app:1"
+depends_on = { db = { condition = "service_healthy" } }
+"#;
+
+    #[test]
+    fn the_documented_healthcheck_example_parses() {
+        let manifest = parse(HEALTH_EXAMPLE).unwrap();
+        let db = container(&manifest, "db");
+        assert!(db.restarts_on_unhealthy());
+        assert_eq!(
+            db.enabled_healthcheck().unwrap().argv().unwrap(),
+            ["pg_isready", "-U", "postgres"]
+        );
+        let order: Vec<&str> = manifest.start_order().iter().map(|n| n.as_str()).collect();
+        assert_eq!(order, ["db", "app"]);
+    }
+
+    #[test]
+    fn restart_on_unhealthy_false_needs_no_healthcheck() {
+        let manifest =
+            parse("[containers.web]\nimage = \"x:1\"\nrestart_on_unhealthy = false\n").unwrap();
+        assert!(!container(&manifest, "web").restarts_on_unhealthy());
+    }
+
+    #[test]
+    fn service_healthy_needs_an_enabled_healthcheck() {
+        let db = "[containers.db]\nimage = \"x:1\"\n";
+        let app = "[containers.app]\nimage = \"x:1\"\n\
+                   depends_on = { db = { condition = \"service_healthy\" } }\n";
+        let manifest = parse(&format!(
+            "{db}healthcheck = {{ test = [\"CMD\", \"pg_isready\"] }}\n{app}"
+        ))
+        .unwrap();
+        assert_eq!(
+            container(&manifest, "app").depends_on.0[0].1,
+            Condition::ServiceHealthy
+        );
+        let err = parse(&format!("{db}{app}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:5:16: containers.app.depends_on: `db` has no healthcheck, so `service_healthy` can never be met"
+        );
+        let err = parse(&format!("{db}healthcheck = {{ test = [\"NONE\"] }}\n{app}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:6:16: containers.app.depends_on: `db`'s healthcheck is disabled, so `service_healthy` can never be met"
+        );
+        let err = parse(
+            "[containers.app]\nimage = \"x:1\"\ndepends_on = { db = { condition = \"service_healty\" } }\n",
+        )
+        .unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.starts_with("m.toml:3:35: containers.app.depends_on")
+                && err.contains("unknown variant `service_healty`")
+                && err.contains("`service_healthy`"),
+            "{err}"
+        );
     }
 
     #[test]

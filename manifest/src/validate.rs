@@ -1,11 +1,12 @@
-//! Checks that relate several parts of the manifest: dependencies exist and form no cycle,
+//! Checks that relate several parts of the manifest: dependencies exist, form no cycle and
+//! wait only for what can happen, health checks exist where something relies on them,
 //! images exist in the store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::closest;
-use crate::{ContainerName, Manifest, ManifestError, NetworkMode};
+use crate::{Condition, ContainerName, Manifest, ManifestError, NetworkMode};
 
 /// `network_mode = "container:NAME"` names another container of the manifest, and `ports`
 /// are published only from the bridge, each host port once.
@@ -79,6 +80,52 @@ pub(crate) fn networks(
     Ok(())
 }
 
+/// A registry's `username` comes with its `password`.
+pub(crate) fn registries(
+    manifest: &Manifest,
+    text: &str,
+    origin: &Path,
+) -> Result<(), ManifestError> {
+    for (host, settings) in &manifest.registries {
+        if let (Some(username), None) = (&settings.username, &settings.password) {
+            return Err(ManifestError::at(
+                origin,
+                text,
+                username.span(),
+                &format!("registries.{host}.username"),
+                "a username needs its `password`".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `restart_on_unhealthy = true` needs an enabled health check: without one the container
+/// can never turn unhealthy, and the operator surely meant something else.
+pub(crate) fn health(manifest: &Manifest, text: &str, origin: &Path) -> Result<(), ManifestError> {
+    for (name, container) in &manifest.containers {
+        let Some(flag) = &container.restart_on_unhealthy else {
+            continue;
+        };
+        if !*flag.get_ref() || container.enabled_healthcheck().is_some() {
+            continue;
+        }
+        let message = if container.healthcheck.is_some() {
+            "the container's healthcheck is disabled, so it can never be unhealthy"
+        } else {
+            "needs a `healthcheck`: without one the container can never be unhealthy"
+        };
+        return Err(ManifestError::at(
+            origin,
+            text,
+            flag.span(),
+            &format!("containers.{}.restart_on_unhealthy", name.as_str()),
+            message.to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// A container in another's network namespace starts once that one has started, as if it
 /// said so in `depends_on`.
 pub(crate) fn imply_network_dependencies(manifest: &mut Manifest) {
@@ -99,7 +146,7 @@ pub(crate) fn imply_network_dependencies(manifest: &mut Manifest) {
             container
                 .depends_on
                 .0
-                .push((dependency, crate::Condition::ServiceStarted));
+                .push((dependency, Condition::ServiceStarted));
         }
     }
 }
@@ -110,16 +157,16 @@ pub(crate) fn dependencies(
     origin: &Path,
 ) -> Result<(), ManifestError> {
     for (name, container) in &manifest.containers {
-        for (position, (dependency, _)) in container.depends_on.0.iter().enumerate() {
+        for (position, (dependency, condition)) in container.depends_on.0.iter().enumerate() {
             let field = format!("containers.{}.depends_on[{position}]", name.as_str());
             let wanted = dependency.get_ref();
             if wanted == crate::NETWORK_ONLINE {
                 continue;
             }
-            let known = ContainerName::new(wanted)
+            let target = ContainerName::new(wanted)
                 .ok()
-                .is_some_and(|d| manifest.containers.contains_key(&d));
-            if !known {
+                .and_then(|d| manifest.containers.get(&d));
+            let Some(target) = target else {
                 let mut message = format!("no container `{wanted}` in this manifest");
                 if let Some(suggestion) = closest(
                     wanted,
@@ -134,7 +181,7 @@ pub(crate) fn dependencies(
                     &field,
                     message,
                 ));
-            }
+            };
             if wanted == name.as_str() {
                 return Err(ManifestError::at(
                     origin,
@@ -142,6 +189,20 @@ pub(crate) fn dependencies(
                     dependency.span(),
                     &field,
                     format!("container `{wanted}` cannot depend on itself"),
+                ));
+            }
+            if *condition == Condition::ServiceHealthy && target.enabled_healthcheck().is_none() {
+                let why = if target.healthcheck.is_some() {
+                    format!("`{wanted}`'s healthcheck is disabled")
+                } else {
+                    format!("`{wanted}` has no healthcheck")
+                };
+                return Err(ManifestError::at(
+                    origin,
+                    text,
+                    dependency.span(),
+                    &format!("containers.{}.depends_on", name.as_str()),
+                    format!("{why}, so `service_healthy` can never be met"),
                 ));
             }
         }
@@ -262,7 +323,8 @@ pub(crate) fn images(
 ) -> Result<(), ManifestError> {
     for (name, container) in &manifest.containers {
         let wanted = container.image.get_ref();
-        if known.iter().any(|k| k == wanted) {
+        if known.iter().any(|k| k == wanted) || container.pull_policy() != crate::PullPolicy::Never
+        {
             continue;
         }
         let mut message = if known.is_empty() {
@@ -273,6 +335,9 @@ pub(crate) fn images(
                 known.join(", ")
             )
         };
+        if container.pull_policy.is_some() {
+            message.push_str(" and `pull_policy = \"never\"` forbids pulling it");
+        }
         if let Some(suggestion) = closest(wanted, known.iter().map(String::as_str)) {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
         }

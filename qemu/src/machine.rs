@@ -1,6 +1,7 @@
 //! One QEMU process running one berth image.
 
 use std::fs::File;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,6 +19,11 @@ use crate::qmp::{Qmp, QmpError};
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the kernel prints when it panics, whatever the arch.
 const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// QEMU's ids for the control port's virtio-serial controller and its chardev.
+const CONTROL_SERIAL_BUS: &str = "berth-serial";
+const CONTROL_CHARDEV: &str = "berthctl";
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// A disk image booted through the arch's UEFI firmware (OVMF, AAVMF).
 #[derive(Debug, Clone)]
@@ -50,6 +56,11 @@ pub struct MachineConfig {
     /// Run QEMU in this network namespace (a file such as `/run/netns/NAME`), so that its tap
     /// devices are the ones a test made there.
     pub netns: Option<PathBuf>,
+    /// Give the guest init's control port (a virtio-serial port named `org.berth.control`,
+    /// [`berth_control::PORT_NAME`]) and serve it on this Unix socket, which `berth ctl
+    /// --socket` (or any client speaking the control protocol) connects to. A stale socket
+    /// left there is removed first. The path must fit a Unix socket address (107 bytes).
+    pub control_socket: Option<PathBuf>,
 }
 
 impl MachineConfig {
@@ -67,6 +78,7 @@ impl MachineConfig {
             echo_console: false,
             netns: None,
             disk: None,
+            control_socket: None,
         }
     }
 
@@ -158,8 +170,53 @@ impl MachineConfig {
                 .map(str::to_string),
             );
         }
+        if let Some(socket) = &self.control_socket {
+            args.extend(control_port_args(socket));
+        }
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+}
+
+/// A virtio-serial controller with one port, init's control port, whose host end is a Unix
+/// socket QEMU listens on (`wait=off`: the guest boots whether or not anyone connects). PCI
+/// on both arches, as the NIC is: q35 and aarch64 `virt` both have a PCIe root.
+fn control_port_args(socket: &Path) -> Vec<String> {
+    vec![
+        "-device".to_string(),
+        format!("virtio-serial-pci,id={CONTROL_SERIAL_BUS}"),
+        "-chardev".to_string(),
+        format!(
+            "socket,id={CONTROL_CHARDEV},path={},server=on,wait=off",
+            socket.display()
+        ),
+        "-device".to_string(),
+        format!(
+            "virtserialport,bus={CONTROL_SERIAL_BUS}.0,chardev={CONTROL_CHARDEV},name={}",
+            berth_control::PORT_NAME
+        ),
+    ]
+}
+
+/// Makes way for QEMU's control socket: refuses a path too long for a socket address, and
+/// removes a socket an earlier run left behind (but nothing else).
+fn prepare_control_socket(path: &Path) -> Result<(), RigError> {
+    let error = |reason: String| RigError::ControlSocket {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let length = path.as_os_str().len();
+    if length > MAX_SOCKET_PATH {
+        return Err(error(format!(
+            "the path is {length} bytes, a Unix socket's at most {MAX_SOCKET_PATH}; use a shorter one"
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| error(format!("cannot remove the stale socket: {e}"))),
+        Ok(_) => Err(error("something other than a socket is there".to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(error(e.to_string())),
     }
 }
 
@@ -196,6 +253,8 @@ pub enum RigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("control socket {}: {reason}", path.display())]
+    ControlSocket { path: PathBuf, reason: String },
     #[error("cannot start {binary}: {source} (is QEMU installed? scripts/setup installs it)")]
     Spawn {
         binary: String,
@@ -249,6 +308,7 @@ pub struct Machine {
     qmp: Qmp,
     console_log: PathBuf,
     qmp_dir: PathBuf,
+    control_socket: Option<PathBuf>,
     /// Index of the console line after the last one `wait_for_line` matched.
     cursor: usize,
     exit_status: Option<ExitStatus>,
@@ -285,6 +345,9 @@ impl Machine {
         let qmp_dir = private_socket_dir();
         std::fs::create_dir_all(&qmp_dir).map_err(log_dir_error(&qmp_dir))?;
         let qmp_socket = qmp_dir.join("qmp.sock");
+        if let Some(socket) = &config.control_socket {
+            prepare_control_socket(socket)?;
+        }
 
         let kvm = kvm_usable(config.arch);
         let binary = config.arch.qemu_binary();
@@ -345,6 +408,7 @@ impl Machine {
             qmp,
             console_log,
             qmp_dir,
+            control_socket: config.control_socket.clone(),
             cursor: 0,
             exit_status: None,
         })
@@ -352,6 +416,14 @@ impl Machine {
 
     pub fn console_log(&self) -> &Path {
         &self.console_log
+    }
+
+    /// The Unix socket QEMU serves init's control port on, when the config asked for one:
+    /// what `berth ctl --socket` takes. It is there once [`Machine::start`] returns; init
+    /// answers once it has opened its end of the port (until then QEMU leaves what a client
+    /// sends in the socket).
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control_socket.as_deref()
     }
 
     /// Every console line so far.
@@ -473,5 +545,55 @@ impl Drop for Machine {
             self.kill();
         }
         let _ = std::fs::remove_dir_all(&self.qmp_dir);
+        if let Some(socket) = &self.control_socket {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_port_is_a_virtio_serial_port_on_a_unix_socket() {
+        for arch in Arch::ALL {
+            let mut config =
+                MachineConfig::new(arch, Path::new("k"), Path::new("i"), Path::new("/tmp/log"));
+            let qmp = Path::new("/tmp/qmp.sock");
+            assert!(!config
+                .qemu_args(qmp, false)
+                .iter()
+                .any(|a| a.contains("virtserialport")));
+            config.control_socket = Some(PathBuf::from("out/control.sock"));
+            let args = config.qemu_args(qmp, false).join(" ");
+            assert!(
+                args.contains(concat!(
+                    "-device virtio-serial-pci,id=berth-serial ",
+                    "-chardev socket,id=berthctl,path=out/control.sock,server=on,wait=off ",
+                    "-device virtserialport,bus=berth-serial.0,chardev=berthctl,name=org.berth.control"
+                )),
+                "{arch}: {args}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_control_socket_path_must_fit_and_only_a_socket_is_replaced() {
+        let long = PathBuf::from(format!("/tmp/{}/control.sock", "d".repeat(100)));
+        let err = prepare_control_socket(&long).unwrap_err().to_string();
+        assert!(err.contains("a Unix socket's at most 107"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("berth-rig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("control.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        prepare_control_socket(&socket).unwrap();
+        assert!(!socket.exists(), "the stale socket is gone");
+        prepare_control_socket(&socket).unwrap();
+        std::fs::write(&socket, "not a socket").unwrap();
+        let err = prepare_control_socket(&socket).unwrap_err().to_string();
+        assert!(err.contains("something other than a socket"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

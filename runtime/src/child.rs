@@ -16,9 +16,9 @@ use crate::spawn::SETUP_FAILED_EXIT;
 use crate::user::{resolve_user, ResolvedUser};
 use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, Network, Rootfs, RootfsSpec};
 
-type StepResult<T = ()> = Result<T, String>;
+pub(crate) type StepResult<T = ()> = Result<T, String>;
 
-fn step<T, E: std::fmt::Display>(
+pub(crate) fn step<T, E: std::fmt::Display>(
     what: impl FnOnce() -> String,
     result: Result<T, E>,
 ) -> StepResult<T> {
@@ -114,7 +114,7 @@ fn setup_and_exec(
     if security.seccomp {
         seccomp::install(&seccomp::default_profile(&security.capabilities)?)?;
     }
-    exec(spec, &user)
+    exec_command(&spec.args, &spec.env, &user)
 }
 
 /// Configures the network namespace from inside, while the process still has every
@@ -139,7 +139,7 @@ fn enter_network(network: &Network, join: Option<&std::fs::File>) -> StepResult 
 }
 
 /// Group names or numbers from `group_add`, as gids.
-fn resolve_groups(groups: &[String], group_file: &str) -> StepResult<Vec<u32>> {
+pub(crate) fn resolve_groups(groups: &[String], group_file: &str) -> StepResult<Vec<u32>> {
     groups
         .iter()
         .map(|group| {
@@ -191,14 +191,23 @@ fn wait_for_parent(go: &OwnedFd) -> StepResult {
 
 fn redirect_stdio(spec: &ContainerSpec) -> StepResult {
     let null = step(|| "open /dev/null".into(), std::fs::File::open("/dev/null"))?;
-    step(|| "redirect stdin".into(), nix::unistd::dup2_stdin(&null))?;
+    dup_stdio(null.as_fd(), spec.stdout.as_fd(), spec.stderr.as_fd())
+}
+
+/// Makes the three fds the process' stdin, stdout and stderr.
+pub(crate) fn dup_stdio(
+    stdin: std::os::fd::BorrowedFd<'_>,
+    stdout: std::os::fd::BorrowedFd<'_>,
+    stderr: std::os::fd::BorrowedFd<'_>,
+) -> StepResult {
+    step(|| "redirect stdin".into(), nix::unistd::dup2_stdin(stdin))?;
     step(
         || "redirect stdout".into(),
-        nix::unistd::dup2_stdout(&spec.stdout),
+        nix::unistd::dup2_stdout(stdout),
     )?;
     step(
         || "redirect stderr".into(),
-        nix::unistd::dup2_stderr(&spec.stderr),
+        nix::unistd::dup2_stderr(stderr),
     )
 }
 
@@ -339,7 +348,7 @@ fn pivot_into(root: &Path) -> StepResult {
     step(|| "chdir /".into(), chdir("/"))
 }
 
-fn enter_working_dir(cwd: &str) -> StepResult {
+pub(crate) fn enter_working_dir(cwd: &str) -> StepResult {
     let path = Path::new(cwd);
     if !path.exists() {
         step(
@@ -351,7 +360,7 @@ fn enter_working_dir(cwd: &str) -> StepResult {
     step(|| format!("chdir to working directory {cwd}"), chdir(path))
 }
 
-fn drop_privileges(user: &ResolvedUser) -> StepResult {
+pub(crate) fn drop_privileges(user: &ResolvedUser) -> StepResult {
     let groups: Vec<Gid> = user
         .additional_gids
         .iter()
@@ -370,7 +379,7 @@ fn drop_privileges(user: &ResolvedUser) -> StepResult {
 
 /// init blocks the signals it reads through a signalfd, and Rust's runtime ignores SIGPIPE;
 /// both would be inherited across exec.
-fn reset_signals() -> StepResult {
+pub(crate) fn reset_signals() -> StepResult {
     step(
         || "unblock signals".into(),
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None),
@@ -409,16 +418,21 @@ fn cstrings(items: &[String], what: &str) -> StepResult<Vec<CString>> {
         .collect()
 }
 
-fn exec(spec: &ContainerSpec, user: &ResolvedUser) -> StepResult<Infallible> {
-    let program = spec.args.first().ok_or("no command")?;
-    let path = find_in_path(program, &spec.env)?;
-    let mut env = spec.env.clone();
+/// execve with `args[0]` looked up in `env`'s PATH, and HOME from the user when unset.
+pub(crate) fn exec_command(
+    args: &[String],
+    env: &[String],
+    user: &ResolvedUser,
+) -> StepResult<Infallible> {
+    let program = args.first().ok_or("no command")?;
+    let path = find_in_path(program, env)?;
+    let mut env = env.to_vec();
     if !env.iter().any(|kv| kv.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
     let path_c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("program path {} contains a NUL byte", path.display()))?;
-    let args = cstrings(&spec.args, "argument")?;
+    let args = cstrings(args, "argument")?;
     let env = cstrings(&env, "environment entry")?;
     step(
         || format!("exec {}", path.display()),

@@ -21,12 +21,14 @@
 mod cgroup;
 mod child;
 mod devices;
+mod exec;
 mod seccomp;
 mod security;
 mod spawn;
 mod user;
 
 pub use cgroup::{delegate_controllers, oom_kills, CgroupLimits, CONTROLLERS};
+pub use exec::{exec, ExecSpec};
 pub use security::{MASKED_PATHS, READONLY_PATHS};
 pub use spawn::{spawn, wait, Spawned};
 pub use user::{resolve_user, ResolvedUser};

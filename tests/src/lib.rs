@@ -4,6 +4,7 @@
 pub mod events;
 pub mod images;
 pub mod netns;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -140,6 +141,7 @@ pub fn build_image_with(
         init: Some(guest_init(arch)?),
         netd: Some(guest_binary("berth-netd", "netd", arch)?),
         berthctl: Some(guest_binary("berth-ctl", "berthctl", arch)?),
+        puller: Some(guest_binary("berth-registry", "berth-pull", arch)?),
         images: vec![ImageSource {
             name: Some(images::BUSYBOX.to_string()),
             dir: images::busybox_layout(arch)?,
@@ -243,4 +245,58 @@ pub fn serve_on_loopback(body: &'static str) -> u16 {
         }
     });
     port
+}
+
+/// Builds `manifest` for `arch` and boots it with the control port (`org.berth.control`)
+/// wired to a socket in the test's evidence folder; waits for ready. Returns the machine and
+/// the socket `berth ctl --socket` talks to.
+pub fn boot_with_control_port(arch: Arch, manifest: &str, test: &str) -> (Machine, PathBuf) {
+    let dir = log_dir(test);
+    let image = build_image(arch, manifest, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = machine_config(arch, &image, &dir);
+    let socket = dir.join("control.sock");
+    config.control_socket = Some(socket.clone());
+    (start_to_ready(&config), socket)
+}
+
+/// `berth ctl --socket SOCKET ARGS...` on the test machine, with stdin from /dev/null.
+pub fn berth_ctl(socket: &Path, args: &[&str]) -> std::process::Output {
+    berth_ctl_command(socket, args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run berth ctl: {e}"))
+}
+
+/// The `berth ctl` command line, for tests that wire its stdio themselves.
+pub fn berth_ctl_command(socket: &Path, args: &[&str]) -> Command {
+    let cli = berth_cli().unwrap_or_else(|e| panic!("{e}"));
+    let mut command = Command::new(cli);
+    command.arg("ctl").arg("--socket").arg(socket).args(args);
+    command
+}
+
+/// stdout of a `berth ctl` call that must succeed.
+pub fn berth_ctl_ok(socket: &Path, args: &[&str]) -> String {
+    let out = berth_ctl(socket, args);
+    assert!(
+        out.status.success(),
+        "berth ctl {args:?}: {}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `ps` row of `name`, as whitespace-separated columns.
+pub fn ps_row(socket: &Path, name: &str) -> Vec<String> {
+    berth_ctl_ok(socket, &["ps"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The PID column of `name`'s `ps` row, when it runs.
+pub fn ps_pid(socket: &Path, name: &str) -> Option<u32> {
+    ps_row(socket, name).get(4).and_then(|p| p.parse().ok())
 }

@@ -21,8 +21,9 @@ pub struct LogFile {
     path: PathBuf,
     file: Option<File>,
     size: u64,
-    /// The last lines, kept in memory so `berthctl logs` works without a data partition.
-    recent: std::collections::VecDeque<String>,
+    /// The last lines with when they came, kept in memory so `berthctl logs` works without
+    /// a data partition.
+    recent: std::collections::VecDeque<(std::time::Instant, String)>,
 }
 
 /// Lines of each container's output kept in memory.
@@ -39,10 +40,18 @@ impl LogFile {
         }
     }
 
-    /// The last `tail` lines kept in memory (all of them when `tail` is None).
-    pub fn recent(&self, tail: Option<usize>) -> Vec<String> {
-        let skip = tail.map_or(0, |t| self.recent.len().saturating_sub(t));
-        self.recent.iter().skip(skip).cloned().collect()
+    /// The last `tail` lines kept in memory (all of them when `tail` is None), of those
+    /// that came within `since` of now when given.
+    pub fn recent(&self, tail: Option<usize>, since: Option<std::time::Duration>) -> Vec<String> {
+        let now = std::time::Instant::now();
+        let lines: Vec<&String> = self
+            .recent
+            .iter()
+            .filter(|(at, _)| since.is_none_or(|s| now.saturating_duration_since(*at) <= s))
+            .map(|(_, line)| line)
+            .collect();
+        let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
+        lines.into_iter().skip(skip).cloned().collect()
     }
 
     fn open(&mut self) -> Option<&mut File> {
@@ -67,7 +76,8 @@ impl LogFile {
         if self.recent.len() >= RECENT_LINES {
             self.recent.pop_front();
         }
-        self.recent.push_back(line.to_string());
+        self.recent
+            .push_back((std::time::Instant::now(), line.to_string()));
         if self.size >= LOG_FILE_CAP {
             self.file = None;
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));

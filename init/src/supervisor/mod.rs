@@ -9,11 +9,17 @@
 //! Every transition is one event line. Nothing here blocks on a container: restarts wait
 //! on timers in the event loop, so a crash loop never delays the others.
 
+mod apply;
+mod exec;
+mod health;
+mod image_admin;
 pub mod logs;
 mod network;
 pub mod policy;
+mod pulls;
 mod spec;
 
+pub use exec::ExecIo;
 pub use spec::CGROUP_PARENT;
 
 use std::os::fd::BorrowedFd;
@@ -21,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_manifest::{
-    Condition, Container, ContainerName, Manifest, RestartPolicy, Userns, NETWORK_ONLINE,
+    Condition, Container, ContainerName, Manifest, PullPolicy, RestartPolicy, Userns,
+    NETWORK_ONLINE,
 };
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
@@ -32,9 +39,12 @@ use crate::event::Event;
 use crate::images::ImageCache;
 use crate::reap;
 pub use berth_control::ContainerStatus;
+use exec::ExecDefaults;
+use health::{Health, HealthStatus};
 use logs::{LogFile, LogStream};
 use network::ContainerNetworks;
 use policy::Backoff;
+use pulls::{PullState, Pulls};
 
 /// Exit code reported for a container whose start failed (as a shell's "cannot run").
 const START_FAILED_CODE: i32 = 127;
@@ -75,11 +85,65 @@ struct Supervised {
     oom_kills: u64,
     streams: Vec<LogStream>,
     log_file: LogFile,
+    /// What an `exec` into the running container inherits from its start.
+    exec_defaults: Option<ExecDefaults>,
+    /// While it runs, for a container with a health check.
+    health: Option<Health>,
+    /// A stop sent without waiting (an unhealthy container's restart): SIGKILL follows then.
+    kill_at: Option<Instant>,
+    /// Start again as soon as the current run ends, whatever the restart policy.
+    restart_after_exit: bool,
+    /// Stopped by `apply` (removed or changed): the restart policy does not apply.
+    retiring: bool,
+    /// Waiting for its image to be pulled.
+    pulling: bool,
 }
 
 impl Supervised {
+    fn new(name: &ContainerName, config: Container) -> Supervised {
+        let backoff = config
+            .restart_delay
+            .map_or_else(Backoff::default, |d| Backoff::starting_at(d.0));
+        Event::new("created")
+            .field("container", name.as_str())
+            .field("image", config.image.get_ref())
+            .field("restart", config.restart)
+            .emit();
+        Supervised {
+            name: name.clone(),
+            log_file: LogFile::new(name.as_str()),
+            config,
+            state: State::Created,
+            restarts: 0,
+            backoff,
+            ever_started: false,
+            last_exit: None,
+            stopped_by_operator: false,
+            waiting_reported: false,
+            oom_kills: 0,
+            streams: Vec::new(),
+            exec_defaults: None,
+            health: None,
+            kill_at: None,
+            restart_after_exit: false,
+            retiring: false,
+            pulling: false,
+        }
+    }
+
     fn name(&self) -> &str {
         self.name.as_str()
+    }
+
+    fn running_pid(&self) -> Option<Pid> {
+        match self.state {
+            State::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn health_status(&self) -> Option<HealthStatus> {
+        self.health.as_ref().map(|h| h.status)
     }
 }
 
@@ -95,6 +159,10 @@ pub struct Supervisor {
     /// Host ids for `userns = true` containers.
     userns: Userns,
     networks: ContainerNetworks,
+    /// The manifest in force less its containers, to tell what an `apply` cannot change
+    /// before the next boot.
+    host_settings: Manifest,
+    pulls: Pulls,
 }
 
 fn millis(d: Duration) -> String {
@@ -110,28 +178,7 @@ impl Supervisor {
             .into_iter()
             .filter_map(|name| {
                 let config = manifest.containers.get(name)?.clone();
-                let backoff = config
-                    .restart_delay
-                    .map_or_else(Backoff::default, |d| Backoff::starting_at(d.0));
-                Event::new("created")
-                    .field("container", name.as_str())
-                    .field("image", config.image.get_ref())
-                    .field("restart", config.restart)
-                    .emit();
-                Some(Supervised {
-                    name: name.clone(),
-                    log_file: LogFile::new(name.as_str()),
-                    config,
-                    state: State::Created,
-                    restarts: 0,
-                    backoff,
-                    ever_started: false,
-                    last_exit: None,
-                    stopped_by_operator: false,
-                    waiting_reported: false,
-                    oom_kills: 0,
-                    streams: Vec::new(),
-                })
+                Some(Supervised::new(name, config))
             })
             .collect();
         let mut supervisor = Supervisor {
@@ -140,6 +187,8 @@ impl Supervisor {
             shutting_down: false,
             userns: manifest.userns,
             networks: ContainerNetworks::new(manifest),
+            host_settings: apply::host_settings(manifest),
+            pulls: Pulls::new(manifest),
         };
         for index in 0..supervisor.containers.len() {
             let kept_stopped = supervisor.containers.get_mut(index).is_some_and(|c| {
@@ -185,9 +234,107 @@ impl Supervisor {
                     }
                 },
                 State::BackingOff { until } if now >= until => self.start(index, now),
+                State::Running { pid, .. } => {
+                    self.escalate_stop(index, pid, now);
+                    self.run_health_check(index, now);
+                }
                 _ => {}
             }
         }
+    }
+
+    /// SIGKILL for a container that outlived the grace period of a stop sent without
+    /// waiting.
+    fn escalate_stop(&mut self, index: usize, pid: Pid, now: Instant) {
+        if let Some(c) = self.containers.get_mut(index) {
+            if c.kill_at.is_some_and(|at| now >= at) {
+                c.kill_at = None;
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Starts a due probe, or kills one past its timeout.
+    fn run_health_check(&mut self, index: usize, now: Instant) {
+        let Some(c) = self.containers.get_mut(index) else {
+            return;
+        };
+        let Some(health) = c.health.as_mut() else {
+            return;
+        };
+        if let Some(probe) = health.overdue(now) {
+            let _ = nix::sys::signal::kill(probe, Signal::SIGKILL);
+            return;
+        }
+        let Some(command) = health.due(now) else {
+            return;
+        };
+        let started =
+            exec::probe_io().and_then(|io| exec::start(c, command, None, Vec::new(), None, io));
+        match started {
+            Ok(pid) => {
+                if let Some(health) = c.health.as_mut() {
+                    health.probe_started(pid, now);
+                }
+            }
+            Err(err) => {
+                log::warn!("{}: health check did not start: {err}", c.name());
+                self.health_result(index, false, now);
+            }
+        }
+    }
+
+    /// A probe's outcome; an unhealthy container is restarted when the manifest asks.
+    fn health_result(&mut self, index: usize, passed: bool, now: Instant) {
+        let Some(c) = self.containers.get_mut(index) else {
+            return;
+        };
+        let Some(health) = c.health.as_mut() else {
+            return;
+        };
+        let Some(status) = health.record(passed, now) else {
+            return;
+        };
+        let failing_streak = health.failing_streak;
+        Event::new("health")
+            .field("container", c.name())
+            .field("status", status.as_str())
+            .field("failing_streak", failing_streak)
+            .emit();
+        if status == HealthStatus::Unhealthy && c.config.restarts_on_unhealthy() {
+            if let Some(pid) = c.running_pid() {
+                self.stop_without_waiting(index, pid, "unhealthy", now);
+            }
+        }
+    }
+
+    /// Sends the stop signal and goes on; SIGKILL follows after the grace period, and the
+    /// container starts again once it has exited.
+    fn stop_without_waiting(&mut self, index: usize, pid: Pid, reason: &str, now: Instant) {
+        let Some(grace) = self.send_stop_signal(index, pid, Some(reason)) else {
+            return;
+        };
+        if let Some(c) = self.containers.get_mut(index) {
+            c.kill_at = Some(now + grace);
+            c.restart_after_exit = true;
+        }
+    }
+
+    /// The container's stop signal, announced; returns its grace period.
+    fn send_stop_signal(&self, index: usize, pid: Pid, reason: Option<&str>) -> Option<Duration> {
+        let c = self.containers.get(index)?;
+        let signal = Signal::try_from(c.config.stop_signal_number()).unwrap_or(Signal::SIGTERM);
+        let grace = c.config.stop_grace();
+        let mut event = Event::new("stopping")
+            .field("container", c.name())
+            .field("signal", signal.as_str())
+            .field("grace", millis(grace));
+        if let Some(reason) = reason {
+            event = event.field("reason", reason);
+        }
+        event.emit();
+        let _ = nix::sys::signal::kill(pid, signal);
+        Some(grace)
     }
 
     fn dependencies(&self, index: usize) -> Dependencies {
@@ -212,6 +359,10 @@ impl Supervisor {
                 Condition::ServiceStarted => dep.ever_started,
                 Condition::ServiceCompletedSuccessfully => {
                     dep.last_exit == Some(0) && !matches!(dep.state, State::Running { .. })
+                }
+                Condition::ServiceHealthy => {
+                    matches!(dep.state, State::Running { .. })
+                        && dep.health_status() == Some(HealthStatus::Healthy)
                 }
             };
             if met {
@@ -239,7 +390,71 @@ impl Supervisor {
         }
     }
 
+    /// Whether `index`'s image is on the host as its `pull_policy` wants it; if not, its
+    /// pull is started (once the network is online) or awaited.
+    fn image_ready(&mut self, index: usize, now: Instant) -> bool {
+        let Some(c) = self.containers.get(index) else {
+            return false;
+        };
+        let reference = c.config.image.get_ref().clone();
+        let needs_pull = match c.config.pull_policy() {
+            PullPolicy::Never => false,
+            PullPolicy::Missing => !self.images.has(&reference),
+            PullPolicy::Always => {
+                !self.images.is_baked(&reference) && self.pulls.state(&reference) != PullState::Done
+            }
+        };
+        if !needs_pull {
+            if let Some(c) = self.containers.get_mut(index) {
+                c.pulling = false;
+            }
+            return true;
+        }
+        let due = match self.pulls.state(&reference) {
+            PullState::Running => false,
+            PullState::RetryAt(at) => now >= at,
+            PullState::NotStarted => true,
+            // Pulled, yet not found under its name: preparing it says why.
+            PullState::Done => return true,
+        };
+        if due && Path::new(NETWORK_ONLINE_MARKER).exists() {
+            if let Err(err) = self.pulls.start(&reference) {
+                self.pulls.failed_to_start(&reference, now);
+                self.report_pull_failure(&reference, &err);
+            }
+        }
+        if let Some(c) = self.containers.get_mut(index) {
+            c.pulling = true;
+        }
+        false
+    }
+
+    fn report_pull_failure(&self, reference: &str, error: &str) {
+        let waiting: Vec<&str> = self
+            .containers
+            .iter()
+            .filter(|c| c.config.image.get_ref() == reference && c.state == State::Created)
+            .map(Supervised::name)
+            .collect();
+        Event::new("image-pull-failed")
+            .field("image", reference)
+            .field(
+                "containers",
+                if waiting.is_empty() {
+                    "-".to_string()
+                } else {
+                    waiting.join(",")
+                },
+            )
+            .field("error", error)
+            .field("retry_in", millis(self.pulls.retry_in(reference)))
+            .emit();
+    }
+
     fn start(&mut self, index: usize, now: Instant) {
+        if !self.image_ready(index, now) {
+            return;
+        }
         let Some(c) = self.containers.get_mut(index) else {
             return;
         };
@@ -266,11 +481,14 @@ impl Supervisor {
         match result {
             Ok(pid) => {
                 // The run is timed from the exec, not from the image preparation before it.
-                c.state = State::Running {
-                    pid,
-                    since: Instant::now(),
-                };
+                let since = Instant::now();
+                c.state = State::Running { pid, since };
                 c.ever_started = true;
+                c.health = c
+                    .config
+                    .enabled_healthcheck()
+                    .cloned()
+                    .map(|check| Health::new(check, since));
                 let mut event = Event::new("started")
                     .field("container", c.name())
                     .field("pid", pid)
@@ -294,6 +512,23 @@ impl Supervisor {
 
     /// Handles a reaped child. False when it was not one of the containers.
     pub fn on_exit(&mut self, pid: Pid, status: WaitStatus, now: Instant) -> bool {
+        if let Some(finished) = self.pulls.on_exit(pid, status) {
+            match finished.result {
+                Ok(()) => self.images.pulled_changed(&finished.reference),
+                Err(err) => self.report_pull_failure(&finished.reference, &err),
+            }
+            self.tick(now);
+            return true;
+        }
+        if let Some(index) = self
+            .containers
+            .iter()
+            .position(|c| c.health.as_ref().and_then(Health::probe_pid) == Some(pid))
+        {
+            let passed = policy::exit_code(status) == Some(0);
+            self.health_result(index, passed, now);
+            return true;
+        }
         let Some(index) = self
             .containers
             .iter()
@@ -312,6 +547,11 @@ impl Supervisor {
             // Output written before the exit is logged before the exit event.
             drain_streams(c);
             report_oom_kills(c);
+            if let Some(probe) = c.health.take().and_then(|h| h.probe_pid()) {
+                let _ = nix::sys::signal::kill(probe, Signal::SIGKILL);
+            }
+            c.kill_at = None;
+            c.exec_defaults = None;
         }
         self.after_exit(index, code, ran, now);
         // Once its state says it no longer runs, so its published ports leave the rules.
@@ -337,15 +577,27 @@ impl Supervisor {
             return;
         };
         c.last_exit = Some(code);
+        let asked_again = std::mem::take(&mut c.restart_after_exit);
         let restart = !shutting_down
-            && policy::should_restart(c.config.restart, code, c.restarts, c.stopped_by_operator);
+            && !c.retiring
+            && (asked_again
+                || policy::should_restart(
+                    c.config.restart,
+                    code,
+                    c.restarts,
+                    c.stopped_by_operator,
+                ));
         let event = Event::new("exited")
             .field("container", c.name())
             .field("code", code)
             .field("restarts", c.restarts)
             .field("ran", millis(ran));
         if restart {
-            let delay = c.backoff.delay_after(ran);
+            let delay = if asked_again {
+                Duration::ZERO
+            } else {
+                c.backoff.delay_after(ran)
+            };
             c.state = State::BackingOff { until: now + delay };
             event.field("next_in", millis(delay)).emit();
             return;
@@ -353,6 +605,7 @@ impl Supervisor {
         event.emit();
         let reason = match (shutting_down, c.config.restart) {
             (true, _) => "shutdown",
+            _ if c.retiring => "apply",
             _ if c.stopped_by_operator => "operator",
             (
                 false,
@@ -383,19 +636,26 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<Instant> {
         let waiting_for_network = self.containers.iter().any(|c| {
             c.state == State::Created
-                && c.config
-                    .depends_on
-                    .0
-                    .iter()
-                    .any(|(d, _)| d.get_ref() == NETWORK_ONLINE)
+                && (c.pulling
+                    || c.config
+                        .depends_on
+                        .0
+                        .iter()
+                        .any(|(d, _)| d.get_ref() == NETWORK_ONLINE))
         });
         self.containers
             .iter()
-            .filter_map(|c| match c.state {
-                State::BackingOff { until } => Some(until),
-                _ => None,
+            .flat_map(|c| {
+                let backoff = match c.state {
+                    State::BackingOff { until } => Some(until),
+                    _ => None,
+                };
+                let health = c.health.as_ref().map(Health::next_deadline);
+                [backoff, health, c.kill_at]
             })
+            .flatten()
             .chain(waiting_for_network.then(|| Instant::now() + NETWORK_POLL))
+            .chain(self.pulls.next_deadline())
             .min()
     }
 
@@ -460,6 +720,7 @@ impl Supervisor {
             .iter()
             .map(|c| {
                 let (state, pid, uptime_s) = match c.state {
+                    State::Created if c.pulling => ("pulling", None, None),
                     State::Created if c.waiting_reported => ("waiting", None, None),
                     State::Created => ("created", None, None),
                     State::Running { pid, since } => (
@@ -479,6 +740,7 @@ impl Supervisor {
                     uptime_s,
                     last_exit: c.last_exit,
                     restart_policy: c.config.restart.to_string(),
+                    health: c.health_status().map(|h| h.as_str().to_string()),
                     network: c.config.network_mode().to_string(),
                     addr: self.networks.address_of(c.name()).map(|a| a.to_string()),
                     stopped_by_operator: c.stopped_by_operator,
@@ -487,14 +749,42 @@ impl Supervisor {
             .collect()
     }
 
-    /// A container's recent output lines.
-    pub fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<String>, String> {
+    /// A container's recent output lines: the last `tail`, of those from within `since`.
+    pub fn logs(
+        &self,
+        name: &str,
+        tail: Option<usize>,
+        since: Option<Duration>,
+    ) -> Result<Vec<String>, String> {
         let index = self.index_of(name)?;
         Ok(self
             .containers
             .get(index)
-            .map(|c| c.log_file.recent(tail))
+            .map(|c| c.log_file.recent(tail, since))
             .unwrap_or_default())
+    }
+
+    /// `berthctl exec`: starts `args` in the running container `name`.
+    pub fn exec(
+        &mut self,
+        name: &str,
+        args: Vec<String>,
+        user: Option<String>,
+        env: Vec<String>,
+        workdir: Option<String>,
+        io: ExecIo,
+    ) -> Result<Pid, String> {
+        let index = self.index_of(name)?;
+        let c = self
+            .containers
+            .get(index)
+            .ok_or_else(|| format!("no container `{name}`"))?;
+        let pid = exec::start(c, args, user, env, workdir, io)?;
+        Event::new("exec")
+            .field("container", name)
+            .field("pid", pid)
+            .emit();
+        Ok(pid)
     }
 
     /// `berthctl stop`: stops the container with its stop signal and grace period and keeps
@@ -545,22 +835,17 @@ impl Supervisor {
     }
 
     fn stop_one(&mut self, index: usize, pid: Pid) {
-        let Some(c) = self.containers.get(index) else {
+        let Some(grace) = self.send_stop_signal(index, pid, None) else {
             return;
         };
-        let signal = Signal::try_from(c.config.stop_signal_number()).unwrap_or(Signal::SIGTERM);
-        let grace = c.config.stop_grace();
-        Event::new("stopping")
-            .field("container", c.name())
-            .field("signal", signal.as_str())
-            .field("grace", millis(grace))
-            .emit();
-        let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + grace;
         let mut killed = false;
         loop {
             for (exited, status) in reap::reap_exited().exited {
-                self.on_exit(exited, status, Instant::now());
+                // Not ours (netd, an exec'd process): the event loop hands it on later.
+                if !self.on_exit(exited, status, Instant::now()) {
+                    reap::defer(exited, status);
+                }
             }
             let still_running = self
                 .containers
@@ -590,6 +875,7 @@ fn condition_name(condition: Condition) -> &'static str {
     match condition {
         Condition::ServiceStarted => "service_started",
         Condition::ServiceCompletedSuccessfully => "service_completed_successfully",
+        Condition::ServiceHealthy => "service_healthy",
     }
 }
 
@@ -645,6 +931,7 @@ fn spawn_container(
         (stdout_write, stderr_write),
     )?;
     let spawned = berth_runtime::spawn(&spec).map_err(|e| e.to_string())?;
+    c.exec_defaults = Some(ExecDefaults::of(&spec));
     // The parent's write ends close with `spec`, so the streams end when the container does.
     drop(spec);
     c.streams = vec![LogStream::new(stdout_read), LogStream::new(stderr_read)];

@@ -75,6 +75,12 @@ impl ContainerNetworks {
         networks
     }
 
+    /// Takes an applied manifest: bridged containers it adds get their addresses when they
+    /// start, and the NAT table exists from the first of them.
+    pub fn adopt(&mut self, manifest: &Manifest) {
+        self.uses_bridge |= manifest.uses_bridge();
+    }
+
     fn ensure_bridge(&mut self) -> Result<(), String> {
         if !self.bridge_up {
             let subnet = self.pool.subnet();

@@ -1,0 +1,645 @@
+//! The control API: `berthctl` on the Unix socket [`SOCKET`], and a rig's host side on the
+//! virtio-serial port `org.berth.control`, ask init about and for its containers with the
+//! versioned JSON lines of `berth-control`. The socket is root only: mode 0600, and the
+//! peer's credentials are checked on every connection.
+//!
+//! Everything here runs in PID 1's poll loop and never blocks on a client: each session reads
+//! and writes non-blocking, and `exec` relays the process' I/O through the same loop.
+
+mod host_info;
+mod port;
+mod session;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_control::{parse_envelope, Request, Response, PORT_NAME, SOCKET};
+use nix::poll::PollFlags;
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::shutdown::ShutdownAction;
+use crate::supervisor::{ExecIo, Supervisor};
+pub use session::set_nonblocking;
+use session::{Conn, ExecRelay, Follow, Relayed, Session, State};
+
+/// A socket client that has not sent its request by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after boot init looks for the serial port (the driver may bind it late).
+const PORT_SEARCH: Duration = Duration::from_secs(30);
+/// How often it looks meanwhile.
+const PORT_RESCAN: Duration = Duration::from_millis(250);
+
+/// A shutdown an operator asked for.
+pub type ShutdownRequest = (ShutdownAction, &'static str);
+
+/// What one of the control's poll slots belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Listener,
+    Session(usize),
+    Stdout(usize),
+    Stderr(usize),
+    Stdin(usize),
+}
+
+#[derive(Debug)]
+pub struct Control {
+    listener: Option<UnixListener>,
+    sessions: Vec<Session>,
+    /// Until when the serial port is looked for, while it has not been found.
+    port_search_until: Option<Instant>,
+}
+
+fn bind_socket() -> Option<UnixListener> {
+    let _ = std::fs::create_dir_all("/run/berth");
+    let _ = std::fs::remove_file(SOCKET);
+    let bound = UnixListener::bind(SOCKET).and_then(|listener| {
+        std::fs::set_permissions(SOCKET, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    });
+    match bound {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            log::error!("no control socket at {SOCKET}: {err}");
+            None
+        }
+    }
+}
+
+impl Control {
+    pub fn new() -> Control {
+        let mut control = Control {
+            listener: bind_socket(),
+            sessions: Vec::new(),
+            port_search_until: Some(Instant::now() + PORT_SEARCH),
+        };
+        control.look_for_port();
+        control
+    }
+
+    fn look_for_port(&mut self) {
+        let Some(until) = self.port_search_until else {
+            return;
+        };
+        match port::find(Path::new(port::SYS_CLASS_VIRTIO_PORTS), PORT_NAME) {
+            Some(node) => {
+                self.port_search_until = None;
+                match port::open(&node) {
+                    Ok(file) => {
+                        log::info!("control port: {} ({PORT_NAME})", node.display());
+                        let connected = port::host_connected(&file);
+                        self.sessions
+                            .push(Session::new(Conn::Port(file), connected));
+                    }
+                    Err(err) => log::error!("cannot open {}: {err}", node.display()),
+                }
+            }
+            None if Instant::now() >= until => self.port_search_until = None,
+            None => {}
+        }
+    }
+
+    /// The host side of the serial port connected or went away (the driver's SIGIO).
+    pub fn on_port_signal(&mut self) {
+        for session in self.sessions.iter_mut() {
+            let Conn::Port(file) = &session.conn else {
+                continue;
+            };
+            let connected = port::host_connected(file);
+            if connected != session.connected {
+                session.reset();
+                session.connected = connected;
+            }
+        }
+    }
+
+    /// The file descriptors to poll, each with what it belongs to.
+    pub fn poll_fds(&self) -> Vec<(Slot, BorrowedFd<'_>, PollFlags)> {
+        let mut fds = Vec::new();
+        if let Some(listener) = &self.listener {
+            fds.push((Slot::Listener, listener.as_fd(), PollFlags::POLLIN));
+        }
+        for (index, session) in self.sessions.iter().enumerate() {
+            if !session.connected {
+                continue;
+            }
+            let mut flags = PollFlags::POLLIN;
+            if session.wants_to_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push((Slot::Session(index), session.fd(), flags));
+            if let State::Exec(relay) = &session.state {
+                if let Some(fd) = &relay.stdout {
+                    fds.push((Slot::Stdout(index), fd.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(fd) = &relay.stderr {
+                    fds.push((Slot::Stderr(index), fd.as_fd(), PollFlags::POLLIN));
+                }
+                if let (Some(fd), true) = (&relay.stdin, relay.wants_stdin_written()) {
+                    fds.push((Slot::Stdin(index), fd.as_fd(), PollFlags::POLLOUT));
+                }
+            }
+        }
+        fds
+    }
+
+    /// Handles the slots poll found ready.
+    pub fn on_ready(
+        &mut self,
+        ready: &[Slot],
+        mut supervisor: Option<&mut Supervisor>,
+    ) -> Option<ShutdownRequest> {
+        let mut shutdown = None;
+        for slot in ready {
+            let asked = match *slot {
+                Slot::Listener => {
+                    self.accept();
+                    None
+                }
+                Slot::Session(index) => self.on_session_ready(index, supervisor.as_deref_mut()),
+                Slot::Stdout(index) | Slot::Stderr(index) => {
+                    if let Some(session) = self.sessions.get_mut(index) {
+                        let _: Relayed = session.relay_output(*slot == Slot::Stderr(index));
+                    }
+                    None
+                }
+                Slot::Stdin(index) => {
+                    if let Some(session) = self.sessions.get_mut(index) {
+                        session.relay_stdin();
+                    }
+                    None
+                }
+            };
+            if let Some(asked) = asked {
+                shutdown.get_or_insert(asked);
+            }
+        }
+        shutdown
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        while let Ok((stream, _)) = listener.accept() {
+            let root = getsockopt(&stream, sockopt::PeerCredentials).is_ok_and(|c| c.uid() == 0);
+            let mut session = Session::new(Conn::Unix(stream), true);
+            if !root {
+                session.respond_error("the control socket is for root only");
+                session.done();
+            }
+            if !session.dead {
+                self.sessions.push(session);
+            }
+        }
+    }
+
+    fn on_session_ready(
+        &mut self,
+        index: usize,
+        mut supervisor: Option<&mut Supervisor>,
+    ) -> Option<ShutdownRequest> {
+        let session = self.sessions.get_mut(index)?;
+        session.flush();
+        let mut shutdown = None;
+        for line in session.read_lines() {
+            // On the serial port a new client's request may come before the driver's signal
+            // of the old one leaving was read: a request line always starts a new session.
+            if session.is_port()
+                && !matches!(session.state, State::AwaitingRequest)
+                && parse_envelope(&line).is_ok()
+            {
+                session.new_client();
+            }
+            if matches!(session.state, State::AwaitingRequest) {
+                if let Some(asked) = answer_line(session, &line, supervisor.as_deref_mut()) {
+                    shutdown.get_or_insert(asked);
+                }
+            } else if let State::Exec(relay) = &mut session.state {
+                exec_input(relay, &line);
+            }
+            // A follower or a closing session has nothing more to ask.
+        }
+        if let State::Exec(_) = session.state {
+            session.relay_stdin();
+        }
+        shutdown
+    }
+
+    /// An exited child: true when it was a process started by `exec`.
+    pub fn on_exit(&mut self, pid: Pid, status: WaitStatus) -> bool {
+        let Some(session) = self
+            .sessions
+            .iter_mut()
+            .find(|s| matches!(&s.state, State::Exec(relay) if relay.pid == pid))
+        else {
+            return false;
+        };
+        if let Some(code) = crate::supervisor::policy::exit_code(status) {
+            session.exec_exited(code);
+        }
+        true
+    }
+
+    /// End of a loop turn: followers get the lines that came, sessions that are done close,
+    /// the serial port is looked for while it may still appear.
+    pub fn after_turn(&mut self) {
+        self.look_for_port();
+        let events = if self.follows(|f| *f == Follow::Events) {
+            crate::event::take_new()
+        } else {
+            Vec::new()
+        };
+        let logs = if self.follows(|f| matches!(f, Follow::Logs(_))) {
+            crate::supervisor::logs::take_new()
+        } else {
+            Vec::new()
+        };
+        let now = Instant::now();
+        for session in &mut self.sessions {
+            let lines: Vec<&String> = match &session.state {
+                State::Following(Follow::Events) => events.iter().collect(),
+                State::Following(Follow::Logs(name)) => logs
+                    .iter()
+                    .filter(|(container, _)| container == name)
+                    .map(|(_, line)| line)
+                    .collect(),
+                State::AwaitingRequest
+                    if !session.is_port()
+                        && now.saturating_duration_since(session.opened) > REQUEST_TIMEOUT =>
+                {
+                    session.dead = true;
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            for line in lines {
+                session.stream_line(line);
+            }
+        }
+        self.sessions.retain(|s| !s.dead);
+        self.mark_followed();
+    }
+
+    fn follows(&self, what: impl Fn(&Follow) -> bool) -> bool {
+        self.sessions
+            .iter()
+            .any(|s| matches!(&s.state, State::Following(f) if what(f)))
+    }
+
+    fn mark_followed(&self) {
+        use std::sync::atomic::Ordering;
+        let events = self.follows(|f| *f == Follow::Events);
+        let logs = self.follows(|f| matches!(f, Follow::Logs(_)));
+        crate::event::FOLLOWED.store(events, Ordering::Relaxed);
+        crate::supervisor::logs::FOLLOWED.store(logs, Ordering::Relaxed);
+    }
+
+    /// When the loop must wake for the control: a socket client's request deadline, the next
+    /// look for the serial port.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let rescan = self.port_search_until.map(|_| Instant::now() + PORT_RESCAN);
+        self.sessions
+            .iter()
+            .filter(|s| !s.is_port() && matches!(s.state, State::AwaitingRequest))
+            .map(|s| s.opened + REQUEST_TIMEOUT)
+            .chain(rescan)
+            .min()
+    }
+}
+
+/// One line from the client of an exec: stdin bytes, its end, a terminal resize.
+fn exec_input(relay: &mut ExecRelay, line: &str) {
+    let Ok(input) = berth_control::parse_exec_input(line) else {
+        return;
+    };
+    if let Some(data) = input.stdin.as_deref() {
+        if let Ok(bytes) = berth_control::decode_bytes(data) {
+            relay.stdin_pending.extend(bytes);
+        }
+    }
+    if input.stdin_close {
+        if relay.tty {
+            // A terminal has no end of file of its own: ^D is what a shell reads as one.
+            relay.stdin_pending.push(0x04);
+        } else {
+            // Closed once what came before it is written.
+            relay.stdin_closing = true;
+        }
+    }
+    if let (Some(size), Some(master), true) = (input.resize, relay.stdout.as_ref(), relay.tty) {
+        set_window_size(master.as_fd(), size);
+    }
+}
+
+fn set_window_size(master: BorrowedFd<'_>, size: berth_control::TtySize) {
+    use std::os::fd::AsRawFd;
+    let winsize = nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which points at a live
+    // value of that type for the duration of the call; the fd is a terminal master we own.
+    let _ = unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &winsize) };
+}
+
+/// Parses and answers one request line.
+fn answer_line(
+    session: &mut Session,
+    line: &str,
+    supervisor: Option<&mut Supervisor>,
+) -> Option<ShutdownRequest> {
+    let envelope = match parse_envelope(line) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            session.request_id = None;
+            session.respond_error(&err);
+            session.done();
+            return None;
+        }
+    };
+    session.request_id = envelope.id;
+    let answer = answer(envelope.request, supervisor);
+    session.respond(answer.response);
+    session.state = match answer.next {
+        Next::Done => {
+            session.done();
+            return answer.shutdown;
+        }
+        Next::Follow(follow) => State::Following(follow),
+        Next::Exec(relay) => State::Exec(relay),
+    };
+    answer.shutdown
+}
+
+/// What follows a response.
+enum Next {
+    Done,
+    Follow(Follow),
+    Exec(ExecRelay),
+}
+
+struct Answer {
+    response: Response,
+    shutdown: Option<ShutdownRequest>,
+    next: Next,
+}
+
+impl Answer {
+    fn done(response: Response) -> Answer {
+        Answer {
+            response,
+            shutdown: None,
+            next: Next::Done,
+        }
+    }
+}
+
+fn result(result: Result<(), String>) -> Response {
+    match result {
+        Ok(()) => Response::ok(),
+        Err(err) => Response::error(err),
+    }
+}
+
+fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
+    let shutdown = |action| Answer {
+        response: Response::ok(),
+        shutdown: Some((action, "berthctl")),
+        next: Next::Done,
+    };
+    match request {
+        Request::Reboot => return shutdown(ShutdownAction::Reboot),
+        Request::Poweroff => return shutdown(ShutdownAction::PowerOff),
+        Request::Dmesg { tail } => return Answer::done(Response::lines(host_info::dmesg(tail))),
+        Request::Events { tail, follow } => {
+            return Answer {
+                response: Response::lines(crate::event::recent(tail)),
+                shutdown: None,
+                next: if follow {
+                    Next::Follow(Follow::Events)
+                } else {
+                    Next::Done
+                },
+            }
+        }
+        _ => {}
+    }
+    let Some(supervisor) = supervisor else {
+        return Answer::done(Response::error(
+            "no containers: the manifest was not loaded",
+        ));
+    };
+    let response = match request {
+        Request::Ps => Response::containers(supervisor.statuses()),
+        Request::Inspect { name } => {
+            let found: Vec<_> = supervisor
+                .statuses()
+                .into_iter()
+                .filter(|c| c.name == name)
+                .collect();
+            if found.is_empty() {
+                Response::error(format!("no container `{name}`"))
+            } else {
+                Response::containers(found)
+            }
+        }
+        Request::Logs {
+            name,
+            tail,
+            follow,
+            since_secs,
+        } => {
+            return match supervisor.logs(&name, tail, since_secs.map(Duration::from_secs)) {
+                Ok(lines) => Answer {
+                    response: Response::lines(lines),
+                    shutdown: None,
+                    next: if follow {
+                        Next::Follow(Follow::Logs(name))
+                    } else {
+                        Next::Done
+                    },
+                },
+                Err(err) => Answer::done(Response::error(err)),
+            }
+        }
+        Request::Stats => Response {
+            stats: Some(
+                supervisor
+                    .statuses()
+                    .into_iter()
+                    .filter(|c| c.state == "running")
+                    .map(|c| host_info::cgroup_stats(&c.name))
+                    .collect(),
+            ),
+            ..Response::ok()
+        },
+        Request::Top { name } => match supervisor.statuses().iter().find(|c| c.name == name) {
+            Some(c) if c.state == "running" => Response::lines(host_info::top(&name)),
+            Some(_) => Response::error(format!("container `{name}` is not running")),
+            None => Response::error(format!("no container `{name}`")),
+        },
+        Request::Start { name } => result(supervisor.operator_start(&name)),
+        Request::Stop { name } => result(supervisor.operator_stop(&name)),
+        Request::Restart { name } => result(supervisor.operator_restart(&name)),
+        Request::Apply { manifest, file } => {
+            let origin = file.unwrap_or_else(|| "apply".to_string());
+            match supervisor.apply(&manifest, Path::new(&origin)) {
+                Ok(changes) => Response {
+                    changes: Some(changes),
+                    ..Response::ok()
+                },
+                Err(err) => Response::error(err),
+            }
+        }
+        Request::Images => match supervisor.images() {
+            Ok(images) => Response {
+                images: Some(images),
+                ..Response::ok()
+            },
+            Err(err) => Response::error(err),
+        },
+        Request::ImagePrune => match supervisor.prune_images() {
+            Ok(report) => Response {
+                prune: Some(report),
+                ..Response::ok()
+            },
+            Err(err) => Response::error(err),
+        },
+        Request::Exec {
+            name,
+            args,
+            interactive,
+            tty,
+            tty_size,
+            user,
+            env,
+            workdir,
+        } => {
+            let io = match exec_io(interactive, tty, tty_size) {
+                Ok(io) => io,
+                Err(err) => return Answer::done(Response::error(err)),
+            };
+            let (process_io, relay_io) = io;
+            return match supervisor.exec(&name, args, user, env, workdir, process_io) {
+                Ok(pid) => Answer {
+                    response: Response {
+                        pid: Some(pid.as_raw()),
+                        ..Response::ok()
+                    },
+                    shutdown: None,
+                    next: Next::Exec(relay_io.into_relay(pid, tty)),
+                },
+                Err(err) => Answer::done(Response::error(err)),
+            };
+        }
+        Request::Events { .. } | Request::Dmesg { .. } | Request::Reboot | Request::Poweroff => {
+            Response::ok()
+        }
+    };
+    Answer::done(response)
+}
+
+/// init's ends of an exec'd process' stdio.
+struct RelayIo {
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+}
+
+impl RelayIo {
+    fn into_relay(self, pid: Pid, tty: bool) -> ExecRelay {
+        for fd in [
+            Some(&self.stdout),
+            self.stdin.as_ref(),
+            self.stderr.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            session::set_nonblocking(fd.as_fd());
+        }
+        ExecRelay {
+            pid,
+            stdin: self.stdin,
+            stdin_pending: Vec::new(),
+            stdin_closing: false,
+            stdout: Some(self.stdout),
+            stderr: self.stderr,
+            tty,
+        }
+    }
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("create a pipe: {e}"))
+}
+
+fn set_cloexec(fd: &OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}
+
+/// The process' stdio and init's ends of it: a terminal, or pipes (stdin from /dev/null
+/// unless the client relays its own).
+fn exec_io(
+    interactive: bool,
+    tty: bool,
+    size: Option<berth_control::TtySize>,
+) -> Result<(ExecIo, RelayIo), String> {
+    if tty {
+        let winsize = size.map(|s| nix::pty::Winsize {
+            ws_row: s.rows,
+            ws_col: s.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        let pty = nix::pty::openpty(winsize.as_ref(), None)
+            .map_err(|e| format!("open a pseudo-terminal: {e}"))?;
+        set_cloexec(&pty.master);
+        set_cloexec(&pty.slave);
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup the terminal: {e}"));
+        let process = ExecIo {
+            stdin: dup(&pty.slave)?,
+            stdout: dup(&pty.slave)?,
+            stderr: pty.slave,
+            tty: true,
+        };
+        let relay = RelayIo {
+            stdin: interactive.then(|| dup(&pty.master)).transpose()?,
+            stdout: pty.master,
+            stderr: None,
+        };
+        return Ok((process, relay));
+    }
+    let (stdout_read, stdout_write) = cloexec_pipe()?;
+    let (stderr_read, stderr_write) = cloexec_pipe()?;
+    let (stdin, stdin_relay) = if interactive {
+        let (read, write) = cloexec_pipe()?;
+        (read, Some(write))
+    } else {
+        let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        (OwnedFd::from(null), None)
+    };
+    Ok((
+        ExecIo {
+            stdin,
+            stdout: stdout_write,
+            stderr: stderr_write,
+            tty: false,
+        },
+        RelayIo {
+            stdin: stdin_relay,
+            stdout: stdout_read,
+            stderr: Some(stderr_read),
+        },
+    ))
+}

@@ -1,0 +1,383 @@
+//! One client of the control protocol: its connection, what it has sent that is not yet a
+//! whole line, what init has still to write to it, and what it is doing (waiting for a
+//! request, following a stream, relaying an exec). Every read and write is non-blocking: a
+//! slow or stuck client is dropped, never waited for.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use berth_control::{to_line, ExecOutput, StreamLine, VERSION};
+use nix::unistd::Pid;
+
+/// The longest line read from a client (an `apply` carries a whole manifest).
+const MAX_LINE: usize = 1 << 20;
+/// Output queued for a client that reads too slowly; past this it is dropped.
+const MAX_PENDING: usize = 4 << 20;
+/// Bytes read from an exec'd process' output per message.
+const OUTPUT_CHUNK: usize = 16 << 10;
+
+/// Chunks relayed from one output per turn, so one chatty process cannot hold the loop.
+const CHUNKS_PER_TURN: usize = 16;
+
+/// At most this many bounded reads of each output after the process exited.
+const FINAL_DRAIN_TURNS: usize = 64;
+
+/// How far one call got through an exec'd process' output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    /// Nothing more to read now.
+    Drained,
+    /// Stopped at the per-turn bound; more may wait.
+    More,
+    /// The output has ended.
+    Ended,
+}
+
+/// What a `-f` client follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    Events,
+    Logs(String),
+}
+
+/// The connection a session talks over.
+#[derive(Debug)]
+pub enum Conn {
+    /// One request per connection, on the Unix socket.
+    Unix(UnixStream),
+    /// The virtio-serial port: one long session, bounded by the host's connect and
+    /// disconnect.
+    Port(std::fs::File),
+}
+
+impl Conn {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Conn::Unix(stream) => stream.as_fd(),
+            Conn::Port(file) => file.as_fd(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(stream) => stream.read(buf),
+            Conn::Port(file) => file.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(stream) => stream.write(buf),
+            Conn::Port(file) => file.write(buf),
+        }
+    }
+}
+
+/// A process started by `exec` whose I/O the session relays.
+#[derive(Debug)]
+pub struct ExecRelay {
+    pub pid: Pid,
+    /// Where the client's stdin goes (a pipe, or the terminal's master side).
+    pub stdin: Option<OwnedFd>,
+    pub stdin_pending: Vec<u8>,
+    /// The client's stdin ended: close the process' once `stdin_pending` is written.
+    pub stdin_closing: bool,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    /// On a terminal: `stdin` and `stdout` are the master side.
+    pub tty: bool,
+}
+
+impl ExecRelay {
+    pub fn wants_stdin_written(&self) -> bool {
+        !self.stdin_pending.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub enum State {
+    AwaitingRequest,
+    Following(Follow),
+    Exec(ExecRelay),
+    /// Done: closed once the pending output is written (Unix socket only).
+    Closing,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub conn: Conn,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    pub state: State,
+    /// For the serial port: whether the host side is connected. Always true on the socket.
+    pub connected: bool,
+    /// The `id` of the request being answered.
+    pub request_id: Option<u64>,
+    pub opened: Instant,
+    /// Set when the session must go: its client left, or read too slowly.
+    pub dead: bool,
+}
+
+/// Sets O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        );
+    }
+}
+
+impl Session {
+    pub fn new(conn: Conn, connected: bool) -> Session {
+        set_nonblocking(conn.fd());
+        Session {
+            conn,
+            input: Vec::new(),
+            output: Vec::new(),
+            state: State::AwaitingRequest,
+            connected,
+            request_id: None,
+            opened: Instant::now(),
+            dead: false,
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.conn.fd()
+    }
+
+    pub fn is_port(&self) -> bool {
+        matches!(self.conn, Conn::Port(_))
+    }
+
+    pub fn wants_to_write(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Forgets the client (the serial port's host went away, or came anew): buffers cleared,
+    /// an exec's relay dropped (its process sees its stdin close, or its terminal hang up).
+    pub fn reset(&mut self) {
+        self.input.clear();
+        self.new_client();
+    }
+
+    /// A new client on the serial port whose first line is already read: what was left for
+    /// the previous one goes.
+    pub fn new_client(&mut self) {
+        self.output.clear();
+        self.state = State::AwaitingRequest;
+        self.request_id = None;
+    }
+
+    /// Reads what the client sent. Returns the complete lines; end of stream or an error
+    /// marks the client gone.
+    pub fn read_lines(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.conn.read(&mut buf) {
+                Ok(0) => {
+                    self.client_gone();
+                    break;
+                }
+                Ok(n) => self
+                    .input
+                    .extend_from_slice(buf.get(..n).unwrap_or_default()),
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.client_gone();
+                    break;
+                }
+            }
+            if self.input.len() > MAX_LINE && !self.input.contains(&b'\n') {
+                self.respond_error("request line too long");
+                self.input.clear();
+                self.state = State::Closing;
+                break;
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(end) = self.input.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.input.drain(..=end).collect();
+            lines.push(String::from_utf8_lossy(&line).trim().to_string());
+        }
+        lines.retain(|l| !l.is_empty());
+        lines
+    }
+
+    fn client_gone(&mut self) {
+        if self.is_port() {
+            // The host side closed: the next client starts afresh.
+            self.connected = false;
+            self.reset();
+        } else {
+            self.dead = true;
+        }
+    }
+
+    /// Queues `bytes` and writes what the connection takes now.
+    pub fn send(&mut self, bytes: &[u8]) {
+        if !self.connected || self.dead {
+            return;
+        }
+        self.output.extend_from_slice(bytes);
+        if self.output.len() > MAX_PENDING {
+            log::warn!("a control client reads too slowly; dropped");
+            self.output.clear();
+            if self.is_port() {
+                self.reset();
+            } else {
+                self.dead = true;
+            }
+            return;
+        }
+        self.flush();
+    }
+
+    pub fn flush(&mut self) {
+        while !self.output.is_empty() {
+            match self.conn.write(&self.output) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.output.drain(..n.min(self.output.len()));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.client_gone();
+                    break;
+                }
+            }
+        }
+        if self.output.is_empty() && matches!(self.state, State::Closing) && !self.is_port() {
+            self.dead = true;
+        }
+    }
+
+    pub fn respond(&mut self, mut response: berth_control::Response) {
+        response.id = self.request_id;
+        self.send(to_line(&response).as_bytes());
+    }
+
+    pub fn respond_error(&mut self, message: &str) {
+        self.respond(berth_control::Response::error(message));
+    }
+
+    pub fn stream_line(&mut self, line: &str) {
+        let message = StreamLine {
+            v: VERSION,
+            line: line.to_string(),
+        };
+        self.send(to_line(&message).as_bytes());
+    }
+
+    /// A request answered and nothing follows: the socket's connection closes, the serial
+    /// port waits for the next request.
+    pub fn done(&mut self) {
+        self.state = if self.is_port() {
+            State::AwaitingRequest
+        } else {
+            State::Closing
+        };
+        self.flush();
+    }
+
+    /// Relays what the exec'd process wrote, up to a bounded amount per call.
+    pub fn relay_output(&mut self, stderr: bool) -> Relayed {
+        let State::Exec(relay) = &mut self.state else {
+            return Relayed::Ended;
+        };
+        let slot = if stderr {
+            &mut relay.stderr
+        } else {
+            &mut relay.stdout
+        };
+        let Some(fd) = slot.as_ref() else {
+            return Relayed::Ended;
+        };
+        let mut chunks = Vec::new();
+        let mut buf = vec![0u8; OUTPUT_CHUNK];
+        let relayed = loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => break Relayed::Ended,
+                Ok(n) => chunks.push(berth_control::encode_bytes(
+                    buf.get(..n).unwrap_or_default(),
+                )),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => break Relayed::Drained,
+                // A terminal's master reads EIO once the last slave is closed.
+                Err(_) => break Relayed::Ended,
+            }
+            if chunks.len() >= CHUNKS_PER_TURN {
+                break Relayed::More;
+            }
+        };
+        if relayed == Relayed::Ended {
+            *slot = None;
+        }
+        for chunk in chunks {
+            let message = ExecOutput {
+                v: VERSION,
+                stdout: (!stderr).then(|| chunk.clone()),
+                stderr: stderr.then_some(chunk),
+                exit: None,
+            };
+            self.send(to_line(&message).as_bytes());
+        }
+        relayed
+    }
+
+    /// Writes the client's pending stdin bytes to the process, as far as its pipe takes them.
+    pub fn relay_stdin(&mut self) {
+        let State::Exec(relay) = &mut self.state else {
+            return;
+        };
+        let Some(fd) = relay.stdin.as_ref() else {
+            relay.stdin_pending.clear();
+            return;
+        };
+        while !relay.stdin_pending.is_empty() {
+            match nix::unistd::write(fd, &relay.stdin_pending) {
+                Ok(n) => {
+                    relay
+                        .stdin_pending
+                        .drain(..n.min(relay.stdin_pending.len()));
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    relay.stdin = None;
+                    relay.stdin_pending.clear();
+                    return;
+                }
+            }
+        }
+        if relay.stdin_closing {
+            relay.stdin = None;
+        }
+    }
+
+    /// The exec'd process exited: what it wrote is relayed, then its exit code, and the
+    /// session is done.
+    pub fn exec_exited(&mut self, code: i32) {
+        // Bounded: a process left in the background may hold the pipe and go on writing.
+        for stderr in [false, true] {
+            for _ in 0..FINAL_DRAIN_TURNS {
+                if self.relay_output(stderr) != Relayed::More {
+                    break;
+                }
+            }
+        }
+        let message = ExecOutput {
+            v: VERSION,
+            exit: Some(code),
+            ..ExecOutput::default()
+        };
+        self.send(to_line(&message).as_bytes());
+        self.done();
+    }
+}
