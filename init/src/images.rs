@@ -147,7 +147,7 @@ impl ImageCache {
             let dir = berth_oci::layer_dir(Path::new(LAYER_STORE), diff_id);
             if !dir.is_dir() {
                 let blob = layout
-                    .read_descriptor(descriptor)
+                    .map_descriptor(descriptor)
                     .map_err(|e| e.to_string())?;
                 berth_oci::unpack_layer_into_store(
                     &blob,

@@ -14,6 +14,7 @@ use crate::image::{
     MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_IMAGE_MANIFEST,
 };
+use crate::mapped::MappedBlob;
 use crate::{
     Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, OciError, REF_NAME_ANNOTATION,
 };
@@ -141,6 +142,38 @@ impl Layout {
             });
         }
         self.read_blob(digest)
+    }
+
+    /// The blob a descriptor points at, mapped rather than read (see [`MappedBlob`]), its
+    /// size and digest checked as [`Layout::read_descriptor`] checks them.
+    pub fn map_descriptor(&self, descriptor: &Descriptor) -> Result<MappedBlob, OciError> {
+        let digest = &descriptor.digest;
+        let path = self.blob_path(digest);
+        let read_error = |source| OciError::ReadBlob {
+            digest: digest.clone(),
+            path: path.clone(),
+            source,
+        };
+        let file = fs::File::open(&path).map_err(read_error)?;
+        let size_on_disk = file.metadata().map_err(read_error)?.len();
+        if size_on_disk != descriptor.size {
+            return Err(OciError::BlobSizeMismatch {
+                digest: digest.clone(),
+                path,
+                expected: descriptor.size,
+                actual: size_on_disk,
+            });
+        }
+        let blob = MappedBlob::map(&file, size_on_disk).map_err(read_error)?;
+        let actual = Digest::sha256_of(&blob);
+        if actual != *digest {
+            return Err(OciError::BlobDigestMismatch {
+                digest: digest.clone(),
+                path,
+                actual,
+            });
+        }
+        Ok(blob)
     }
 
     /// The image whose `ref.name` annotation is exactly `reference`, with its manifest and

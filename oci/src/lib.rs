@@ -23,6 +23,7 @@ mod entry_path;
 mod error;
 mod image;
 mod layout;
+mod mapped;
 mod nodes;
 mod store;
 mod unpack;
@@ -39,5 +40,6 @@ pub use image::{
     MEDIA_TYPE_IMAGE_MANIFEST, REF_NAME_ANNOTATION,
 };
 pub use layout::{index_json, Image, Layout, INDEX_FILE, OCI_LAYOUT_FILE, OCI_LAYOUT_FILE_CONTENT};
+pub use mapped::MappedBlob;
 pub use store::{layer_dir, unpack_layer_into_store};
 pub use unpack::{unpack_layer, LayerStats};

@@ -105,6 +105,9 @@ fn resolves_an_image_by_name_and_unpacks_its_layers() {
     assert_eq!(*diff_id, web_diff_id);
     let blob = layout.read_descriptor(descriptor).unwrap();
     assert_eq!(blob, web_blob);
+    // Mapped, the same bytes, with the same checks.
+    let mapped = layout.map_descriptor(descriptor).unwrap();
+    assert_eq!(&*mapped, web_blob.as_slice());
 
     let store = scratch.join("store");
     assert!(unpack_layer_into_store(&blob, &descriptor.media_type, diff_id, &store).unwrap());
@@ -181,6 +184,10 @@ fn a_flipped_byte_is_a_digest_mismatch() {
         layout.resolve("web"),
         Err(OciError::BlobDigestMismatch { .. })
     ));
+    assert!(matches!(
+        layout.map_descriptor(&web),
+        Err(OciError::BlobDigestMismatch { .. })
+    ));
 }
 
 #[test]
@@ -190,10 +197,12 @@ fn a_wrong_size_is_refused_before_reading() {
     let mut descriptor = write_blob(&root, CONFIG_MEDIA_TYPE, b"{}");
     write_layout(&root, &[]);
     descriptor.size = 3;
-    let err = Layout::open(&root)
-        .unwrap()
-        .read_descriptor(&descriptor)
-        .unwrap_err();
+    let layout = Layout::open(&root).unwrap();
+    assert!(matches!(
+        layout.map_descriptor(&descriptor),
+        Err(OciError::BlobSizeMismatch { .. })
+    ));
+    let err = layout.read_descriptor(&descriptor).unwrap_err();
     let message = err.to_string();
     assert!(
         matches!(
