@@ -24,10 +24,15 @@ pub struct LogFile {
     /// The last lines with when they came, kept in memory so `berthctl logs` works without
     /// a data partition.
     recent: std::collections::VecDeque<(std::time::Instant, String)>,
+    /// The bytes of the lines in `recent`.
+    recent_bytes: usize,
 }
 
-/// Lines of each container's output kept in memory.
+/// Lines of each container's output kept in memory...
 pub const RECENT_LINES: usize = 1000;
+/// ...and at most this many bytes of them, so a hundred chatty containers cost init a few
+/// MiB at most rather than a thousand long lines each.
+pub const RECENT_BYTES: usize = 64 << 10;
 
 impl LogFile {
     pub fn new(container: &str) -> LogFile {
@@ -37,6 +42,7 @@ impl LogFile {
             file: None,
             size: 0,
             recent: std::collections::VecDeque::new(),
+            recent_bytes: 0,
         }
     }
 
@@ -72,12 +78,25 @@ impl LogFile {
         self.file.as_mut()
     }
 
-    fn append(&mut self, line: &str) {
-        if self.recent.len() >= RECENT_LINES {
-            self.recent.pop_front();
-        }
+    fn remember(&mut self, line: &str) {
         self.recent
             .push_back((std::time::Instant::now(), line.to_string()));
+        self.recent_bytes += line.len();
+        while self.recent.len() > RECENT_LINES
+            || (self.recent_bytes > RECENT_BYTES && self.recent.len() > 1)
+        {
+            if let Some((_, old)) = self.recent.pop_front() {
+                self.recent_bytes -= old.len();
+            }
+        }
+        // A deque keeps its largest capacity: give back what a burst made it take.
+        if self.recent.capacity() > 2 * self.recent.len().max(16) {
+            self.recent.shrink_to_fit();
+        }
+    }
+
+    fn append(&mut self, line: &str) {
+        self.remember(line);
         if self.size >= LOG_FILE_CAP {
             self.file = None;
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
@@ -175,4 +194,27 @@ fn emit(container: &str, file: &mut LogFile, raw: &[u8]) {
     }
     file.append(text);
     crate::logger::console_line(&format!("{container} | {text}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_keeps_the_newest_lines_within_its_line_and_byte_caps() {
+        let mut file = LogFile::new("ring-test");
+        for i in 0..(RECENT_LINES + 10) {
+            file.remember(&format!("line-{i}"));
+        }
+        let kept = file.recent(None, None);
+        assert_eq!(kept.len(), RECENT_LINES);
+        assert_eq!(kept.last().map(String::as_str), Some("line-1009"));
+        let long = "x".repeat(1024);
+        for _ in 0..200 {
+            file.remember(&long);
+        }
+        assert!(file.recent_bytes <= RECENT_BYTES, "{}", file.recent_bytes);
+        assert_eq!(file.recent(None, None).len(), RECENT_BYTES / 1024);
+        assert_eq!(file.recent(Some(2), None).len(), 2);
+    }
 }
