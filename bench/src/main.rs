@@ -4,10 +4,20 @@
 //! first line of a trivial static `/init` (Debian's busybox-static) that powers off at once,
 //! under the same kernel and QEMU flags. Runs are interleaved so that a slow moment of the
 //! machine hits both alike. The difference is what berth costs at boot.
+//!
+//! `suite`: every figure beside its peer in one run, both arches, one table and one JSON
+//! file (see `suite.rs`); `readme` puts that table into the README.
 
+mod events;
+mod guest;
+mod host;
+mod images;
 mod kernel;
+mod readme;
 mod runtime;
+mod sizes;
 mod stats;
+mod suite;
 mod trivial;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +34,7 @@ use serde::Serialize;
 use crate::stats::Summary;
 
 /// How long one boot may take before the run counts as failed.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Parser)]
 #[command(name = "berth-bench")]
@@ -62,6 +72,56 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The whole suite: every figure beside its peer, per arch, as a table and JSON (run as
+    /// root; `scripts/bench suite` builds and installs what it needs first).
+    Suite {
+        /// Arches to measure (default: both).
+        #[arg(long)]
+        arch: Vec<Arch>,
+        /// Boots of each kind for the boot phases; interleaved runs for layer unpack.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value = "target/bench/suite.json")]
+        json: PathBuf,
+        /// The manifest whose image is measured for sizes.
+        #[arg(long, default_value = "examples/default.toml")]
+        manifest: PathBuf,
+        /// The `berth` binary (`run-container` on the host, `ctl` for the guests).
+        #[arg(long, default_value = "target/release/berth")]
+        berth: PathBuf,
+        /// Starts of each runtime for the host container-start figure.
+        #[arg(long, default_value_t = 50)]
+        runtime_runs: usize,
+        /// Idle container counts for the memory boots; the largest also times a batch start.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        idle: Vec<usize>,
+        /// Skip the RAM floor search (the longest part).
+        #[arg(long)]
+        no_floor: bool,
+    },
+    /// The suite's host-side peers (crun, runc, conmon), as JSON; the suite runs it inside
+    /// `unshare -m` with cgroup2 on /sys/fs/cgroup.
+    #[command(hide = true)]
+    Peers {
+        #[arg(long, default_value_t = 50)]
+        runtime_runs: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        idle: Vec<usize>,
+        #[arg(long, default_value = "target/release/berth")]
+        berth: PathBuf,
+        #[arg(long)]
+        json: PathBuf,
+    },
+    /// Regenerates the README's suite table (between its `bench:suite` markers) from the
+    /// suite's JSON.
+    Readme {
+        #[arg(long, default_value = "target/bench/suite.json")]
+        json: PathBuf,
+        #[arg(long, default_value = "README.md")]
+        readme: PathBuf,
+    },
     /// Container start: berth's runtime against crun and runc on the same rootfs (run as root,
     /// with cgroup2 on /sys/fs/cgroup: `scripts/bench runtime` arranges both).
     Runtime {
@@ -85,6 +145,12 @@ struct BootFigures {
     berth_init_ms: Summary,
     trivial_init_s: Summary,
     berth_cost_s: f64,
+}
+
+/// Where the suite keeps its images, logs and figures (relative: the scripts run from the
+/// workspace root).
+pub(crate) fn bench_dir() -> PathBuf {
+    PathBuf::from("target/bench")
 }
 
 pub(crate) fn work_dir() -> PathBuf {
@@ -242,6 +308,58 @@ fn main() -> std::process::ExitCode {
             manifest,
             json,
         } => return bench_kernels(arch, runs, &manifest, json),
+        Command::Suite {
+            arch,
+            runs,
+            json,
+            manifest,
+            berth,
+            runtime_runs,
+            idle,
+            no_floor,
+        } => {
+            let mut idle = idle;
+            idle.sort_unstable();
+            idle.dedup();
+            return suite::run(&suite::Options {
+                arches: if arch.is_empty() {
+                    Arch::ALL.to_vec()
+                } else {
+                    arch
+                },
+                runs,
+                json,
+                manifest,
+                berth,
+                runtime_runs,
+                batch: idle.last().copied().unwrap_or_default(),
+                idle,
+                floor: !no_floor,
+            });
+        }
+        Command::Peers {
+            runtime_runs,
+            batch,
+            idle,
+            berth,
+            json,
+        } => {
+            let figures = host::peers(runtime_runs, batch, &idle, &berth);
+            write_json(Some(json), &figures);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Readme { json, readme } => {
+            return match readme::run(&json, &readme) {
+                Ok(()) => {
+                    eprintln!("{} updated from {}", readme.display(), json.display());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth-bench: readme: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         Command::Runtime { runs, berth, json } => {
             eprintln!("container start benchmark: {runs} runs of each runtime, interleaved");
             return match runtime::bench(runs, &berth) {

@@ -32,7 +32,9 @@ pub struct RuntimeFigures {
     pub berth_to_runc: f64,
 }
 
-fn prepare_bundle(dir: &Path) -> Result<PathBuf, String> {
+/// A bundle in `dir` (`config.json` from `crun spec`, `rootfs/` with Debian's static busybox)
+/// whose process is `args`; `/bin/true` and `/bin/sleep` are busybox applets there.
+pub fn prepare_bundle(dir: &Path, args: &[&str]) -> Result<PathBuf, String> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).map_err(|e| e.to_string())?;
     let arch = Arch::host().ok_or("unsupported host arch")?;
@@ -41,7 +43,10 @@ fn prepare_bundle(dir: &Path) -> Result<PathBuf, String> {
             .map_err(|e| e.to_string())?
             .join("bin/busybox");
     std::fs::copy(busybox, rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/true")).map_err(|e| e.to_string())?;
+    for applet in ["true", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+            .map_err(|e| e.to_string())?;
+    }
     let status = Command::new("crun")
         .arg("spec")
         .current_dir(dir)
@@ -55,7 +60,7 @@ fn prepare_bundle(dir: &Path) -> Result<PathBuf, String> {
         serde_json::from_slice(&std::fs::read(&path).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     config["process"]["terminal"] = Value::Bool(false);
-    config["process"]["args"] = serde_json::json!(["/bin/true"]);
+    config["process"]["args"] = serde_json::json!(args);
     config["root"]["readonly"] = Value::Bool(false);
     if let Some(namespaces) = config["linux"]["namespaces"].as_array_mut() {
         namespaces.retain(|ns| ns["type"] != "network");
@@ -85,7 +90,7 @@ pub fn bench(runs: usize, berth: &Path) -> Result<RuntimeFigures, String> {
     let dir = std::env::temp_dir().join(format!("berth-bench-runtime-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let rootfs = prepare_bundle(&dir)?;
+    let rootfs = prepare_bundle(&dir, &["/bin/true"])?;
     let (mut b, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         b.push(timed(

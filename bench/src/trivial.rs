@@ -1,5 +1,5 @@
-//! The peer for boot figures: an initramfs whose `/init` is a busybox script that prints one
-//! line and powers off at once.
+//! The peer for boot figures: an initramfs whose `/init` is a busybox script that mounts
+//! `/proc`, prints one line with the kernel's uptime and powers off at once.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +11,21 @@ use berth_image::kernel::default_cache_dir;
 /// The line the trivial init prints first.
 pub const MARKER: &str = "^trivial-init: started";
 
+/// The script: `uptime=` is the kernel's uptime (seconds) once `/proc` is mounted, a few
+/// milliseconds after the kernel ran `/init`.
 const INIT_SCRIPT: &str = "#!/bin/busybox sh\n\
-/bin/busybox echo trivial-init: started\n\
+/bin/busybox mount -t proc proc /proc\n\
+read up rest < /proc/uptime\n\
+/bin/busybox echo trivial-init: started uptime=$up\n\
 /bin/busybox poweroff -f\n";
+
+/// The kernel's uptime in milliseconds from the trivial init's line.
+pub fn uptime_ms(line: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("uptime="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|s| s * 1000.0)
+}
 
 /// Debian's static busybox for `arch`, from the package cache.
 fn busybox(arch: Arch) -> Result<PathBuf, String> {
@@ -27,6 +39,7 @@ pub fn build_initrd(arch: Arch, dir: &Path) -> Result<PathBuf, String> {
     let mut initramfs = Initramfs::new();
     initramfs
         .char_device("/dev/console", 0o600, 5, 1)
+        .directory("/proc", 0o555)
         .file("/bin/busybox", 0o755, busybox)
         .file("/init", 0o755, INIT_SCRIPT.as_bytes().to_vec());
     let data = initramfs.to_gzip().map_err(|e| e.to_string())?;
