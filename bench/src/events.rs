@@ -46,36 +46,7 @@ impl Event {
 
 /// Parses a logfmt event line; `None` for any other line.
 pub fn parse(line: &str, at: Duration) -> Option<Event> {
-    let rest = line.strip_prefix("berth event=")?;
-    let mut fields = HashMap::new();
-    let mut chars = format!("event={rest}")
-        .chars()
-        .collect::<Vec<_>>()
-        .into_iter()
-        .peekable();
-    loop {
-        while chars.peek() == Some(&' ') {
-            chars.next();
-        }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            value = chars.by_ref().take_while(|c| *c != ' ').collect();
-        }
-        fields.insert(key, value);
-    }
+    let fields = berth_event::parse_fields(line)?;
     Some(Event {
         kind: fields.get("event").cloned().unwrap_or_default(),
         fields,

@@ -15,7 +15,41 @@
     clippy::unimplemented
 )]
 
+use std::collections::HashMap;
 use std::fmt::{Display, Write};
+
+/// Reads an event line back: its fields by key (the kind under `event`), values unquoted as
+/// [`Event::field`] quoted them. `None` for a line that is not an event.
+pub fn parse_fields(line: &str) -> Option<HashMap<String, String>> {
+    let rest = line.strip_prefix("berth event=")?;
+    let mut fields = HashMap::new();
+    let text = format!("event={rest}");
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ' ').collect();
+        }
+        fields.insert(key, value);
+    }
+    Some(fields)
+}
 
 /// One event line under construction.
 #[derive(Debug)]
@@ -92,5 +126,14 @@ mod tests {
             event.line(),
             "berth event=ready boot_ms=2345 error=\"m.toml:1:1: bad \\\"x\\\"\" empty=\"\""
         );
+        // What the writer quotes, the reader gives back.
+        let fields = parse_fields(event.line()).unwrap_or_default();
+        assert_eq!(fields.get("event").map(String::as_str), Some("ready"));
+        assert_eq!(
+            fields.get("error").map(String::as_str),
+            Some("m.toml:1:1: bad \"x\"")
+        );
+        assert_eq!(fields.get("empty").map(String::as_str), Some(""));
+        assert!(parse_fields("web | berth event=fake").is_none());
     }
 }
