@@ -59,6 +59,19 @@ pub struct Layout {
     index: ImageIndex,
 }
 
+/// Refuses `data` (read from `path`) unless it hashes to `digest`.
+fn check_digest(digest: &Digest, path: PathBuf, data: &[u8]) -> Result<(), OciError> {
+    let actual = Digest::sha256_of(data);
+    if actual != *digest {
+        return Err(OciError::BlobDigestMismatch {
+            digest: digest.clone(),
+            path,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 impl Layout {
     /// Checks the `oci-layout` marker and reads `index.json`.
     pub fn open(dir: &Path) -> Result<Layout, OciError> {
@@ -110,14 +123,7 @@ impl Layout {
             path: path.clone(),
             source,
         })?;
-        let actual = Digest::sha256_of(&data);
-        if actual != *digest {
-            return Err(OciError::BlobDigestMismatch {
-                digest: digest.clone(),
-                path,
-                actual,
-            });
-        }
+        check_digest(digest, path, &data)?;
         Ok(data)
     }
 
@@ -165,14 +171,7 @@ impl Layout {
             });
         }
         let blob = MappedBlob::map(&file, size_on_disk).map_err(read_error)?;
-        let actual = Digest::sha256_of(&blob);
-        if actual != *digest {
-            return Err(OciError::BlobDigestMismatch {
-                digest: digest.clone(),
-                path,
-                actual,
-            });
-        }
+        check_digest(digest, path, &blob)?;
         Ok(blob)
     }
 
