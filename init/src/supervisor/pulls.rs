@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_manifest::{Manifest, RegistrySettings};
@@ -239,7 +239,7 @@ fn auth_file(host: &str, user: &str, password: &str) -> String {
     )
 }
 
-fn write_private(path: &PathBuf, text: &str) -> Result<(), String> {
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -255,7 +255,7 @@ fn write_private(path: &PathBuf, text: &str) -> Result<(), String> {
 /// The figures of a successful pull from berth-pull's JSON line, or its error.
 fn outcome(status: WaitStatus, output: &str) -> Result<Vec<(&'static str, String)>, String> {
     let line = output.lines().last().unwrap_or_default();
-    let value: Option<berth_control::PullResult> = serde_json_line(line);
+    let value = berth_control::parse_pull_result(line).ok();
     match (status, value) {
         (WaitStatus::Exited(_, 0), Some(result)) if result.ok => Ok(vec![
             ("digest", result.digest.unwrap_or_default()),
@@ -271,10 +271,6 @@ fn outcome(status: WaitStatus, output: &str) -> Result<Vec<(&'static str, String
             .unwrap_or_else(|| "berth-pull failed without a message".to_string())),
         (status, None) => Err(format!("berth-pull ended with {status:?} and no result")),
     }
-}
-
-fn serde_json_line(line: &str) -> Option<berth_control::PullResult> {
-    berth_control::parse_pull_result(line).ok()
 }
 
 #[cfg(test)]
