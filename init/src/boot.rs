@@ -32,13 +32,7 @@ pub fn boot_and_serve() -> ! {
     install_panic_hook();
 
     // Off the initramfs before anything else: containers pivot_root, which rootfs forbids.
-    // On success this re-executes init from the new root and does not return.
-    let root_switch_error = if root_switch::already_switched() {
-        None
-    } else {
-        Some(root_switch::switch_to_tmpfs_root(init_started))
-    };
-    let init_started = root_switch::first_start().unwrap_or(init_started);
+    let root_switch_error = root_switch::switch_off_rootfs().err();
 
     // /proc, /sys and /dev come first: everything after reads or writes them.
     let mount_failures = mounts::mount_early(&mut SystemMounter);
@@ -144,13 +138,23 @@ pub fn boot_and_serve() -> ! {
         log::error!("no signalfd: init cannot serve events; idling");
         idle_forever()
     };
-    let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     // The network comes up alongside the rest; netd says when its leases are bound.
     let netd = started_netd.unwrap_or_else(|| {
         let mut netd = netd_service();
         netd.start(std::time::Instant::now());
         netd
     });
+    // The containers' bridge and NAT drivers load while netd brings the links up: nothing
+    // needs them before the first container starts, and DHCP is mostly waiting.
+    if let (Ok(manifest), Some(coldplug)) = (&manifest, coldplug.as_mut()) {
+        let names: Vec<String> = manifest
+            .container_network_modules()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        load_named_modules(&names, coldplug);
+    }
+    let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     event_loop.adopt_service(netd);
     let now = clock::since_kernel_start();
     match &manifest {
@@ -252,14 +256,18 @@ fn load_manifest(path: &Path, images: &mut ImageCache) -> Result<Manifest, Manif
     manifest
 }
 
-/// The manifest's `[boot] modules` and what its networks need, once the manifest is known.
+/// The manifest's `[boot] modules` and what its links need, once the manifest is known.
 fn load_manifest_modules(manifest: &Manifest, coldplug: &mut Coldplug) {
     let names: Vec<String> = manifest
         .boot_modules()
         .map(|m| m.canonical())
-        .chain(manifest.network_modules().into_iter().map(str::to_string))
+        .chain(manifest.link_modules().into_iter().map(str::to_string))
         .collect();
-    for name in &names {
+    load_named_modules(&names, coldplug);
+}
+
+fn load_named_modules(names: &[String], coldplug: &mut Coldplug) {
+    for name in names {
         if let Err(err) = coldplug.loading().load(name) {
             log::error!("module {name}: {err}");
         }

@@ -187,15 +187,12 @@ impl Manifest {
             .any(|c| *c.network_mode() == NetworkMode::Bridge)
     }
 
-    /// Kernel modules the manifest's networks need: netd creates VLANs and bonds, init the
-    /// containers' bridge, veths and NAT, all through netlink, and the kernel cannot load
-    /// their drivers on demand without a `modprobe`.
-    pub fn network_modules(&self) -> Vec<&'static str> {
+    /// Kernel modules the manifest's links need before netd starts: netd creates VLANs and
+    /// bonds through netlink, and the kernel cannot load their drivers on demand without a
+    /// `modprobe`.
+    pub fn link_modules(&self) -> Vec<&'static str> {
         let interfaces = self.network.iter().flat_map(|n| &n.interface);
         let mut modules = Vec::new();
-        if self.uses_bridge() {
-            modules.extend(CONTAINER_NETWORK_MODULES);
-        }
         for interface in interfaces {
             let module = match interface.link {
                 LinkSelector::Vlan(_) => "8021q",
@@ -207,6 +204,16 @@ impl Manifest {
             }
         }
         modules
+    }
+
+    /// Kernel modules the containers' networks need: init creates their bridge, veths and
+    /// NAT, before the first container in bridge mode starts.
+    pub fn container_network_modules(&self) -> &'static [&'static str] {
+        if self.uses_bridge() {
+            CONTAINER_NETWORK_MODULES
+        } else {
+            &[]
+        }
     }
 }
 
@@ -468,7 +475,7 @@ environment = ["A=1", "B=two=2"]
         assert_eq!(side.depends_on.0[0].0.get_ref(), "web");
         assert_eq!(manifest.bridge().subnet.to_string(), "10.77.0.0/24");
         assert_eq!(manifest.bridge().name, "berth0");
-        assert!(manifest.network_modules().contains(&"nft_nat"));
+        assert!(manifest.container_network_modules().contains(&"nft_nat"));
         for (bad, message) in [
             (
                 "[containers.a]\nimage = \"x:1\"\nnetwork_mode = \"container:b\"\n",
@@ -505,6 +512,7 @@ environment = ["A=1", "B=two=2"]
              addresses = [\"192.0.2.10/24\"]\n",
         )
         .unwrap();
+        assert_eq!(manifest.link_modules(), ["bonding", "8021q"]);
         let network = manifest.network.unwrap();
         assert_eq!(
             network.interface[0].link,
