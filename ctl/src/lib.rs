@@ -96,6 +96,15 @@ impl Failure {
     }
 }
 
+/// `berthctl` as the guest runs it: this process' arguments, against init's socket.
+pub fn run_berthctl() -> ExitCode {
+    run(
+        "berthctl",
+        Path::new(berth_control::SOCKET),
+        std::env::args().skip(1).collect(),
+    )
+}
+
 /// Runs one command line (`args` without the program's name) with this process' streams.
 /// `program` prefixes error messages and names the usage (`berthctl`, `berth ctl`);
 /// `default_socket` is where init is unless `--socket` says otherwise.

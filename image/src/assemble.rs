@@ -1,9 +1,10 @@
 //! `berth build`: validate the manifest, then write `kernel`, `initrd` and `image.json`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use berth_arch::Arch;
-use berth_kmod::{IndexError, ModuleIndex};
+use berth_kmod::{module_name_of, IndexError, ModuleIndex};
 use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,7 @@ use crate::elf::{self, ElfError};
 use crate::images::{self, ImageError, ImageSource};
 use crate::initramfs::Initramfs;
 use crate::kernel::{Kernel, KernelError};
+use crate::module_files::{self, Codec};
 
 /// The module list init loads before the manifest's, in `modules-load.d` format.
 const IMAGE_MODULES_LOAD: &str = "/etc/modules-load.d/berth.conf";
@@ -92,9 +94,9 @@ pub struct BuildOptions {
     pub kernel: KernelChoice,
     /// The init binary; found next to the `berth` executable when not given.
     pub init: Option<PathBuf>,
-    /// The netd binary; found next to the `berth` executable when not given.
+    /// A netd binary of its own; by default netd is a name of init's binary.
     pub netd: Option<PathBuf>,
-    /// The berthctl binary; found next to the `berth` executable when not given.
+    /// A berthctl binary of its own; by default berthctl is a name of init's binary.
     pub berthctl: Option<PathBuf>,
     /// The berth-pull binary, shipped only when a container may pull its image; found next
     /// to the `berth` executable when not given.
@@ -172,6 +174,12 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read or compress kernel module {}: {source}", path.display())]
+    Module {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
@@ -217,6 +225,13 @@ pub fn guest_binary_candidates(arch: Arch, binary: &str) -> Vec<PathBuf> {
         candidates.push(prefix.join("lib/berth").join(arch.name()).join(binary));
     }
     candidates
+}
+
+/// A guest binary given by path, checked to be a static executable for `arch`.
+fn read_guest_binary(path: &Path, arch: Arch) -> Result<Vec<u8>, BuildError> {
+    let binary = read(path)?;
+    elf::check_static_executable(path, &binary, arch)?;
+    Ok(binary)
 }
 
 /// The given path, or the first built binary found next to `berth`.
@@ -279,17 +294,17 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     let init_path = find_guest_binary(options.init.as_ref(), options.arch, "init", "berth-init")?;
     let init = read(&init_path)?;
     elf::check_static_executable(&init_path, &init, options.arch)?;
-    let netd_path = find_guest_binary(options.netd.as_ref(), options.arch, "netd", "berth-netd")?;
-    let netd = read(&netd_path)?;
-    elf::check_static_executable(&netd_path, &netd, options.arch)?;
-    let berthctl_path = find_guest_binary(
-        options.berthctl.as_ref(),
-        options.arch,
-        "berthctl",
-        "berth-ctl",
-    )?;
-    let berthctl = read(&berthctl_path)?;
-    elf::check_static_executable(&berthctl_path, &berthctl, options.arch)?;
+    // netd and berthctl are names of init's binary unless given as binaries of their own.
+    let netd = options
+        .netd
+        .as_ref()
+        .map(|path| read_guest_binary(path, options.arch))
+        .transpose()?;
+    let berthctl = options
+        .berthctl
+        .as_ref()
+        .map(|path| read_guest_binary(path, options.arch))
+        .transpose()?;
     // About 2 MB of TLS and HTTP: only images that may pull carry it.
     let puller = if manifest.pulls_images() {
         let path = find_guest_binary(
@@ -367,6 +382,36 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             release: kernel.release.clone(),
             source,
         })?;
+    // What init loads on every boot, whatever the hardware: quick to decompress.
+    let loaded_at_boot: Vec<String> = image_modules
+        .iter()
+        .map(|m| m.to_string())
+        .chain(manifest.boot_modules().map(|m| m.canonical()))
+        .chain(manifest.link_modules().into_iter().map(str::to_string))
+        .chain(
+            manifest
+                .container_network_modules()
+                .iter()
+                .map(|m| m.to_string()),
+        )
+        .filter(|_| kernel.modules_dir.is_some())
+        .collect();
+    let loaded_at_boot: HashSet<String> = index
+        .closure(loaded_at_boot.iter().map(String::as_str))
+        .map_err(|source| BuildError::ModuleIndex {
+            release: kernel.release.clone(),
+            source,
+        })?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let codec_of = |path: &Path| {
+        if loaded_at_boot.contains(&module_name_of(&path.to_string_lossy())) {
+            Codec::Gzip
+        } else {
+            Codec::Xz
+        }
+    };
 
     initramfs
         .char_device("/dev/console", 0o600, 5, 1)
@@ -375,8 +420,6 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         .directory("/run", 0o755)
         .directory("/tmp", 0o1777)
         .file("/init", 0o755, init)
-        .file(NETD_PATH, 0o755, netd)
-        .file(BERTHCTL_PATH, 0o755, berthctl)
         .file(MANIFEST_PATH, 0o644, manifest_text.into_bytes())
         .file(
             IMAGE_MODULES_LOAD,
@@ -387,9 +430,19 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             )
             .into_bytes(),
         );
+    for (path, binary) in [(NETD_PATH, netd), (BERTHCTL_PATH, berthctl)] {
+        match binary {
+            Some(binary) => initramfs.file(path, 0o755, binary),
+            None => initramfs.symlink(path, "/init"),
+        };
+    }
     if let Some(puller) = puller {
         initramfs.file(PULLER_PATH, 0o755, puller);
     }
+    let cache_dir = match &options.kernel {
+        KernelChoice::DebianDefault { cache_dir } => cache_dir.clone(),
+        KernelChoice::Paths { .. } => crate::kernel::default_cache_dir(),
+    };
     // A kernel with everything built in gets no module tree: init then loads nothing.
     if kernel.modules_dir.is_some() {
         let image_modules_dir = format!("/lib/modules/{}", kernel.release);
@@ -400,12 +453,24 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
                 .as_ref()
                 .and_then(|dir| path.strip_prefix(dir).ok())
                 .unwrap_or(path);
+            let codec = codec_of(path);
+            let bytes = module_files::shipped_bytes(path, codec, &cache_dir).map_err(|source| {
+                BuildError::Module {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             initramfs.file(
-                &format!("{image_modules_dir}/{}", relative.display()),
+                &format!(
+                    "{image_modules_dir}/{}",
+                    module_files::shipped_path(relative, codec).display()
+                ),
                 0o644,
-                read(path)?,
+                bytes,
             );
-            dep_lines.extend(index.dep_line(module));
+            dep_lines.extend(index.dep_line(module, |path| {
+                module_files::shipped_path(path, codec_of(path))
+            }));
         }
         dep_lines.push(String::new());
         initramfs.file(
@@ -442,10 +507,6 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     write_atomically(&options.out.join("kernel"), &read(&kernel.image)?)?;
     let disk = match &options.disk {
         Some(disk) => {
-            let cache_dir = match &options.kernel {
-                KernelChoice::DebianDefault { cache_dir } => cache_dir.clone(),
-                KernelChoice::Paths { .. } => crate::kernel::default_cache_dir(),
-            };
             let layout = DiskLayout {
                 arch: options.arch,
                 kernel: &options.out.join("kernel"),

@@ -11,6 +11,7 @@ pub mod images;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_build;
+pub mod module_files;
 pub mod run;
 pub mod run_container;
 

@@ -60,10 +60,12 @@ enum Command {
         /// The init binary (a static musl build); found next to `berth` by default.
         #[arg(long)]
         init: Option<PathBuf>,
-        /// The netd binary (a static musl build); found next to `berth` by default.
+        /// A netd binary of its own (a static musl build); by default netd is a name of
+        /// init's binary, which holds it.
         #[arg(long)]
         netd: Option<PathBuf>,
-        /// The berthctl binary (a static musl build); found next to `berth` by default.
+        /// A berthctl binary of its own (a static musl build); by default berthctl is a name
+        /// of init's binary, which holds it.
         #[arg(long)]
         berthctl: Option<PathBuf>,
         /// The berth-pull binary (a static musl build), shipped when a container may pull

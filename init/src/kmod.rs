@@ -6,12 +6,15 @@
 use std::collections::HashSet;
 use std::ffi::CStr;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use berth_kmod::{module_name_of, parse_modules_load, IndexError, ModuleIndex, MODULES_ROOT};
+use flate2::read::GzDecoder;
+use lzma_rust2::XzReader;
 use nix::errno::Errno;
-use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::kmod::{finit_module, init_module, ModuleInitFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmodError {
@@ -21,6 +24,12 @@ pub enum KmodError {
     KernelRelease(#[source] Errno),
     #[error("cannot open module {}: {source}", path.display())]
     Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot decompress module {}: {source}", path.display())]
+    Decompress {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -47,7 +56,8 @@ pub trait ModuleLoader {
     fn load(&mut self, path: &Path) -> Result<(), KmodError>;
 }
 
-/// Loads modules with `finit_module(2)`.
+/// Loads modules with `finit_module(2)`, or `init_module(2)` after decompressing a `.ko.xz`
+/// or `.ko.gz`.
 #[derive(Debug, Default)]
 pub struct KernelLoader;
 
@@ -61,13 +71,37 @@ fn parameters_of(path: &Path) -> &'static CStr {
     }
 }
 
+/// The module in the `.ko.xz` or `.ko.gz` file at `path`, decompressed; None for a file
+/// the kernel reads itself. The kernels berth boots cannot decompress modules, and the image
+/// ships them compressed (see the image builder's `module_files`).
+fn decompressed(path: &Path, file: &File) -> Result<Option<Vec<u8>>, KmodError> {
+    let mut reader: Box<dyn Read + '_> = match path.extension().and_then(|ext| ext.to_str()) {
+        Some("xz") => Box::new(XzReader::new(std::io::BufReader::new(file), false)),
+        Some("gz") => Box::new(GzDecoder::new(std::io::BufReader::new(file))),
+        _ => return Ok(None),
+    };
+    let mut module = Vec::new();
+    reader
+        .read_to_end(&mut module)
+        .map_err(|source| KmodError::Decompress {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Some(module))
+}
+
 impl ModuleLoader for KernelLoader {
     fn load(&mut self, path: &Path) -> Result<(), KmodError> {
         let file = File::open(path).map_err(|source| KmodError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        match finit_module(&file, parameters_of(path), ModuleInitFlags::empty()) {
+        let parameters = parameters_of(path);
+        let loaded = match decompressed(path, &file)? {
+            Some(module) => init_module(&module, parameters),
+            None => finit_module(&file, parameters, ModuleInitFlags::empty()),
+        };
+        match loaded {
             Ok(()) | Err(Errno::EEXIST) => Ok(()),
             Err(source) => Err(KmodError::Load {
                 name: module_name_of(&path.to_string_lossy()),

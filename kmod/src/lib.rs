@@ -224,17 +224,18 @@ impl ModuleIndex {
         Ok(closure)
     }
 
-    /// The `modules.dep` line of `module`, with paths relative to the release directory.
-    pub fn dep_line(&self, module: &str) -> Option<String> {
+    /// The `modules.dep` line of `module`, with paths relative to the release directory as
+    /// `shipped` names them (the image compresses `x.ko` into `x.ko.xz`).
+    pub fn dep_line(&self, module: &str, shipped: impl Fn(&Path) -> PathBuf) -> Option<String> {
         let entry = self.modules.get(module)?;
         let depends: Vec<String> = entry
             .depends
             .iter()
             .filter_map(|dep| self.modules.get(dep))
-            .map(|dep| dep.path.display().to_string())
+            .map(|dep| shipped(&dep.path).display().to_string())
             .collect();
         Some(
-            format!("{}: {}", entry.path.display(), depends.join(" "))
+            format!("{}: {}", shipped(&entry.path).display(), depends.join(" "))
                 .trim_end()
                 .to_string(),
         )
@@ -279,6 +280,31 @@ kernel/net/core/failover.ko:
         assert!(index.is_builtin("virtio"));
         let closure = index.closure(["virtio_net", "evdev"]).unwrap();
         assert_eq!(closure.len(), 4);
+    }
+
+    #[test]
+    fn dep_lines_name_the_files_as_shipped_and_compressed_names_parse_back() {
+        let index = ModuleIndex::parse(Path::new("/m"), DEP, "");
+        let xz = |path: &Path| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".xz");
+            PathBuf::from(name)
+        };
+        let line = index.dep_line("net_failover", xz).unwrap();
+        assert_eq!(
+            line,
+            "kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz"
+        );
+        let shipped = ModuleIndex::parse(Path::new("/m"), &format!("{line}\n"), "");
+        assert!(shipped.has("net_failover"));
+        let order = shipped.load_order("net-failover").unwrap();
+        assert_eq!(
+            order.last().map(|(n, p)| (n.as_str(), p.clone())),
+            Some((
+                "net_failover",
+                PathBuf::from("/m/kernel/drivers/net/net_failover.ko.xz")
+            ))
+        );
     }
 
     #[test]

@@ -139,8 +139,8 @@ pub fn build_image_with(
             cache_dir: default_cache_dir(),
         }),
         init: Some(guest_init(arch)?),
-        netd: Some(guest_binary("berth-netd", "netd", arch)?),
-        berthctl: Some(guest_binary("berth-ctl", "berthctl", arch)?),
+        netd: None,
+        berthctl: None,
         puller: Some(guest_binary("berth-registry", "berth-pull", arch)?),
         images: vec![ImageSource {
             name: Some(images::BUSYBOX.to_string()),
@@ -261,7 +261,9 @@ pub fn boot_with_control_port(arch: Arch, manifest: &str, test: &str) -> (Machin
 
 /// `berth ctl --socket SOCKET ARGS...` on the test machine, with stdin from /dev/null.
 pub fn berth_ctl(socket: &Path, args: &[&str]) -> std::process::Output {
-    berth_ctl_command(socket, args)
+    // A guest that never answers fails the test instead of hanging the suite.
+    let args: Vec<&str> = ["--timeout", "60"].iter().chain(args).copied().collect();
+    berth_ctl_command(socket, &args)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run berth ctl: {e}"))

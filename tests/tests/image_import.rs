@@ -11,7 +11,7 @@ use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
 use berth_image::{BuildOptions, KernelChoice};
 use berth_tests::images::{busybox_layout, BUSYBOX_TAG};
-use berth_tests::{events, guest_binary, guest_init, log_dir, machine_config, wait_seen};
+use berth_tests::{events, guest_init, log_dir, machine_config, wait_seen};
 
 /// The names the manifest uses; the archives' own names differ on purpose for the OCI one (its
 /// ref name is the bare tag `1`, picked by the tag of `NAME:TAG`).
@@ -70,10 +70,8 @@ fn x86_64_docker_and_oci_archives_boot_without_a_network() {
             cache_dir: default_cache_dir(),
         },
         init: Some(guest_init(arch).unwrap_or_else(|e| panic!("{e}"))),
-        netd: Some(guest_binary("berth-netd", "netd", arch).unwrap_or_else(|e| panic!("{e}"))),
-        berthctl: Some(
-            guest_binary("berth-ctl", "berthctl", arch).unwrap_or_else(|e| panic!("{e}")),
-        ),
+        netd: None,
+        berthctl: None,
         puller: None,
         images: vec![
             ImageSource {
