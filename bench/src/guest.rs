@@ -32,7 +32,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// stops once the bracket is this narrow.
 const FLOOR_ASSUMED_FAIL_MIB: u32 = 32;
 const FLOOR_KNOWN_PASS_MIB: u32 = berth_qemu::machine_defaults::MEMORY_MIB;
-pub const FLOOR_RESOLUTION_MIB: u32 = 4;
+pub const FLOOR_RESOLUTION_MIB: u32 = 2;
 /// What ends a floor boot as failed at once, besides QEMU exiting.
 const FLOOR_FAILURE: &str = "Kernel panic|Out of memory|oom-kill";
 /// The floor image's container serves a page (httpd in the background), fetches it from
@@ -160,7 +160,7 @@ pub struct PhaseFigures {
     pub runs: usize,
     /// Kernel start to berth's `/init` (`init-started kernel_ms`).
     pub kernel_to_init_ms: Vec<f64>,
-    /// Kernel start to `init-started` printed (after the tmpfs copy and re-exec).
+    /// Kernel start to `init-started` printed (root moved off rootfs, `/proc` and `/dev` mounted).
     pub init_started_ms: Vec<f64>,
     pub coldplug_done_ms: Vec<f64>,
     pub config_ms: Vec<f64>,

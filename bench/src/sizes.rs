@@ -23,6 +23,9 @@ pub struct SizeFigures {
     pub binaries_kib: Vec<(String, Option<f64>)>,
     pub initrd_kib: f64,
     pub trivial_initrd_kib: f64,
+    /// The initrd's files once unpacked: what the kernel's rootfs holds in RAM.
+    pub initrd_unpacked_kib: f64,
+    pub trivial_initrd_unpacked_kib: f64,
     pub disk_apparent_mib: f64,
     pub disk_allocated_mib: f64,
     pub modules: usize,
@@ -32,6 +35,20 @@ fn kib(path: &Path) -> Result<f64, String> {
     std::fs::metadata(path)
         .map(|m| m.len() as f64 / 1024.0)
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The total size of the files in a gzip-compressed newc initrd.
+fn unpacked_kib(initrd: &Path) -> Result<f64, String> {
+    let compressed = std::fs::read(initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
+    let mut archive = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(compressed.as_slice()),
+        &mut archive,
+    )
+    .map_err(|e| format!("{}: {e}", initrd.display()))?;
+    let entries = berth_image::initramfs::read_cpio(&archive)
+        .map_err(|e| format!("{}: {e}", initrd.display()))?;
+    Ok(entries.iter().map(|(_, _, data)| data.len()).sum::<usize>() as f64 / 1024.0)
 }
 
 fn built_binary(arch: Arch, name: &str) -> Option<PathBuf> {
@@ -80,6 +97,8 @@ pub fn sizes(
             .collect(),
         initrd_kib: kib(&built.initrd())?,
         trivial_initrd_kib: kib(trivial_initrd)?,
+        initrd_unpacked_kib: unpacked_kib(&built.initrd())?,
+        trivial_initrd_unpacked_kib: unpacked_kib(trivial_initrd)?,
         disk_apparent_mib: disk_meta.len() as f64 / mib,
         disk_allocated_mib: disk_meta.blocks() as f64 * 512.0 / mib,
         modules: built.metadata.modules.len(),

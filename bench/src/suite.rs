@@ -329,7 +329,7 @@ fn phase_rows(suite: &mut Suite, arch: &str, f: &PhaseFigures) {
     );
     for (figure, values) in [
         (
-            "boot: kernel start → init-started (after tmpfs copy)",
+            "boot: kernel start → init-started (root off rootfs, /proc mounted)",
             &f.init_started_ms,
         ),
         ("boot: kernel start → coldplug done", &f.coldplug_done_ms),
@@ -452,14 +452,37 @@ fn arch_rows(
     suite.progress(&format!("{name}: sizes"));
     match sizes::sizes(arch, &dir, &options.manifest, &trivial_initrd) {
         Ok(f) => {
+            let size_of = |wanted: &str| {
+                f.binaries_kib
+                    .iter()
+                    .find(|(binary, _)| binary == wanted)
+                    .and_then(|(_, kib)| *kib)
+            };
             for (binary, kib) in &f.binaries_kib {
-                suite.rows.push(Row::new(
+                let row = Row::new(
                     &format!("size: {binary} (guest profile)"),
                     name,
                     "KiB",
                     *kib,
-                ));
+                );
+                suite.rows.push(match binary.as_str() {
+                    "init" => row.note("shipped; netd and berthctl are names of it"),
+                    "netd" | "berthctl" => row.note("stand-alone build; images ship init's"),
+                    _ => row,
+                });
             }
+            let apart = [size_of("init"), size_of("netd"), size_of("berthctl")]
+                .into_iter()
+                .sum::<Option<f64>>();
+            suite.rows.push(
+                Row::new(
+                    "size: init, netd and berthctl as shipped (one binary)",
+                    name,
+                    "KiB",
+                    size_of("init"),
+                )
+                .peer("the three built apart", apart),
+            );
             suite.rows.push(
                 Row::new(
                     "size: initrd, default image",
@@ -469,6 +492,16 @@ fn arch_rows(
                 )
                 .peer("trivial /init initrd", Some(f.trivial_initrd_kib))
                 .note(&format!("{} kernel modules shipped", f.modules)),
+            );
+            suite.rows.push(
+                Row::new(
+                    "size: initrd unpacked (held in RAM)",
+                    name,
+                    "KiB",
+                    Some(f.initrd_unpacked_kib),
+                )
+                .peer("trivial /init initrd", Some(f.trivial_initrd_unpacked_kib))
+                .note("the files of the initrd: the kernel keeps them in its rootfs"),
             );
             suite.rows.push(Row::new(
                 "size: disk.raw, default image, allocated",
