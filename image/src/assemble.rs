@@ -292,8 +292,7 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     manifest.check_images(&manifest_text, &options.manifest, &image_names)?;
 
     let init_path = find_guest_binary(options.init.as_ref(), options.arch, "init", "berth-init")?;
-    let init = read(&init_path)?;
-    elf::check_static_executable(&init_path, &init, options.arch)?;
+    let init = read_guest_binary(&init_path, options.arch)?;
     // netd and berthctl are names of init's binary unless given as binaries of their own.
     let netd = options
         .netd
@@ -313,9 +312,7 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             "berth-pull",
             "berth-registry",
         )?;
-        let puller = read(&path)?;
-        elf::check_static_executable(&path, &puller, options.arch)?;
-        Some(puller)
+        Some(read_guest_binary(&path, options.arch)?)
     } else {
         None
     };
