@@ -123,12 +123,13 @@ fn mac_text(mac: &[u8]) -> String {
         .join(":")
 }
 
-/// A link with a static IPv6 setup gets exactly what it declares: no router advertisements,
-/// no autoconfigured addresses (as systemd-networkd unless told otherwise).
+/// A link with a static IPv6 setup, or with no DHCP at all, gets exactly what it declares:
+/// no router advertisements, no autoconfigured addresses. Only a DHCP link with no static
+/// IPv6 takes what the network's routers advertise.
 fn static_ipv6(link: &Link, entry: &Interface) {
     let declares_ipv6 =
         entry.gateway6.is_some() || entry.addresses.iter().any(|a| a.addr.is_ipv6());
-    if !declares_ipv6 {
+    if entry.dhcp && !declares_ipv6 {
         return;
     }
     for setting in ["accept_ra", "autoconf"] {
