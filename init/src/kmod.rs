@@ -118,6 +118,8 @@ pub struct ModuleLoading<L: ModuleLoader> {
     index: ModuleIndex,
     loader: L,
     loaded: HashSet<String>,
+    /// Soft dependencies that failed once; not tried again.
+    skipped: HashSet<String>,
 }
 
 impl<L: ModuleLoader> ModuleLoading<L> {
@@ -126,6 +128,7 @@ impl<L: ModuleLoader> ModuleLoading<L> {
             index,
             loader,
             loaded: HashSet::new(),
+            skipped: HashSet::new(),
         }
     }
 
@@ -135,17 +138,27 @@ impl<L: ModuleLoader> ModuleLoading<L> {
             log::debug!("module {name} is built into the kernel");
             return Ok(());
         }
-        for (module, path) in self.index.load_order(name)? {
-            if self.loaded.contains(&module) {
+        for step in self.index.load_plan(name)? {
+            if self.loaded.contains(&step.module) || self.skipped.contains(&step.module) {
                 continue;
             }
             let started = Instant::now();
-            self.loader.load(&path)?;
-            log::info!(
-                "loaded module {module} in {} ms",
-                started.elapsed().as_millis()
-            );
-            self.loaded.insert(module);
+            match self.loader.load(&step.path) {
+                Ok(()) => {
+                    log::info!(
+                        "loaded module {} in {} ms",
+                        step.module,
+                        started.elapsed().as_millis()
+                    );
+                    self.loaded.insert(step.module);
+                }
+                // As modprobe: a soft dependency that fails is skipped, the module still loads.
+                Err(err) if step.optional => {
+                    log::warn!("soft dependency of {name} skipped: {err}");
+                    self.skipped.insert(step.module);
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok(())
     }
@@ -177,14 +190,50 @@ kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/net/core/failover.ko:
 ";
 
+    /// Records each load; refuses the modules named in its second field, as the kernel
+    /// refuses `crc32c-intel` on a CPU without SSE4.2.
     #[derive(Default)]
-    struct Recorder(Vec<String>);
+    struct Recorder(Vec<String>, Vec<&'static str>);
 
     impl ModuleLoader for &mut Recorder {
         fn load(&mut self, path: &Path) -> Result<(), KmodError> {
-            self.0.push(module_name_of(&path.to_string_lossy()));
+            let name = module_name_of(&path.to_string_lossy());
+            if self.1.contains(&name.as_str()) {
+                return Err(KmodError::Load {
+                    name,
+                    path: path.to_path_buf(),
+                    source: Errno::ENODEV,
+                });
+            }
+            self.0.push(name);
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_soft_dependency_that_fails_is_skipped_and_the_module_still_loads() {
+        let index = ModuleIndex::parse(
+            Path::new("/lib/modules/6.1"),
+            "kernel/net/netfilter/nf_tables.ko: kernel/lib/libcrc32c.ko\n\
+             kernel/lib/libcrc32c.ko:\n\
+             kernel/arch/x86/crypto/crc32c-intel.ko:\n\
+             kernel/net/core/failover.ko:\n",
+            "",
+        )
+        .with_softdeps(berth_kmod::parse_softdeps(
+            "softdep libcrc32c pre: crc32c-intel\n",
+        ));
+        let mut recorder = Recorder(Vec::new(), vec!["crc32c_intel"]);
+        let mut loading = ModuleLoading::new(index, &mut recorder);
+        loading.load("nf_tables").unwrap();
+        // A required module that fails is still an error.
+        assert!(loading.load("failover").is_ok());
+        assert_eq!(recorder.0, ["libcrc32c", "nf_tables", "failover"]);
+        let mut refusing = Recorder(Vec::new(), vec!["failover"]);
+        let index = ModuleIndex::parse(Path::new("/m"), "kernel/net/core/failover.ko:\n", "");
+        assert!(ModuleLoading::new(index, &mut refusing)
+            .load("failover")
+            .is_err());
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub struct ModuleIndex {
     soft_pre: HashMap<String, Vec<String>>,
 }
 
+/// One module to load, in a [`ModuleIndex::load_plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadStep {
+    pub module: String,
+    pub path: PathBuf,
+    /// Only a soft dependency: a failure to load it is logged and the plan goes on.
+    pub optional: bool,
+}
+
 /// The `pre:` soft dependencies in a `modules.softdep` file, by module.
 pub fn parse_softdeps(text: &str) -> HashMap<String, Vec<String>> {
     let mut soft = HashMap::new();
@@ -124,6 +133,12 @@ impl ModuleIndex {
         }
     }
 
+    /// Uses these `pre:` soft dependencies (from [`parse_softdeps`]) in load plans.
+    pub fn with_softdeps(mut self, soft_pre: HashMap<String, Vec<String>>) -> ModuleIndex {
+        self.soft_pre = soft_pre;
+        self
+    }
+
     /// Uses these `modules.alias` entries for [`ModuleIndex::modules_for`].
     pub fn with_aliases(mut self, aliases: Vec<Alias>) -> ModuleIndex {
         self.aliases = aliases;
@@ -165,7 +180,19 @@ impl ModuleIndex {
     /// `name` and its dependencies, in the order they must be loaded (dependencies first),
     /// each preceded by what it soft-depends on (`pre:`) when the kernel has that as a module.
     pub fn load_order(&self, name: &str) -> Result<Vec<(String, PathBuf)>, IndexError> {
-        let mut order = Vec::new();
+        Ok(self
+            .load_plan(name)?
+            .into_iter()
+            .map(|step| (step.module, step.path))
+            .collect())
+    }
+
+    /// As [`ModuleIndex::load_order`], saying of each module whether it is only a soft
+    /// dependency: modprobe loads those on a best-effort basis, and so must berth
+    /// (`crc32c-intel`, `libcrc32c`'s soft dependency, refuses a CPU without SSE4.2, and
+    /// `nf_tables` loads without it).
+    pub fn load_plan(&self, name: &str) -> Result<Vec<LoadStep>, IndexError> {
+        let mut plan = Vec::new();
         for (module, path) in self.hard_load_order(name)? {
             for soft in self.soft_pre.get(&module).into_iter().flatten() {
                 let resolved = if self.modules.contains_key(&soft.replace('-', "_")) {
@@ -175,14 +202,31 @@ impl ModuleIndex {
                 };
                 // A soft dependency that is built in, or missing, is no one's business.
                 if let Some(soft_order) = resolved.and_then(|m| self.hard_load_order(&m).ok()) {
-                    order.extend(soft_order);
+                    plan.extend(soft_order.into_iter().map(|(module, path)| LoadStep {
+                        module,
+                        path,
+                        optional: true,
+                    }));
                 }
             }
-            order.push((module, path));
+            plan.push(LoadStep {
+                module,
+                path,
+                optional: false,
+            });
         }
+        // Each module once, at its first place; required when anything requires it.
+        let required: HashSet<String> = plan
+            .iter()
+            .filter(|step| !step.optional)
+            .map(|step| step.module.clone())
+            .collect();
         let mut seen = HashSet::new();
-        order.retain(|(module, _)| seen.insert(module.clone()));
-        Ok(order)
+        plan.retain(|step| seen.insert(step.module.clone()));
+        for step in &mut plan {
+            step.optional = !required.contains(&step.module);
+        }
+        Ok(plan)
     }
 
     fn hard_load_order(&self, name: &str) -> Result<Vec<(String, PathBuf)>, IndexError> {

@@ -61,6 +61,9 @@ pub struct MachineConfig {
     /// --socket` (or any client speaking the control protocol) connects to. A stale socket
     /// left there is removed first. The path must fit a Unix socket address (107 bytes).
     pub control_socket: Option<PathBuf>,
+    /// Boot on the plain CPU model of [`Arch::qemu_default_cpu_args`] instead of `max`
+    /// (ignored with KVM): kernel modules that need newer CPU features fail there.
+    pub default_cpu_model: bool,
 }
 
 impl MachineConfig {
@@ -79,6 +82,7 @@ impl MachineConfig {
             netns: None,
             disk: None,
             control_socket: None,
+            default_cpu_model: false,
         }
     }
 
@@ -134,12 +138,12 @@ impl MachineConfig {
     }
 
     fn qemu_args(&self, qmp_socket: &Path, kvm: bool) -> Vec<String> {
-        let mut args: Vec<String> = self
-            .arch
-            .qemu_machine_args(kvm)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let machine_args = if self.default_cpu_model && !kvm {
+            self.arch.qemu_default_cpu_args()
+        } else {
+            self.arch.qemu_machine_args(kvm)
+        };
+        let mut args: Vec<String> = machine_args.into_iter().map(str::to_string).collect();
         args.extend(
             [
                 "-m",
