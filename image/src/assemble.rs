@@ -68,6 +68,9 @@ const NETD_PATH: &str = "/usr/lib/berth/netd";
 const PULLER_PATH: &str = "/usr/lib/berth/pull";
 /// Where berthctl goes in the image, on the containers' usual PATH.
 const BERTHCTL_PATH: &str = "/usr/bin/berthctl";
+/// Where the kernel (`orderly_poweroff`, `orderly_reboot`) and operators' habits look for
+/// the power verbs: each a link to init's binary, which asks PID 1 for that shutdown.
+const POWER_VERB_PATHS: &[&str] = &["/sbin/poweroff", "/sbin/reboot", "/sbin/halt"];
 /// Index files copied into the image next to the modules.
 const MODULE_INDEX_FILES: &[&str] = &["modules.builtin", "modules.softdep"];
 /// What the image's description file is called in the output directory.
@@ -432,6 +435,9 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             Some(binary) => initramfs.file(path, 0o755, binary),
             None => initramfs.symlink(path, "/init"),
         };
+    }
+    for path in POWER_VERB_PATHS {
+        initramfs.symlink(path, "/init");
     }
     if let Some(puller) = puller {
         initramfs.file(PULLER_PATH, 0o755, puller);

@@ -17,5 +17,31 @@ fn main() -> ExitCode {
     if name == Some("berthctl".as_ref()) {
         return berth_ctl::run_berthctl();
     }
+    if let Some(signal) = name.and_then(power_verb_signal) {
+        return ask_init(signal);
+    }
     berth_init::run()
+}
+
+/// The signal that asks init for the shutdown `/sbin/poweroff`, `/sbin/reboot` or
+/// `/sbin/halt` names (init's signal table); the kernel runs `/sbin/poweroff` for an
+/// orderly power-off it wants (a thermal trip, `orderly_poweroff`).
+fn power_verb_signal(name: &std::ffi::OsStr) -> Option<nix::sys::signal::Signal> {
+    use nix::sys::signal::Signal;
+    match name.to_str()? {
+        "poweroff" => Some(Signal::SIGUSR2),
+        "reboot" => Some(Signal::SIGTERM),
+        "halt" => Some(Signal::SIGUSR1),
+        _ => None,
+    }
+}
+
+fn ask_init(signal: nix::sys::signal::Signal) -> ExitCode {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), signal) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cannot send {signal} to init (PID 1): {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
