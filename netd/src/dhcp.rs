@@ -266,7 +266,10 @@ impl Client {
         while let Some(reply) = self.receive(socket, deadline).await {
             match message_type(&reply) {
                 Some(MessageType::Ack) => match Lease::from_ack(&reply) {
-                    Ok(lease) => return Ok(Some(Reply::Ack(lease))),
+                    Ok(mut lease) => {
+                        self.drop_invalid_names(&mut lease);
+                        return Ok(Some(Reply::Ack(lease)));
+                    }
                     Err(_) => continue,
                 },
                 Some(MessageType::Nak) => return Ok(Some(Reply::Nak)),
@@ -274,6 +277,20 @@ impl Client {
             }
         }
         Ok(None)
+    }
+
+    /// Drops a domain or hostname that is not a valid DNS name before it can reach
+    /// `resolv.conf`, the lease file or the hostname, and says so, with the value escaped.
+    fn drop_invalid_names(&self, lease: &mut Lease) {
+        for refused in lease.drop_invalid_names() {
+            emit(
+                Event::new("dhcp-option-refused")
+                    .field("iface", &self.link.name)
+                    .field("option", refused.option)
+                    .field("value", refused.value.escape_default())
+                    .field("reason", "not a valid DNS name"),
+            );
+        }
     }
 
     /// Applies a lease just granted and saves it for a netd that may follow this one.
@@ -378,9 +395,11 @@ impl Client {
     /// A lease that an earlier netd bound and saved, still valid: applied again (the kernel
     /// most likely kept it) and held from when it was granted.
     async fn resume(&self) -> Result<Option<(Lease, Instant)>, DhcpError> {
-        let Some((lease, age)) = saved::load(&self.link.name) else {
+        let Some((mut lease, age)) = saved::load(&self.link.name) else {
             return Ok(None);
         };
+        // Saved after the same check, unless written by a netd older than it.
+        self.drop_invalid_names(&mut lease);
         self.apply_lease(&lease, None).await?;
         self.shared.configured(self.link.index);
         emit(

@@ -26,6 +26,40 @@ pub struct Lease {
     pub t2: Duration,
 }
 
+/// The longest DNS name, in text without its trailing dot (RFC 1035 §2.3.4, RFC 2181 §11).
+const MAX_NAME: usize = 253;
+/// The longest label of a DNS name (RFC 1035 §2.3.4).
+const MAX_LABEL: usize = 63;
+/// The longest hostname the kernel takes (`__NEW_UTS_LEN`).
+const MAX_HOSTNAME: usize = 64;
+
+/// A DNS name as netd lets it into `resolv.conf`, the lease file and the hostname: labels of
+/// 1 to 63 letters, digits and `-` (and `_` when `underscore`), none starting or ending with
+/// `-`, at most 253 characters, with an optional trailing dot. Anything else from a DHCP
+/// server (a space, a newline and `nameserver ...` after it, a `=` or a NUL) could add lines
+/// to those files or split a search list, so it is refused whole, never cleaned up.
+pub fn is_dns_name(name: &str, underscore: bool) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= MAX_LABEL
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
+        })
+}
+
+/// A name option refused by [`Lease::drop_invalid_names`]: the option and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedName {
+    pub option: &'static str,
+    pub value: String,
+}
+
 /// A lease with no time given is held for a day (a common server default).
 const DEFAULT_LEASE: Duration = Duration::from_secs(86_400);
 
@@ -92,6 +126,30 @@ impl Lease {
             t1: t1.min(lease_time),
             t2: t2.min(lease_time).max(t1.min(lease_time)),
         })
+    }
+
+    /// Drops the domain (option 15) and hostname (option 12) unless they are valid DNS
+    /// names, and says which were dropped. The domain may hold `_` (it only ever becomes a
+    /// search domain in `resolv.conf`, and internal zones such as Active Directory's use it;
+    /// the resolvers take it); the hostname may not (RFC 952/1123 host names, which the kernel
+    /// hostname and the containers' view of it follow), and is at most 64 characters.
+    pub fn drop_invalid_names(&mut self) -> Vec<RefusedName> {
+        let mut refused = Vec::new();
+        let mut check = |option: &'static str, slot: &mut Option<String>, valid: bool| {
+            if !valid {
+                if let Some(value) = slot.take() {
+                    refused.push(RefusedName { option, value });
+                }
+            }
+        };
+        let domain_ok = self.domain.as_deref().is_none_or(|d| is_dns_name(d, true));
+        check("domain", &mut self.domain, domain_ok);
+        let hostname_ok = self
+            .hostname
+            .as_deref()
+            .is_none_or(|h| h.len() <= MAX_HOSTNAME && is_dns_name(h, false));
+        check("hostname", &mut self.hostname, hostname_ok);
+        refused
     }
 
     /// The routes to install: option 121's when present (RFC 3442: the router option is then
@@ -167,5 +225,78 @@ mod tests {
             [(Ipv4Addr::new(192, 0, 2, 0), 24, Ipv4Addr::new(10, 0, 2, 9))]
         );
         assert_eq!(lease.mtu, Some(1400));
+    }
+
+    #[test]
+    fn dns_names_follow_the_label_rules() {
+        for good in [
+            "example.internal",
+            "example.internal.",
+            "a",
+            "xn--bcher-kva.example",
+            "10.in-addr.arpa",
+            &format!("{}.com", "a".repeat(63)),
+            &["b".repeat(63).as_str(); 4].join(".")[..253],
+        ] {
+            assert!(is_dns_name(good, false), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "example..internal",
+            ".example",
+            "-example.internal",
+            "example-.internal",
+            "exa mple.internal",
+            "example.internal\nnameserver 6.6.6.6",
+            "example.internal nameserver",
+            "example\0internal",
+            "example=internal",
+            "exämple.internal",
+            &format!("{}.com", "a".repeat(64)),
+            &format!("{}.c", ["b".repeat(63).as_str(); 4].join(".")),
+        ] {
+            assert!(!is_dns_name(bad, true), "{bad:?}");
+        }
+        assert!(is_dns_name("corp_lan.example", true));
+        assert!(!is_dns_name("corp_lan.example", false));
+    }
+
+    #[test]
+    fn an_ack_with_injected_names_keeps_neither() {
+        let mut lease = Lease::from_ack(&ack(vec![
+            DhcpOption::DomainName("example.internal\nnameserver 6.6.6.6".into()),
+            DhcpOption::Hostname("host name".into()),
+        ]))
+        .unwrap();
+        let refused = lease.drop_invalid_names();
+        assert_eq!((lease.domain, lease.hostname), (None, None));
+        assert_eq!(
+            refused,
+            [
+                RefusedName {
+                    option: "domain",
+                    value: "example.internal\nnameserver 6.6.6.6".into()
+                },
+                RefusedName {
+                    option: "hostname",
+                    value: "host name".into()
+                },
+            ]
+        );
+        let mut good = Lease::from_ack(&ack(vec![
+            DhcpOption::DomainName("corp_lan.example.".into()),
+            DhcpOption::Hostname("web-1".into()),
+        ]))
+        .unwrap();
+        assert!(good.drop_invalid_names().is_empty());
+        assert_eq!(good.domain.as_deref(), Some("corp_lan.example."));
+        assert_eq!(good.hostname.as_deref(), Some("web-1"));
+        let mut long = Lease::from_ack(&ack(vec![DhcpOption::Hostname("h".repeat(65))])).unwrap();
+        assert_eq!(
+            long.drop_invalid_names().len(),
+            1,
+            "longer than the kernel takes"
+        );
     }
 }
