@@ -59,6 +59,7 @@ pub fn run_container(options: &RunContainerOptions) -> Result<i32, RunContainerE
         // The host's cgroup layout is its own business: no cgroup, as crun's
         // `--cgroup-manager=disabled`.
         cgroup: None,
+        devices: Vec::new(),
         // As `crun spec`'s default: a network namespace of its own, with lo up.
         network: berth_runtime::Network::Isolated,
         stdout,

@@ -117,13 +117,17 @@ impl Service {
     }
 }
 
-/// Makes `command`'s process start with no signal blocked. init blocks the signals its
-/// signalfd reads; a child inherits that mask through fork and exec (measured: netd ran with
-/// init's mask), and a netd with SIGTERM and SIGHUP blocked would never release its leases or
-/// reload.
+/// Makes `command`'s process start with no signal blocked, in a session of its own. init
+/// blocks the signals its signalfd reads; a child inherits that mask through fork and exec
+/// (measured: netd ran with init's mask), and a netd with SIGTERM and SIGHUP blocked would
+/// never release its leases or reload. The session keeps it out of PID 1's process group:
+/// `kill(0, sig)` or `kill(-pgid, sig)` from any other process in that group (a container's,
+/// before containers got sessions of their own) reached netd and berth-pull, and they must
+/// not reach init through netd's group either.
 pub fn start_unblocked(command: &mut std::process::Command) {
     // SAFETY: the closure runs in the child between fork and exec and only calls
-    // sigprocmask(2), which is async-signal-safe; it touches no memory of the parent.
+    // sigprocmask(2) and setsid(2), both async-signal-safe; it touches no memory of the
+    // parent.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(command, || {
             nix::sys::signal::sigprocmask(
@@ -131,7 +135,10 @@ pub fn start_unblocked(command: &mut std::process::Command) {
                 Some(&nix::sys::signal::SigSet::empty()),
                 None,
             )
-            .map_err(std::io::Error::from)
+            .map_err(std::io::Error::from)?;
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
         });
     }
 }

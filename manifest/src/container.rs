@@ -72,6 +72,12 @@ pub struct Container {
     /// Mount the root filesystem read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// Host devices passed in, Compose's `HOST[:CONTAINER[:PERMISSIONS]]`
+    /// (`"/dev/fuse:/dev/fuse:rwm"`); the container can open no other device but the
+    /// defaults (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `console`, `ptmx`, the
+    /// pts). Ignored when privileged.
+    #[serde(default)]
+    pub devices: Vec<DeviceMapping>,
     /// Supplementary groups (names from the image's `/etc/group`, or numbers).
     #[serde(default)]
     pub group_add: Vec<String>,
@@ -521,6 +527,68 @@ impl<'de> Deserialize<'de> for Tmpfs {
     }
 }
 
+/// `devices` entry: a host device node, where it appears in the container and what the
+/// container may do with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMapping {
+    /// The node on the host (checked when the container starts: it must be a device).
+    pub host: AbsolutePath,
+    /// Under `/dev/` in the container; the host path unless given.
+    pub container: AbsolutePath,
+    /// A subset of `rwm` (read, write, mknod), in that order; `rwm` unless given.
+    pub permissions: String,
+}
+
+impl DeviceMapping {
+    pub fn new(spec: &str) -> Result<DeviceMapping, String> {
+        let invalid = |why: String| {
+            format!("`{spec}` is not a device ({why}): write `/dev/HOST[:/dev/CONTAINER[:rwm]]`")
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        // As Docker reads it: a second part that is not a path is the permissions.
+        let (host, container, permissions) = match parts.as_slice() {
+            [host] => (*host, *host, "rwm"),
+            [host, perms] if !perms.starts_with('/') => (*host, *host, *perms),
+            [host, container] => (*host, *container, "rwm"),
+            [host, container, perms] => (*host, *container, *perms),
+            _ => return Err(invalid("expected one to three `:`-separated parts".into())),
+        };
+        let host = AbsolutePath::new(host).map_err(invalid)?;
+        let container = AbsolutePath::new(container).map_err(invalid)?;
+        let name = container.0.strip_prefix("/dev/").unwrap_or_default();
+        if name.split('/').all(|part| part.is_empty() || part == ".") {
+            return Err(invalid(format!(
+                "the container path `{}` must name a node under /dev/",
+                container.0
+            )));
+        }
+        let mut seen = String::new();
+        for c in permissions.chars() {
+            if !"rwm".contains(c) || seen.contains(c) {
+                return Err(invalid(format!(
+                    "the permissions `{permissions}` must be letters of `rwm`, each once"
+                )));
+            }
+            seen.push(c);
+        }
+        if seen.is_empty() {
+            return Err(invalid("the permissions are empty".into()));
+        }
+        let permissions = "rwm".chars().filter(|c| seen.contains(*c)).collect();
+        Ok(DeviceMapping {
+            host,
+            container,
+            permissions,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceMapping {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        DeviceMapping::new(&String::deserialize(deserializer)?).map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
@@ -549,6 +617,49 @@ mod tests {
         assert!(v.read_only);
         for bad in ["/a", "/a:b", "/a:/b:rx", "../x:/b", "/a:/b:ro:x"] {
             assert!(Volume::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn devices_in_composes_syntax() {
+        let d = DeviceMapping::new("/dev/kvm").unwrap();
+        assert_eq!(
+            (
+                d.host.0.as_str(),
+                d.container.0.as_str(),
+                d.permissions.as_str()
+            ),
+            ("/dev/kvm", "/dev/kvm", "rwm")
+        );
+        let d = DeviceMapping::new("/dev/vdb:/dev/disk2").unwrap();
+        assert_eq!(
+            (d.container.0.as_str(), d.permissions.as_str()),
+            ("/dev/disk2", "rwm")
+        );
+        let d = DeviceMapping::new("/dev/fuse:/dev/fuse:mr").unwrap();
+        assert_eq!(d.permissions, "rm");
+        let d = DeviceMapping::new("/dev/sda:r").unwrap();
+        assert_eq!(
+            (d.container.0.as_str(), d.permissions.as_str()),
+            ("/dev/sda", "r")
+        );
+        let d = DeviceMapping::new("/dev/vdb:/dev/disks/a/b:w").unwrap();
+        assert_eq!(d.container.0, "/dev/disks/a/b");
+        for (bad, why) in [
+            ("dev/kvm", "absolute"),
+            ("/dev/kvm:/kvm", "under /dev/"),
+            ("/dev/kvm:/dev/", "under /dev/"),
+            ("/dev/kvm:/dev/.", "under /dev/"),
+            ("/dev/kvm:/device", "under /dev/"),
+            ("/dev/kvm:/dev/../etc/x", "`..`"),
+            ("/dev/kvm:/dev/kvm:rx", "letters of `rwm`"),
+            ("/dev/kvm:/dev/kvm:rr", "each once"),
+            ("/dev/kvm:/dev/kvm:", "empty"),
+            ("/dev/kvm:/dev/kvm:r:w", "one to three"),
+            ("", "absolute"),
+        ] {
+            let err = DeviceMapping::new(bad).unwrap_err();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
         }
     }
 

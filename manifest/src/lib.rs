@@ -34,8 +34,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use container::{
-    AbsolutePath, Command, Condition, Container, DependsOn, Environment, PidMode, RestartPolicy,
-    SignalName, Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
+    AbsolutePath, Command, Condition, Container, DependsOn, DeviceMapping, Environment, PidMode,
+    RestartPolicy, SignalName, Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
 };
 pub use duration::{parse_duration, ComposeDuration};
 pub use error::ManifestError;
@@ -399,6 +399,23 @@ environment = ["A=1", "B=two=2"]
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(&format!(" {field}")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_bad_device_names_file_line_and_field() {
+        let text =
+            "[containers.w]\nimage = \"x:1\"\ndevices = [\"/dev/kvm\", \"/dev/vdb:/etc/vdb\"]\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "m.toml:3:11: containers.w.devices[1]: `/dev/vdb:/etc/vdb` is not a device"
+            ),
+            "{err}"
+        );
+        let good = "[containers.w]\nimage = \"x:1\"\ndevices = [\"/dev/fuse:/dev/fuse:rw\"]\n";
+        let manifest = parse(good).unwrap();
+        let w = &manifest.containers[&ContainerName::new("w").unwrap()];
+        assert_eq!(w.devices[0].permissions, "rw");
     }
 
     #[test]

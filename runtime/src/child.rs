@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -13,8 +12,10 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{chdir, execve, pivot_root, setgid, setgroups, sethostname, setuid, Gid, Uid};
 
 use crate::spawn::SETUP_FAILED_EXIT;
-use crate::user::{resolve_user, ResolvedUser};
-use crate::{devices, seccomp, security, ContainerSpec, ExtraMount, Network, Rootfs, RootfsSpec};
+use crate::user::{read_account_file, resolve_groups, resolve_user, ResolvedUser};
+use crate::{
+    devices, inroot, seccomp, security, ContainerSpec, ExtraMount, Network, Rootfs, RootfsSpec,
+};
 
 pub(crate) type StepResult<T = ()> = Result<T, String>;
 
@@ -49,7 +50,14 @@ fn setup_and_exec(
 ) -> StepResult<Infallible> {
     // The parent moves us into our cgroup first, so that the cgroup namespace entered next is
     // rooted there, and wires a bridged namespace's veth before it lets us go.
+    // Not dumpable until exec (which makes an ordinary program dumpable again): the
+    // container's other processes, once they run, cannot ptrace it or read its /proc files.
+    crate::exec::non_dumpable()?;
     wait_for_parent(go)?;
+    // A session (and process group) of its own: `kill(0, sig)` or `kill(-pgid, sig)` from
+    // the container must reach its own processes only, never PID 1's group (init, netd, the
+    // other containers' first processes).
+    step(|| "start a new session".into(), nix::unistd::setsid())?;
     enter_network(&spec.network, join)?;
     step(
         || "enter a new cgroup namespace".into(),
@@ -68,24 +76,28 @@ fn setup_and_exec(
         ),
     )?;
     mount_rootfs(&spec.rootfs)?;
-    let root = spec.rootfs.root();
-    mount_extra(root, &spec.mounts)?;
+    let root_path = spec.rootfs.root();
+    // Every target below is resolved inside the root: the image's symlinks cannot lead out.
+    let root = inroot::open_root(root_path)?;
+    mount_extra(&root, &spec.mounts)?;
     // /proc, /sys and /dev go in after the operator's mounts so that none can shadow them.
-    devices::mount_kernel_filesystems(root, spec.security.privileged)?;
-    pivot_into(root)?;
+    devices::mount_kernel_filesystems(&root, spec.security.privileged, &spec.devices)?;
+    drop(root);
+    pivot_into(root_path)?;
     step(
         || format!("set hostname {}", spec.name),
         sethostname(&spec.name),
     )?;
     let security = &spec.security;
     if security.protect_kernel_paths {
+        inroot::check_dev_null(Path::new("/dev/null"))?;
         security::mask_and_protect_paths()?;
     }
     // The user is looked up in the container's own /etc/passwd, so after pivot_root.
-    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let group_file = read_account_file(Path::new("/etc/group"))?;
     let mut user = resolve_user(
         spec.user.as_deref(),
-        &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        &read_account_file(Path::new("/etc/passwd"))?,
         &group_file,
     )?;
     user.additional_gids
@@ -136,23 +148,6 @@ fn enter_network(network: &Network, join: Option<&std::fs::File>) -> StepResult 
             None => Err(format!("no network namespace of process {pid} to join")),
         },
     }
-}
-
-/// Group names or numbers from `group_add`, as gids.
-pub(crate) fn resolve_groups(groups: &[String], group_file: &str) -> StepResult<Vec<u32>> {
-    groups
-        .iter()
-        .map(|group| {
-            group.parse::<u32>().or_else(|_| {
-                group_file
-                    .lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|fields| fields.first() == Some(&group.as_str()))
-                    .and_then(|fields| fields.get(2).and_then(|g| g.parse().ok()))
-                    .ok_or_else(|| format!("group `{group}` is not in the container's /etc/group"))
-            })
-        })
-        .collect()
 }
 
 /// Enters a new user namespace and becomes its root once the parent has written the id maps:
@@ -256,15 +251,8 @@ fn mount_overlay(rootfs: &RootfsSpec) -> StepResult {
     )
 }
 
-/// `target` inside the container root, refusing `..` (the manifest refuses it too).
-pub(crate) fn inside(root: &Path, target: &str) -> StepResult<PathBuf> {
-    if target.split('/').any(|part| part == "..") {
-        return Err(format!("mount target {target} must not contain `..`"));
-    }
-    Ok(root.join(target.trim_start_matches('/')))
-}
-
-fn mount_extra(root: &Path, mounts: &[ExtraMount]) -> StepResult {
+/// The operator's volumes and tmpfs mounts, each target resolved inside the root.
+fn mount_extra(root: &pathrs::Root, mounts: &[ExtraMount]) -> StepResult {
     for extra in mounts {
         match extra {
             ExtraMount::Bind {
@@ -272,59 +260,27 @@ fn mount_extra(root: &Path, mounts: &[ExtraMount]) -> StepResult {
                 target,
                 read_only,
             } => {
-                let dest = inside(root, target)?;
-                if source.is_dir() {
-                    step(
-                        || format!("create {}", dest.display()),
-                        std::fs::create_dir_all(&dest),
-                    )?;
+                let handle = if source.is_dir() {
+                    inroot::directory(root, target)?
                 } else {
-                    if let Some(parent) = dest.parent() {
-                        step(
-                            || format!("create {}", parent.display()),
-                            std::fs::create_dir_all(parent),
-                        )?;
-                    }
-                    if !dest.exists() {
-                        step(
-                            || format!("create {}", dest.display()),
-                            std::fs::File::create(&dest),
-                        )?;
-                    }
-                }
-                let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-                step(
-                    || format!("bind {} on {target}", source.display()),
-                    mount(Some(source), &dest, None::<&str>, flags, None::<&str>),
+                    inroot::file(root, target)?
+                };
+                inroot::bind(
+                    source,
+                    &handle,
+                    *read_only,
+                    &format!("{} on {target}", source.display()),
                 )?;
-                if *read_only {
-                    step(
-                        || format!("make {target} read-only"),
-                        mount(
-                            None::<&str>,
-                            &dest,
-                            None::<&str>,
-                            flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                            None::<&str>,
-                        ),
-                    )?;
-                }
             }
             ExtraMount::Tmpfs { target, options } => {
-                let dest = inside(root, target)?;
-                step(
-                    || format!("create {}", dest.display()),
-                    std::fs::create_dir_all(&dest),
-                )?;
-                step(
-                    || format!("mount tmpfs on {target}"),
-                    mount(
-                        Some("tmpfs"),
-                        &dest,
-                        Some("tmpfs"),
-                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                        (!options.is_empty()).then_some(options.as_str()),
-                    ),
+                let handle = inroot::directory(root, target)?;
+                inroot::mount_on(
+                    &format!("tmpfs on {target}"),
+                    Some("tmpfs"),
+                    &handle,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    (!options.is_empty()).then_some(options.as_str()),
                 )?;
             }
         }
@@ -348,16 +304,16 @@ fn pivot_into(root: &Path) -> StepResult {
     step(|| "chdir /".into(), chdir("/"))
 }
 
+/// Creates the working directory when missing (as Docker does; through a dangling symlink,
+/// the directory it names inside the root) and enters it. Runs after `pivot_root`, so the
+/// root is the container's.
 pub(crate) fn enter_working_dir(cwd: &str) -> StepResult {
-    let path = Path::new(cwd);
-    if !path.exists() {
-        step(
-            || format!("create working directory {cwd}"),
-            std::fs::create_dir_all(path),
-        )?;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
-    }
-    step(|| format!("chdir to working directory {cwd}"), chdir(path))
+    let root = inroot::open_root(Path::new("/"))?;
+    inroot::directory(&root, cwd)?;
+    step(
+        || format!("chdir to working directory {cwd}"),
+        chdir(Path::new(cwd)),
+    )
 }
 
 pub(crate) fn drop_privileges(user: &ResolvedUser) -> StepResult {
@@ -434,6 +390,9 @@ pub(crate) fn exec_command(
         .map_err(|_| format!("program path {} contains a NUL byte", path.display()))?;
     let args = cstrings(args, "argument")?;
     let env = cstrings(&env, "environment entry")?;
+    // Last before execve: nothing of init's past the process' own stdio crosses it. Marked
+    // close-on-exec rather than closed, so the error pipe still reports a failed execve.
+    security::close_on_exec_from_3()?;
     step(
         || format!("exec {}", path.display()),
         execve(&path_c, &args, &env),

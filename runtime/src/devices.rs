@@ -1,12 +1,15 @@
 //! What a container gets under `/proc`, `/sys` and `/dev`: the OCI runtime spec's defaults,
 //! as crun and runc give them.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-use nix::mount::{mount, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::mount::MsFlags;
+use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
+use pathrs::Root;
 
-use crate::child::inside;
+use crate::device_filter::DeviceNode;
+use crate::inroot;
 
 /// A kernel filesystem mounted into every container, in this order.
 struct KernelMount {
@@ -86,23 +89,23 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 ];
 
 /// Mounts `/proc`, `/sys` and `/dev` (with its devices) into the container root `root`. A
-/// privileged container gets a writable `/sys` and the host's `/dev` instead.
-pub(crate) fn mount_kernel_filesystems(root: &Path, privileged: bool) -> Result<(), String> {
+/// privileged container gets a writable `/sys` and the host's `/dev` instead. Each target is
+/// resolved inside the root, and one the image made a symlink is refused.
+pub(crate) fn mount_kernel_filesystems(
+    root: &Root,
+    privileged: bool,
+    passed: &[DeviceNode],
+) -> Result<(), String> {
+    for top in TOP_LEVEL_KERNEL_TARGETS {
+        inroot::refuse_symlink(root, top)?;
+    }
     for m in KERNEL_MOUNTS {
-        let target = inside(root, m.target)?;
-        std::fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", m.target))?;
-        if privileged && m.target == "/dev" {
-            mount(
-                Some("/dev"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| format!("bind the host's /dev: {e}"))?;
+        if privileged && m.target.starts_with("/dev/") {
             continue;
         }
-        if privileged && m.target.starts_with("/dev/") {
+        let target = inroot::directory(root, m.target)?;
+        if privileged && m.target == "/dev" {
+            inroot::bind(Path::new("/dev"), &target, false, "the host's /dev")?;
             continue;
         }
         let flags = if privileged {
@@ -110,27 +113,38 @@ pub(crate) fn mount_kernel_filesystems(root: &Path, privileged: bool) -> Result<
         } else {
             m.flags
         };
-        mount(
+        inroot::mount_on(
+            &format!("{} on {}", m.fstype, m.target),
             Some(m.fstype),
             &target,
             Some(m.fstype),
             flags,
             (!m.data.is_empty()).then_some(m.data),
-        )
-        .map_err(|e| format!("mount {} on {}: {e}", m.fstype, m.target))?;
+        )?;
         if m.target == "/dev" {
-            create_devices(&target)?;
+            // The handle names the directory under the mount; the devices go in the new tmpfs.
+            let dev = inroot::directory(root, m.target)?;
+            create_devices(dev.as_fd())?;
+            // The manifest's `devices`, which the device filter lets the container open.
+            crate::device_filter::create_device_nodes(dev.as_fd(), passed)?;
         }
     }
     Ok(())
 }
 
-fn create_devices(dev: &Path) -> Result<(), String> {
+/// The kernel filesystems' mount points at the top of the root: an image may not make them
+/// symlinks (the ones below them live in filesystems berth has just mounted).
+const TOP_LEVEL_KERNEL_TARGETS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Creates the default devices and links in the container's fresh `/dev` tmpfs, through its
+/// descriptor.
+fn create_devices(dev: BorrowedFd<'_>) -> Result<(), String> {
     // mknod applies the umask; the devices must be world-usable as the spec says.
     let previous = nix::sys::stat::umask(Mode::empty());
     let result = DEVICES.iter().try_for_each(|(name, major, minor)| {
-        mknod(
-            &dev.join(name),
+        mknodat(
+            dev,
+            *name,
             SFlag::S_IFCHR,
             Mode::from_bits_truncate(0o666),
             makedev(*major, *minor),
@@ -140,7 +154,7 @@ fn create_devices(dev: &Path) -> Result<(), String> {
     nix::sys::stat::umask(previous);
     result?;
     for (name, target) in DEV_SYMLINKS {
-        std::os::unix::fs::symlink(target, dev.join(name))
+        nix::unistd::symlinkat(*target, dev, *name)
             .map_err(|e| format!("link /dev/{name}: {e}"))?;
     }
     Ok(())

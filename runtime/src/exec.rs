@@ -24,7 +24,7 @@ use nix::unistd::{pipe2, Pid};
 
 use crate::child::{self, step, StepResult};
 use crate::spawn::SETUP_FAILED_EXIT;
-use crate::user::resolve_user;
+use crate::user::{read_account_file, resolve_groups, resolve_user};
 use crate::{seccomp, security, RuntimeError, Security};
 
 /// The joiner and the process run only setup code before exec; see spawn's stack.
@@ -163,7 +163,9 @@ fn joiner(
     errors: &OwnedFd,
     pid_out: &OwnedFd,
 ) -> isize {
-    let joined = join(spec, namespaces);
+    // Not dumpable from its first instruction: once in the container's namespaces, nothing
+    // there may ptrace it or open its /proc files (its memory is a copy of init's).
+    let joined = non_dumpable().and_then(|()| join(spec, namespaces));
     let result = joined.and_then(|()| {
         let mut stack = vec![0u8; STACK_SIZE];
         let process_main = Box::new(|| {
@@ -198,6 +200,15 @@ fn joiner(
     }
 }
 
+/// `PR_SET_DUMPABLE` 0: no core dumps, no ptrace and root-owned /proc files for this process
+/// until execve, as runc does for the processes it starts in a container.
+pub(crate) fn non_dumpable() -> StepResult {
+    step(
+        || "make the process non-dumpable".into(),
+        nix::sys::prctl::set_dumpable(false),
+    )
+}
+
 fn join(spec: &ExecSpec, namespaces: &[Joined]) -> StepResult {
     // Into the cgroup first, so the process counts against the container's limits from its
     // first instruction and the cgroup namespace's view is the container's.
@@ -222,6 +233,9 @@ fn setup_and_exec(
     spec: &ExecSpec,
     user_namespace: Option<&Joined>,
 ) -> StepResult<std::convert::Infallible> {
+    // Already so by inheritance from the joiner; said again where the process starts. execve
+    // of an ordinary program makes it dumpable again.
+    non_dumpable()?;
     step(|| "start a new session".into(), nix::unistd::setsid())?;
     if spec.tty {
         // SAFETY: TIOCSCTTY takes an int argument (0: do not steal from another session);
@@ -235,14 +249,14 @@ fn setup_and_exec(
         }
     }
     child::dup_stdio(spec.stdin.as_fd(), spec.stdout.as_fd(), spec.stderr.as_fd())?;
-    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let group_file = read_account_file(std::path::Path::new("/etc/group"))?;
     let mut user = resolve_user(
         spec.user.as_deref(),
-        &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        &read_account_file(std::path::Path::new("/etc/passwd"))?,
         &group_file,
     )?;
     user.additional_gids
-        .extend(child::resolve_groups(&spec.group_add, &group_file)?);
+        .extend(resolve_groups(&spec.group_add, &group_file)?);
     step(
         || format!("chdir to working directory {}", spec.cwd),
         nix::unistd::chdir(spec.cwd.as_str()),

@@ -20,14 +20,19 @@
 
 mod cgroup;
 mod child;
+mod device_filter;
 mod devices;
 mod exec;
+mod inroot;
 mod seccomp;
 mod security;
 mod spawn;
 mod user;
 
 pub use cgroup::{delegate_controllers, oom_kills, CgroupLimits, CONTROLLERS};
+pub use device_filter::{
+    rules as device_rules, Access, DeviceKind, DeviceNode, DeviceRule, DEFAULT_RULES,
+};
 pub use exec::{exec, ExecSpec};
 pub use security::{MASKED_PATHS, READONLY_PATHS};
 pub use spawn::{spawn, wait, Spawned};
@@ -109,8 +114,12 @@ pub struct ContainerSpec {
     /// (rlimit name as Compose writes it, soft, hard).
     pub rlimits: Vec<(String, u64, u64)>,
     pub limits: CgroupLimits,
-    /// The cgroup directory the process is placed in before it runs anything.
+    /// The cgroup directory the process is placed in before it runs anything. Unless the
+    /// container is privileged, a device program is attached to it first: only the default
+    /// devices and `devices` can be opened.
     pub cgroup: Option<PathBuf>,
+    /// Host devices passed in (ignored when privileged: the host's `/dev` is there).
+    pub devices: Vec<DeviceNode>,
     pub network: Network,
     /// Where the container's stdout and stderr go (write ends; stdin is `/dev/null`).
     pub stdout: OwnedFd,
@@ -202,9 +211,27 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot {step} the device filter of cgroup {}: {source}{}", cgroup.display(), verifier_log(log))]
+    DeviceFilter {
+        cgroup: PathBuf,
+        /// `generate`, `load`, `open` (the cgroup) or `attach`.
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+        /// The verifier's log when the load failed.
+        log: String,
+    },
     /// A step inside the new namespaces failed; the child reported it before exiting.
     #[error("cannot wire the container to its network: {0}")]
     Network(String),
     #[error("{0}")]
     Setup(String),
+}
+
+fn verifier_log(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!("; verifier log:\n{log}")
+    }
 }

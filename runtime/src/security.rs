@@ -112,18 +112,30 @@ pub(crate) fn limit_bounding_set(kept: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Sets the effective, permitted and inheritable sets to what is kept, and clears the
-/// ambient set. Runs after the uid change (with keep-caps set across it).
+/// The sets a container's process gets from [`set_capabilities`], in its order: (set, what
+/// is kept in it). Inheritable stays empty, as runc and Docker (20.10.14 on) leave it since
+/// CVE-2022-24769: at execve the new permitted set takes `inheritable & file inheritable`,
+/// so with a non-empty inheritable set a program in the image marked `setcap cap_x+ei`
+/// hands capabilities to a non-root user that an ordinary Linux non-root process would
+/// never have; ambient capabilities, too, can only be raised from the inheritable set.
+fn capability_sets(kept: &CapsHashSet) -> [(CapSet, CapsHashSet); 3] {
+    [
+        // Effective must stay a subset of permitted while the sets change.
+        (CapSet::Effective, kept.clone()),
+        (CapSet::Permitted, kept.clone()),
+        (CapSet::Inheritable, CapsHashSet::new()),
+    ]
+}
+
+/// Sets the effective and permitted sets to what is kept, empties the inheritable one and
+/// clears the ambient set. Runs after the uid change (with keep-caps set across it).
 pub(crate) fn set_capabilities(kept: &[u8]) -> Result<(), String> {
-    let set = capability_set(kept);
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
-    // Effective must stay a subset of permitted while the sets change.
-    caps::set(None, CapSet::Effective, &set)
-        .map_err(|e| format!("set effective capabilities: {e}"))?;
-    caps::set(None, CapSet::Permitted, &set)
-        .map_err(|e| format!("set permitted capabilities: {e}"))?;
-    caps::set(None, CapSet::Inheritable, &set)
-        .map_err(|e| format!("set inheritable capabilities: {e}"))
+    for (which, set) in capability_sets(&capability_set(kept)) {
+        caps::set(None, which, &set)
+            .map_err(|e| format!("set {which:?} capabilities to {set:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Keeps the permitted set across the switch from root to another uid.
@@ -166,4 +178,63 @@ pub(crate) fn set_rlimits(limits: &[(String, u64, u64)]) -> Result<(), String> {
             .map_err(|e| format!("set rlimit {name} to {soft}:{hard}: {e}"))?;
     }
     Ok(())
+}
+
+/// `close_range(2)`'s number, the same on x86_64 and aarch64 (asm-generic's table).
+const SYS_CLOSE_RANGE: nix::libc::c_long = 436;
+/// `CLOSE_RANGE_CLOEXEC` (`linux/close_range.h`, Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+
+/// Marks every descriptor from 3 up close-on-exec, whatever opened it and however: the
+/// process starts with stdin, stdout and stderr only.
+pub(crate) fn close_on_exec_from_3() -> Result<(), String> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC takes three integers and only sets the
+    // close-on-exec flag of this process' descriptors from 3 up; it closes none, so no
+    // OwnedFd of ours is invalidated.
+    let ret = unsafe {
+        nix::libc::syscall(
+            SYS_CLOSE_RANGE,
+            3 as nix::libc::c_uint,
+            nix::libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    nix::errno::Errno::result(ret)
+        .map(drop)
+        .map_err(|e| format!("mark descriptors from 3 up close-on-exec (close_range): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inheritable_set_is_always_empty() {
+        // CAP_CHOWN, CAP_NET_BIND_SERVICE, CAP_SYS_ADMIN: whatever is kept.
+        let kept = capability_set(&[0, 10, 21]);
+        assert_eq!(kept.len(), 3);
+        let sets = capability_sets(&kept);
+        for (which, set) in &sets {
+            match which {
+                CapSet::Inheritable => assert!(set.is_empty(), "inheritable: {set:?}"),
+                _ => assert_eq!(set, &kept, "{which:?}"),
+            }
+        }
+        assert!(sets.iter().any(|(w, _)| matches!(w, CapSet::Inheritable)));
+    }
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "tests")]
+    fn every_descriptor_from_3_up_is_marked_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        // A pipe made without O_CLOEXEC: what a careless open elsewhere in init would leave.
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::empty()).unwrap();
+        let cloexec = |fd: &std::os::fd::OwnedFd| {
+            FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
+                .contains(FdFlag::FD_CLOEXEC)
+        };
+        assert!(!cloexec(&read) && !cloexec(&write));
+        close_on_exec_from_3().unwrap();
+        assert!(cloexec(&read) && cloexec(&write), "marked, and still open");
+    }
 }

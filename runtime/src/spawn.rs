@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
-use crate::{child, ContainerSpec, IdMap, Network, RuntimeError};
+use crate::{child, device_filter, ContainerSpec, IdMap, Network, RuntimeError};
 
 /// Stack of the cloned child until it execs. It runs the setup steps, which format messages
 /// and read small files; 1 MiB leaves room, and untouched pages are never allocated.
@@ -86,16 +86,22 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
         error
     };
     if let Some(cgroup) = &spec.cgroup {
-        // Limits first, so they hold from the process' first instruction in the cgroup.
+        let cgroup_error = |source| RuntimeError::Cgroup {
+            cgroup: cgroup.clone(),
+            source,
+        };
+        // Limits and the device filter first, so they hold from the process' first
+        // instruction in the cgroup.
         std::fs::create_dir_all(cgroup)
             .and_then(|()| spec.limits.apply(cgroup).map_err(std::io::Error::other))
-            .and_then(|()| std::fs::write(cgroup.join("cgroup.procs"), pid.as_raw().to_string()))
-            .map_err(|source| {
-                abort(RuntimeError::Cgroup {
-                    cgroup: cgroup.clone(),
-                    source,
-                })
-            })?;
+            .map_err(|source| abort(cgroup_error(source)))?;
+        if spec.security.privileged {
+            device_filter::detach(cgroup).map_err(abort)?;
+        } else {
+            device_filter::attach(cgroup, &spec.devices).map_err(abort)?;
+        }
+        std::fs::write(cgroup.join("cgroup.procs"), pid.as_raw().to_string())
+            .map_err(|source| abort(cgroup_error(source)))?;
     }
     if let Network::Bridge(attachment) = &spec.network {
         berth_container_net::host::attach(attachment, pid.as_raw())

@@ -56,6 +56,15 @@ pub fn output(machine: &Machine, container: &str) -> Vec<String> {
         .collect()
 }
 
+/// A container's `key=value` output lines (what the probe prints), by key; a later line wins.
+pub fn facts(machine: &Machine, container: &str) -> HashMap<String, String> {
+    output(machine, container)
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

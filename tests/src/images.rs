@@ -130,3 +130,34 @@ pub fn busybox_layout(arch: Arch) -> Result<PathBuf, String> {
     std::fs::write(base.join(".complete"), probe_stamp).map_err(|e| e.to_string())?;
     Ok(layout)
 }
+
+/// An OCI layout tagged `1.35` holding the busybox image with `tweak` applied to its root
+/// filesystem (run as root on the test machine, so it may `mknod` or plant symlinks): the
+/// hostile images of the boundary tests. Rebuilt at every call, under
+/// `target/test-images/variant-<name>-<arch>/`.
+pub fn variant_layout(
+    arch: Arch,
+    name: &str,
+    tweak: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, String> {
+    let source = busybox_layout(arch)?;
+    let base = target_dir()
+        .join("test-images")
+        .join(format!("variant-{name}-{arch}"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let layout = base.join("layout");
+    run(Command::new("cp").arg("-a").arg(&source).arg(&layout))?;
+    let image = format!("{}:{BUSYBOX_TAG}", layout.display());
+    let bundle = base.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle))?;
+    tweak(&bundle.join("rootfs"))?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle))?;
+    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout))?;
+    let _ = std::fs::remove_dir_all(&bundle);
+    Ok(layout)
+}

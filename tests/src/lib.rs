@@ -128,6 +128,19 @@ pub fn build_image_with(
     kernel: Option<KernelChoice>,
     disk: Option<DiskOptions>,
 ) -> Result<PathBuf, String> {
+    build_image_with_images(arch, manifest, log_dir, kernel, disk, Vec::new())
+}
+
+/// As [`build_image_with`], with more images baked in beside `busybox:1.35` (hostile images
+/// made by [`images::variant_layout`], say).
+pub fn build_image_with_images(
+    arch: Arch,
+    manifest: &str,
+    log_dir: &Path,
+    kernel: Option<KernelChoice>,
+    disk: Option<DiskOptions>,
+    extra_images: Vec<ImageSource>,
+) -> Result<PathBuf, String> {
     let manifest_path = log_dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
     let out = log_dir.join("image");
@@ -142,10 +155,12 @@ pub fn build_image_with(
         netd: None,
         berthctl: None,
         puller: Some(guest_binary("berth-registry", "berth-pull", arch)?),
-        images: vec![ImageSource {
+        images: std::iter::once(ImageSource {
             name: Some(images::BUSYBOX.to_string()),
             dir: images::busybox_layout(arch)?,
-        }],
+        })
+        .chain(extra_images)
+        .collect(),
         extra_modules: Vec::new(),
         disk,
     };

@@ -9,9 +9,11 @@ use berth_manifest::{
     Capability, Container, PidMode, SecurityOpt, Userns, VolumeSource, CAPABILITIES,
 };
 use berth_runtime::{
-    CgroupLimits, ContainerSpec, ExtraMount, IdMap, Network, Rootfs, RootfsSpec, Security,
-    DEFAULT_CAPABILITIES,
+    Access, CgroupLimits, ContainerSpec, DeviceKind, DeviceNode, ExtraMount, IdMap, Network,
+    Rootfs, RootfsSpec, Security, DEFAULT_CAPABILITIES,
 };
+
+use nix::sys::stat::SFlag;
 
 use crate::images::PreparedImage;
 
@@ -172,6 +174,39 @@ pub fn rlimits(config: &Container) -> Vec<(String, u64, u64)> {
     limits
 }
 
+/// The host devices `config` passes in, as they are now on the host: each must exist and be
+/// a character or block device. None for a privileged container, which has the host's /dev.
+pub fn devices(name: &str, config: &Container) -> Result<Vec<DeviceNode>, String> {
+    if config.privileged {
+        return Ok(Vec::new());
+    }
+    config
+        .devices
+        .iter()
+        .map(|device| {
+            let host = &device.host.0;
+            let fail = |why: String| format!("container {name}: device {host}: {why}");
+            let stat = nix::sys::stat::stat(host.as_str()).map_err(|e| fail(e.to_string()))?;
+            let kind = match SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) {
+                SFlag::S_IFCHR => DeviceKind::Char,
+                SFlag::S_IFBLK => DeviceKind::Block,
+                _ => return Err(fail("not a character or block device".to_string())),
+            };
+            let access = Access::parse(&device.permissions)
+                .ok_or_else(|| fail(format!("bad permissions `{}`", device.permissions)))?;
+            let number = |n: u64| u32::try_from(n).map_err(|_| fail(format!("device number {n}")));
+            Ok(DeviceNode {
+                path: device.container.0.clone(),
+                kind,
+                major: number(nix::sys::stat::major(stat.st_rdev))?,
+                minor: number(nix::sys::stat::minor(stat.st_rdev))?,
+                mode: stat.st_mode & 0o7777,
+                access,
+            })
+        })
+        .collect()
+}
+
 /// The id map of a `userns = true` container: the manifest's `[userns]` ranges.
 pub fn id_map(config: &Container, userns: &Userns) -> Option<IdMap> {
     config.userns.then(|| IdMap {
@@ -231,6 +266,7 @@ pub fn build(
         rlimits: rlimits(config),
         limits: limits(config),
         cgroup: Some(Path::new(CGROUP_PARENT).join(name)),
+        devices: devices(name, config)?,
         network,
         stdout,
         stderr,
