@@ -48,6 +48,16 @@ privileged = true
 image = "busybox:1.35"
 command = ["sleep", "3600"]
 
+[containers.readonly]
+image = "busybox:1.35"
+command = ["sleep", "3600"]
+volumes = ["/dev:/hostdev:ro"]
+
+[containers.fifo]
+image = "busybox:1.35"
+command = ["sh", "-c", "rm -f /etc/passwd && mkfifo /etc/passwd && echo fifo=planted && exec sleep 3600"]
+healthcheck = { test = ["CMD", "true"], interval = "1s", timeout = "2s", retries = 1 }
+
 [containers.killer]
 image = "busybox:1.35"
 command = ["sh", "-c", "echo killer=armed; while [ ! -e /tmp/go ]; do sleep 0.1; done; kill -USR2 0; kill -TERM 0; kill -9 -1; echo killer=sent; exec sleep 3600"]
@@ -152,6 +162,49 @@ fn boundary_holds(arch: Arch, test: &str) {
         "the volume holds the file: {host}; {console}"
     );
     assert_eq!(ESCAPES.len(), 5);
+
+    // A read-only volume is read-only with every mount below it (the host's /dev/shm under
+    // its /dev), and keeps its source's nosuid and nodev.
+    let readonly = sh(
+        &socket,
+        "readonly",
+        "touch /hostdev/shm/berth-ro 2>/dev/null && echo shm=writable || echo shm=refused; awk '$5 == \"/hostdev\" || $5 == \"/hostdev/shm\" { print \"mount\", $5, $6 }' /proc/self/mountinfo",
+    );
+    assert!(
+        readonly.lines().any(|l| l == "shm=refused"),
+        "a mount under a read-only volume is read-only: {readonly}; {console}"
+    );
+    for (target, flags) in [
+        ("/hostdev", &["ro", "nosuid"][..]),
+        ("/hostdev/shm", &["ro", "nosuid", "nodev"][..]),
+    ] {
+        let options = readonly
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("mount {target} ")))
+            .unwrap_or_else(|| panic!("{target} is mounted: {readonly}; {console}"));
+        for flag in flags {
+            assert!(
+                options.split(',').any(|o| o == *flag),
+                "{target} has {flag}: {options}; {console}"
+            );
+        }
+    }
+
+    // A FIFO planted at /etc/passwd: the health check (an exec, which looks the user up)
+    // fails cleanly instead of hanging in open(2), and init keeps answering.
+    wait_seen(
+        &machine,
+        r"^berth event=health container=fifo status=unhealthy ",
+    );
+    for _ in 0..3 {
+        let asked = std::time::Instant::now();
+        assert!(ps_pid(&socket, "fifo").is_some(), "fifo runs; {console}");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "ps answered in {:?}; {console}",
+            asked.elapsed()
+        );
+    }
 
     // A symlinked /dev is refused, naming the path; the others keep running.
     let failed = wait_seen(&machine, r"^berth event=start-failed container=devlink ");
