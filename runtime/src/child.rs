@@ -308,6 +308,10 @@ fn pivot_into(root: &Path) -> StepResult {
 /// the directory it names inside the root) and enters it. Runs after `pivot_root`, so the
 /// root is the container's.
 pub(crate) fn enter_working_dir(cwd: &str) -> StepResult {
+    // Usually there: after pivot_root a plain chdir cannot leave the container's root.
+    if chdir(Path::new(cwd)).is_ok() {
+        return Ok(());
+    }
     let root = inroot::open_root(Path::new("/"))?;
     inroot::directory(&root, cwd)?;
     step(

@@ -60,6 +60,13 @@ pub(crate) fn open_root(path: &Path) -> StepResult<Root> {
 /// The directory `target` inside `root`, created with its parents when missing. A dangling
 /// symlink there is followed inside the root, and the directory it names is created.
 pub(crate) fn directory(root: &Root, target: &str) -> StepResult<Handle> {
+    // Most targets exist: one resolution, and nothing to create (a container start resolves
+    // a dozen of these, and pathrs' mkdir_all checks each component at length).
+    if let Ok(handle) = root.resolve(target) {
+        if is_directory(&handle) {
+            return Ok(handle);
+        }
+    }
     let path = through_dangling_links(root, target)?;
     root.mkdir_all(&path, &std::fs::Permissions::from_mode(DIR_MODE))
         .map_err(|e| {
@@ -90,6 +97,13 @@ pub(crate) fn file(root: &Root, target: &str) -> StepResult<Handle> {
             "create {target}{} inside the container's root: {e}",
             shown_if_other(target, &path)
         )
+    })
+}
+
+fn is_directory(handle: &Handle) -> bool {
+    nix::sys::stat::fstat(handle.as_fd()).is_ok_and(|st| {
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFDIR
     })
 }
 
