@@ -33,8 +33,8 @@ fn apply_changes_exactly_what_the_new_manifest_changes() {
         );
     }
     let pid = |name: &str| ps_pid(&socket, name);
-    let (keep, change, base) = (pid("keep"), pid("change"), pid("base"));
-    assert!(keep.is_some() && change.is_some() && base.is_some());
+    let (keep, change, base, gone) = (pid("keep"), pid("change"), pid("base"), pid("gone"));
+    assert!(keep.is_some() && change.is_some() && base.is_some() && gone.is_some());
 
     // A bad file: refused with its name, line and field, and nothing changes.
     let dir = berth_tests::target_dir()
@@ -62,7 +62,14 @@ fn apply_changes_exactly_what_the_new_manifest_changes() {
         &["apply", unknown_image.to_str().unwrap_or_default()],
     );
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert_eq!(pid("gone"), ps_pid(&socket, "gone"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("nginx:1.27"),
+        "the refusal names the image: {stderr}"
+    );
+    // Both refused files left every container's process alone, including the one a good
+    // file of the same shape would remove.
+    assert_eq!(pid("gone"), gone, "a refused apply changes nothing");
     assert_eq!(pid("keep"), keep, "a refused apply changes nothing");
     assert!(ps_row(&socket, "gone")
         .get(1)
