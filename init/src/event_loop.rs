@@ -2,6 +2,10 @@
 //!
 //! One thread, one `poll(2)`. Each turn runs under `catch_unwind`, so a bug that panics in
 //! one turn is logged and the next turn goes on; PID 1 itself never unwinds out.
+//!
+//! Nothing in a turn waits on output: each container stream is read at most its budget per
+//! turn (level-triggered `poll` brings back one that still holds bytes), and console lines
+//! wait in the logger's bounded queue, which the loop writes whenever the console is writable.
 
 use std::collections::HashSet;
 use std::os::fd::AsFd;
@@ -16,6 +20,8 @@ use nix::sys::signalfd::SignalFd;
 use crate::cmdline::{BootParams, ButtonAction};
 use crate::coldplug::Coldplug;
 use crate::control::{Control, Slot};
+use crate::event::Event;
+use crate::logger;
 use crate::power_button::{self, PowerButton};
 use crate::reap;
 use crate::services::Service;
@@ -30,6 +36,11 @@ const POWER_BUTTON_SEARCH: Duration = Duration::from_secs(30);
 const POWER_BUTTON_RESCAN: Duration = Duration::from_millis(500);
 /// Pause after a panicking turn, so a bug that panics every turn cannot spin the CPU.
 const PANIC_BACKOFF: Duration = Duration::from_millis(100);
+/// Fixed poll slots: the signalfd, the uevent socket, the console; the power buttons follow.
+const SLOT_SIGNALS: usize = 0;
+const SLOT_UEVENTS: usize = 1;
+/// (Slot 2 is the console's, which needs no dispatch: the loop flushes it every turn.)
+const FIRST_BUTTON: usize = 3;
 
 #[derive(Debug)]
 pub struct EventLoop {
@@ -137,7 +148,7 @@ impl EventLoop {
             .map(|(slot, _, _)| slot)
             .collect();
         let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(2 + self.buttons.len() + stream_ids.len());
+            let mut fds = Vec::with_capacity(FIRST_BUTTON + self.buttons.len() + stream_ids.len());
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             // Always one slot for uevents, so the indexes below do not depend on it.
             let uevents = self.coldplug.as_ref().and_then(Coldplug::fd);
@@ -145,6 +156,18 @@ impl EventLoop {
                 uevents.unwrap_or(self.signals.as_fd()),
                 if uevents.is_some() {
                     PollFlags::POLLIN
+                } else {
+                    PollFlags::empty()
+                },
+            ));
+            // Always one slot for the console too: polled for POLLOUT only while lines wait
+            // for it. Flushing once per turn alone would not do: a loop asleep in `poll`
+            // with lines queued would leave them there until some other event woke it.
+            let console = logger::pending_console();
+            fds.push(PollFd::new(
+                console.unwrap_or(self.signals.as_fd()),
+                if console.is_some() {
+                    PollFlags::POLLOUT
                 } else {
                     PollFlags::empty()
                 },
@@ -174,10 +197,10 @@ impl EventLoop {
             }
         };
         let mut request = None;
-        if ready.first().copied().unwrap_or(false) {
+        if ready.get(SLOT_SIGNALS).copied().unwrap_or(false) {
             request = self.handle_signals();
         }
-        if ready.get(1).copied().unwrap_or(false) {
+        if ready.get(SLOT_UEVENTS).copied().unwrap_or(false) {
             if let Some(coldplug) = self.coldplug.as_mut() {
                 coldplug.on_uevents();
             }
@@ -185,7 +208,7 @@ impl EventLoop {
         for (button, _) in self
             .buttons
             .iter_mut()
-            .zip(ready.iter().skip(2))
+            .zip(ready.iter().skip(FIRST_BUTTON))
             .filter(|(_, ready)| **ready)
         {
             if button.pressed() {
@@ -199,7 +222,7 @@ impl EventLoop {
                 }
             }
         }
-        let first_stream = 2 + self.buttons.len();
+        let first_stream = FIRST_BUTTON + self.buttons.len();
         let first_control = first_stream + stream_ids.len();
         if let Some(supervisor) = self.supervisor.as_mut() {
             // Highest index first: a stream that ends is removed, shifting those after it.
@@ -227,6 +250,11 @@ impl EventLoop {
             request.get_or_insert(asked);
         }
         self.control.after_turn();
+        // Whether or not the console slot was ready: this turn's lines leave now if they can
+        // (a flush with nothing queued costs nothing).
+        if let Some(lines) = logger::flush_console().filter(|lines| *lines > 0) {
+            Event::new("console-dropped").field("lines", lines).emit();
+        }
         if searching {
             self.look_for_power_buttons();
             if self.buttons.is_empty() && Instant::now() >= self.search_until {

@@ -16,6 +16,8 @@ use crate::event::Event;
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Pause between reaping rounds while waiting for processes to exit.
 const REAP_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long the last console lines (`shutdown-complete`) may take to leave before `reboot(2)`.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownAction {
@@ -109,6 +111,8 @@ pub fn shutdown(action: ShutdownAction, started: Instant, terminate_grace: Durat
         .field("unmounted", unmounted)
         .field("duration_ms", started.elapsed().as_millis())
         .emit();
+    // The console is written without blocking: give the last lines a moment to get out.
+    crate::logger::drain_console(CONSOLE_DRAIN);
     let err = match reboot(action.reboot_mode()) {
         Err(err) => err,
         Ok(never) => match never {},

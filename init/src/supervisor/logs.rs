@@ -1,5 +1,11 @@
 //! A container's stdout and stderr, line by line, to the console as `<name> | <line>` and
 //! to `/var/log/berth/<name>.log`, which is rotated once it reaches its size cap.
+//!
+//! A stream is read at most [`READ_BUDGET`] bytes per event-loop turn: what is left stays in
+//! the pipe, which `poll` reports readable again on the next turn, and every other stream,
+//! the control socket, reaping and the power button are served in between. A container that
+//! writes without end (`yes`) so gets its fair share of init and no more. The log file and
+//! the in-memory ring keep every line; only the console may drop some (see the logger).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -14,6 +20,13 @@ pub const LOG_FILE_CAP: u64 = 1 << 20;
 const MAX_LINE: usize = 16 << 10;
 /// Bytes read per `read(2)`.
 const READ_CHUNK: usize = 8 << 10;
+/// Bytes read from one stream per event-loop turn, at most. Small enough that a turn stays
+/// short even when every line also goes to an emulated serial console (where each byte
+/// costs the guest CPU), large enough for any steady logger.
+pub const READ_BUDGET: usize = 32 << 10;
+/// Bytes read from a stream whose container has exited, at most: all a pipe can hold
+/// (`/proc/sys/fs/pipe-max-size`'s default), so its last lines are logged before its exit.
+const EXIT_BUDGET: usize = 1 << 20;
 
 /// One container's log file.
 #[derive(Debug)]
@@ -26,6 +39,9 @@ pub struct LogFile {
     recent: std::collections::VecDeque<(std::time::Instant, String)>,
     /// The bytes of the lines in `recent`.
     recent_bytes: usize,
+    /// Lines not yet written to the file: written at the end of each turn's read of the
+    /// stream (and every [`READ_CHUNK`] bytes), not one `write(2)` per line.
+    pending: Vec<u8>,
 }
 
 /// Lines of each container's output kept in memory...
@@ -43,6 +59,7 @@ impl LogFile {
             size: 0,
             recent: std::collections::VecDeque::new(),
             recent_bytes: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -97,13 +114,26 @@ impl LogFile {
 
     fn append(&mut self, line: &str) {
         self.remember(line);
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+        if self.pending.len() >= READ_CHUNK {
+            self.write_pending();
+        }
+    }
+
+    /// Writes the lines appended since the last call to the file, rotating it first once it
+    /// has reached its cap.
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.pending);
         if self.size >= LOG_FILE_CAP {
             self.file = None;
             let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
         }
         let Some(file) = self.open() else { return };
-        let bytes = format!("{line}\n");
-        if file.write_all(bytes.as_bytes()).is_ok() {
+        if file.write_all(&bytes).is_ok() {
             self.size += bytes.len() as u64;
         }
     }
@@ -133,16 +163,34 @@ impl LogStream {
         self.fd.as_fd()
     }
 
-    /// Reads what is there and logs each complete line. Returns false at end of stream.
+    /// Reads what is there, at most [`READ_BUDGET`] bytes, and logs each complete line.
+    /// Returns false at end of stream.
     pub fn drain(&mut self, container: &str, file: &mut LogFile) -> bool {
+        let open = self.read_up_to(READ_BUDGET, container, file);
+        file.write_pending();
+        open
+    }
+
+    /// Reads what its exited container left in the pipe (bounded by what a pipe holds, since
+    /// nothing writes to it any more). Returns false at end of stream.
+    pub fn drain_to_end(&mut self, container: &str, file: &mut LogFile) -> bool {
+        let open = self.read_up_to(EXIT_BUDGET, container, file);
+        file.write_pending();
+        open
+    }
+
+    fn read_up_to(&mut self, budget: usize, container: &str, file: &mut LogFile) -> bool {
         let mut buf = [0u8; READ_CHUNK];
-        loop {
-            match nix::unistd::read(&self.fd, &mut buf) {
+        let mut read = 0;
+        while read < budget {
+            let want = READ_CHUNK.min(budget - read);
+            match nix::unistd::read(&self.fd, buf.get_mut(..want).unwrap_or_default()) {
                 Ok(0) => {
                     self.flush_partial(container, file);
                     return false;
                 }
                 Ok(n) => {
+                    read += n;
                     self.partial
                         .extend_from_slice(buf.get(..n).unwrap_or_default());
                     self.emit_lines(container, file);
@@ -152,6 +200,8 @@ impl LogStream {
                 Err(_) => return false,
             }
         }
+        // Budget spent: the rest waits in the pipe for the next turn.
+        true
     }
 
     fn emit_lines(&mut self, container: &str, file: &mut LogFile) {
@@ -193,7 +243,7 @@ fn emit(container: &str, file: &mut LogFile, raw: &[u8]) {
         }
     }
     file.append(text);
-    crate::logger::console_line(&format!("{container} | {text}"));
+    crate::logger::console_line(container, text);
 }
 
 #[cfg(test)]

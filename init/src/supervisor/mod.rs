@@ -894,10 +894,11 @@ fn report_oom_kills(c: &mut Supervised) {
     c.oom_kills = kills;
 }
 
+/// After its container exited: what is left in its pipes (bounded, see `drain_to_end`).
 fn drain_streams(c: &mut Supervised) {
     let name = c.name.as_str().to_string();
     let log_file = &mut c.log_file;
-    c.streams.retain_mut(|s| s.drain(&name, log_file));
+    c.streams.retain_mut(|s| s.drain_to_end(&name, log_file));
 }
 
 /// (name, PID) of each running container.
