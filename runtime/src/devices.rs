@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nix::mount::MsFlags;
 use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
-use pathrs::Root;
+use pathrs::{Handle, Root};
 
 use crate::device_filter::DeviceNode;
 use crate::inroot;
@@ -99,11 +99,17 @@ pub(crate) fn mount_kernel_filesystems(
     for top in TOP_LEVEL_KERNEL_TARGETS {
         inroot::refuse_symlink(root, top)?;
     }
+    // The container's fresh /dev tmpfs, once mounted: what goes below it needs no resolving
+    // inside the image (and pathrs' checks on a missing path cost ~30 syscalls each).
+    let mut fresh_dev: Option<Handle> = None;
     for m in KERNEL_MOUNTS {
         if privileged && m.target.starts_with("/dev/") {
             continue;
         }
-        let target = inroot::directory(root, m.target)?;
+        let target = match (&fresh_dev, m.target.strip_prefix("/dev/")) {
+            (Some(dev), Some(name)) => inroot::fresh_directory(dev, name, m.target)?,
+            _ => inroot::directory(root, m.target)?,
+        };
         if privileged && m.target == "/dev" {
             inroot::bind(Path::new("/dev"), &target, false, "the host's /dev")?;
             continue;
@@ -127,6 +133,7 @@ pub(crate) fn mount_kernel_filesystems(
             create_devices(dev.as_fd())?;
             // The manifest's `devices`, which the device filter lets the container open.
             crate::device_filter::create_device_nodes(dev.as_fd(), passed)?;
+            fresh_dev = Some(dev);
         }
     }
     Ok(())

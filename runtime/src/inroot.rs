@@ -100,6 +100,25 @@ pub(crate) fn file(root: &Root, target: &str) -> StepResult<Handle> {
     })
 }
 
+/// The directory `name` right below `parent`, a filesystem berth has just mounted (the
+/// container's `/dev` tmpfs), created when missing; opened without following a symlink.
+pub(crate) fn fresh_directory(parent: &Handle, name: &str, shown: &str) -> StepResult<Handle> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(DIR_MODE)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(format!("create directory {shown}: {e}")),
+    }
+    openat(
+        parent.as_fd(),
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(Handle::from_fd)
+    .map_err(|e| format!("open directory {shown}: {e}"))
+}
+
 fn is_directory(handle: &Handle) -> bool {
     nix::sys::stat::fstat(handle.as_fd()).is_ok_and(|st| {
         nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
