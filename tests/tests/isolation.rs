@@ -373,11 +373,11 @@ fn cgroup_limits_and_ulimits_are_applied_and_init_keeps_its_reserve() {
             "{key}; {c}"
         );
     }
-    // blkio_weight 300 on Docker's [10, 1000] is 1 + 290 * 9999 / 990 on io.weight's
+    // blkio_weight 300 on Docker's [10, 1000] is 1 + 290 * 9999 / 990 = 2930 on io.weight's
     // [1, 10000], as runc converts it; the kernel's default would read `default 100`.
     assert_eq!(
         limited.get("io.weight").map(String::as_str),
-        Some("default_2929"),
+        Some("default_2930"),
         "io.weight; {c}"
     );
     let defaults = facts(&machine, "defaults");
