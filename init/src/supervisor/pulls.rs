@@ -103,9 +103,21 @@ impl Pulls {
         }
     }
 
-    /// When a failed pull is due again, for the event loop's timeout.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.failed.values().map(|f| f.retry_at).min()
+    /// When a failed pull that some container still waits for (`wanted`) is due again, for
+    /// the event loop's timeout; never sooner than `floor`. A retry nobody waits for any more
+    /// (its container was removed or stopped) sets no timer, and one that is due but cannot
+    /// start yet (no network) is looked at again at `floor`, not at once: either would make
+    /// `poll` return immediately on every turn.
+    pub fn next_deadline<'a>(
+        &self,
+        wanted: impl IntoIterator<Item = &'a str>,
+        floor: Instant,
+    ) -> Option<Instant> {
+        wanted
+            .into_iter()
+            .filter_map(|reference| self.failed.get(reference))
+            .map(|f| f.retry_at.max(floor))
+            .min()
     }
 
     /// Starts pulling `reference`; an error is a pull that could not even start.
@@ -293,6 +305,26 @@ mod tests {
             "digest mismatch for sha256:ab"
         );
         assert!(outcome(WaitStatus::Exited(pid, 1), "").is_err());
+    }
+
+    #[test]
+    fn only_wanted_retries_set_a_timer_and_never_one_in_the_past() {
+        let mut pulls = Pulls::default();
+        let now = Instant::now();
+        pulls.failed_to_start("gone:1", now);
+        pulls.failed_to_start("wanted:1", now);
+        let floor = now + Duration::from_millis(200);
+        // Nobody waits for either: no timer at all.
+        assert_eq!(pulls.next_deadline([], floor), None);
+        // A wanted retry in the future is its own time.
+        let later = pulls.next_deadline(["wanted:1"], now).unwrap();
+        assert_eq!(later, now + FIRST_RETRY);
+        // One that is already due is looked at again at the floor, not at once.
+        let long_after = now + FIRST_RETRY + Duration::from_secs(60);
+        assert_eq!(
+            pulls.next_deadline(["wanted:1"], long_after),
+            Some(long_after)
+        );
     }
 
     #[test]
