@@ -331,11 +331,28 @@ impl Batch {
     }
 }
 
+/// How long PID 1 waits for the kernel's answer to a batch or a dump before giving up: the
+/// loop must never wait without a bound, even on the kernel.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn open() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    bound_answers(&socket)?;
     Ok(socket)
+}
+
+/// A receive timeout on `socket`, so a missing acknowledgement is an error (`EAGAIN`), not a
+/// hang.
+pub(crate) fn bound_answers(socket: &Socket) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::TimeVal;
+    let timeout = TimeVal::new(
+        i64::try_from(ANSWER_TIMEOUT.as_secs()).unwrap_or(i64::MAX),
+        0,
+    );
+    setsockopt(socket, ReceiveTimeout, &timeout).map_err(io::Error::from)
 }
 
 /// (type, payload) of each netlink message in `buffer`.
@@ -455,5 +472,17 @@ mod tests {
         let kinds: Vec<u16> = framed.iter().map(|(k, _)| *k).collect();
         assert_eq!(kinds, [16, (10 << 8), 17]);
         assert_eq!(acknowledged, 1);
+    }
+
+    #[test]
+    fn the_kernel_gets_a_bounded_time_to_answer() {
+        use nix::sys::socket::{getsockopt, sockopt::ReceiveTimeout};
+        let socket = open().unwrap();
+        let timeout = getsockopt(&socket, ReceiveTimeout).map(|t| t.tv_sec());
+        assert_eq!(
+            timeout.ok(),
+            i64::try_from(ANSWER_TIMEOUT.as_secs()).ok(),
+            "a receive timeout is set"
+        );
     }
 }

@@ -50,6 +50,7 @@ impl Rtnl {
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(RtnlError::Socket)?;
+        crate::nft::bound_answers(&socket).map_err(RtnlError::Socket)?;
         Ok(Rtnl {
             socket,
             sequence: 0,
