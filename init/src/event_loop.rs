@@ -223,6 +223,19 @@ impl EventLoop {
             }
         }
         let first_stream = FIRST_BUTTON + self.buttons.len();
+        // A removed button polls ready forever: stop watching it (after the indexes above
+        // were taken from this turn's poll set).
+        self.buttons.retain(|button| match &button.gone {
+            Some(err) => {
+                log::warn!(
+                    "power button {} ({}) is gone ({err}); no longer watched",
+                    button.node,
+                    button.name
+                );
+                false
+            }
+            None => true,
+        });
         let first_control = first_stream + stream_ids.len();
         if let Some(supervisor) = self.supervisor.as_mut() {
             // Highest index first: a stream that ends is removed, shifting those after it.

@@ -33,6 +33,9 @@ pub struct PowerButton {
     pub node: String,
     pub name: String,
     pub file: File,
+    /// Why reading it failed for good (the device was removed): the event loop drops it,
+    /// since a removed evdev node polls ready forever and would spin the loop.
+    pub gone: Option<String>,
 }
 
 /// True when a sysfs key-capability bitmap (`ffff 0 ...`, most significant word first)
@@ -68,7 +71,12 @@ pub fn find_new(sys_input: &Path, known: &HashSet<String>) -> Vec<PowerButton> {
             .map(|n| n.trim().to_string())
             .unwrap_or_default();
         match open_event_node(&entry.path(), &node) {
-            Ok(file) => found.push(PowerButton { node, name, file }),
+            Ok(file) => found.push(PowerButton {
+                node,
+                name,
+                file,
+                gone: None,
+            }),
             Err(err) => log::warn!("power button {node} ({name}) cannot be opened: {err}"),
         }
     }
@@ -115,7 +123,11 @@ impl PowerButton {
                 Ok(0) => return pressed,
                 Ok(n) => pressed |= contains_power_press(buf.get(..n).unwrap_or_default()),
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return pressed,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return pressed,
+                Err(err) => {
+                    self.gone = Some(err.to_string());
+                    return pressed;
+                }
             }
         }
     }
@@ -134,6 +146,20 @@ fn contains_power_press(events: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "tests")]
+    fn a_button_whose_reads_fail_is_marked_gone() {
+        // Reading a directory fails (EISDIR) as reading a removed evdev node does (ENODEV).
+        let mut button = PowerButton {
+            node: "event9".into(),
+            name: "test".into(),
+            file: File::open("/").unwrap(),
+            gone: None,
+        };
+        assert!(!button.pressed());
+        assert!(button.gone.is_some());
+    }
 
     fn event(kind: u16, code: u16, value: i32) -> Vec<u8> {
         let mut bytes = vec![0u8; 16];
