@@ -1,6 +1,6 @@
 //! The boot sequence, one step per function, in the order they must run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_manifest::{Manifest, ManifestError};
@@ -66,9 +66,13 @@ pub fn boot_and_serve() -> ! {
     let mut images = ImageCache::new();
     let mut started_netd: Option<Service> = None;
     // Drivers first: the data partition and the outside configuration sources are devices.
-    let mut coldplug = load_modules();
+    let mut coldplug = guarded("coldplug", || None, load_modules);
     // State before anything writes it: the machine-id and the containers may live on it.
-    data_partition::mount(params.data.as_ref(), &mut coldplug);
+    guarded(
+        "data-partition",
+        || (),
+        || data_partition::mount(params.data.as_ref(), &mut coldplug),
+    );
     if let Some(slot) = &params.slot {
         Event::new("boot-slot").field("slot", slot).emit();
     }
@@ -77,7 +81,12 @@ pub fn boot_and_serve() -> ! {
     // Outside sources report themselves as `config`; the image's own manifest is reported
     // below, once the metadata service (if asked) has not replaced it.
     let mut outside_source = true;
-    let manifest = match config_source::outside(&mut images, &mut coldplug) {
+    let outside = guarded(
+        "config-source",
+        || None,
+        || config_source::outside(&mut images, &mut coldplug),
+    );
+    let manifest = match outside {
         Some((manifest, _)) => Ok(manifest),
         None => {
             let manifest = load_manifest(&params.manifest, &mut images);
@@ -125,7 +134,17 @@ pub fn boot_and_serve() -> ! {
     // Storage before anything that writes state: the machine-id and the containers may live
     // on it.
     let failed_mounts = match &manifest {
-        Ok(manifest) => storage::mount_all(&manifest.mounts, &mut coldplug),
+        Ok(manifest) => guarded(
+            "storage",
+            || {
+                manifest
+                    .mounts
+                    .iter()
+                    .map(|m| PathBuf::from(&m.target.0))
+                    .collect()
+            },
+            || storage::mount_all(&manifest.mounts, &mut coldplug),
+        ),
         Err(_) => Vec::new(),
     };
     host_setup::write_hosts(&hostname);
@@ -186,6 +205,24 @@ fn netd_service() -> Service {
             config_source::RUN_MANIFEST.to_string(),
         ],
     )
+}
+
+/// Runs one boot step that reads what outside parties control (disks, their partition
+/// tables and filesystems, configuration media, kernel modules) so that a panic in it, ours
+/// or a crate's (the `gpt` crate asserts on some crafted tables), costs that step only: the
+/// panic hook has logged where, `boot-step-failed` says which step, and boot goes on with
+/// `fallback`. The event loop has the same guard around every turn.
+fn guarded<T>(step: &str, fallback: impl FnOnce() -> T, run: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(value) => value,
+        Err(_) => {
+            Event::new("boot-step-failed")
+                .field("step", step)
+                .field("reason", "panicked")
+                .emit();
+            fallback()
+        }
+    }
 }
 
 fn install_panic_hook() {
@@ -332,5 +369,18 @@ fn idle_forever() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
         crate::shutdown::reap_exited();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[expect(clippy::panic, reason = "the step under test panics on purpose")]
+    fn a_step_that_panics_gives_its_fallback_and_boot_goes_on() {
+        let value: u32 = guarded("test", || 7, || panic!("a crafted partition table"));
+        assert_eq!(value, 7);
+        assert_eq!(guarded("test", || 7, || 1), 1);
     }
 }
