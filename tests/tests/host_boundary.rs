@@ -58,6 +58,11 @@ image = "busybox:1.35"
 command = ["sh", "-c", "rm -f /etc/passwd && mkfifo /etc/passwd && echo fifo=planted && exec sleep 3600"]
 healthcheck = { test = ["CMD", "true"], interval = "1s", timeout = "2s", retries = 1 }
 
+[containers.leaver]
+image = "busybox:1.35"
+pid = "host"
+command = ["sh", "-c", "sleep 7777 & echo leaver=forked"]
+
 [containers.killer]
 image = "busybox:1.35"
 command = ["sh", "-c", "echo killer=armed; while [ ! -e /tmp/go ]; do sleep 0.1; done; kill -USR2 0; kill -TERM 0; kill -9 -1; echo killer=sent; exec sleep 3600"]
@@ -205,6 +210,19 @@ fn boundary_holds(arch: Arch, test: &str) {
             asked.elapsed()
         );
     }
+
+    // What a `pid = "host"` container leaves behind ends with it.
+    wait_seen(&machine, r"^berth event=exited container=leaver ");
+    let left = sh(
+        &socket,
+        "inspector",
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^sleep 7777' && echo left=${p#/proc/}; done; echo checked",
+    );
+    assert_eq!(
+        left.trim(),
+        "checked",
+        "leftovers of leaver: {left}; {console}"
+    );
 
     // A symlinked /dev is refused, naming the path; the others keep running.
     let failed = wait_seen(&machine, r"^berth event=start-failed container=devlink ");

@@ -544,6 +544,10 @@ impl Supervisor {
             _ => Duration::ZERO,
         };
         if let Some(c) = self.containers.get_mut(index) {
+            // What the first process left behind goes with it: processes of a `pid = "host"`
+            // container (no PID namespace ends them) and exec'd ones. Before the streams
+            // are drained, so no leftover holds them open.
+            kill_leftovers(c.name());
             // Output written before the exit is logged before the exit event.
             drain_streams(c);
             report_oom_kills(c);
@@ -655,7 +659,15 @@ impl Supervisor {
             })
             .flatten()
             .chain(waiting_for_network.then(|| Instant::now() + NETWORK_POLL))
-            .chain(self.pulls.next_deadline())
+            .chain(
+                self.pulls.next_deadline(
+                    self.containers
+                        .iter()
+                        .filter(|c| c.state == State::Created && c.pulling)
+                        .map(|c| c.config.image.get_ref().as_str()),
+                    Instant::now() + NETWORK_POLL,
+                ),
+            )
             .min()
     }
 
@@ -895,6 +907,22 @@ fn report_oom_kills(c: &mut Supervised) {
 }
 
 /// After its container exited: what is left in its pipes (bounded, see `drain_to_end`).
+/// SIGKILL to every process still in the container's cgroup (`cgroup.kill`, Linux 5.14):
+/// one write, which does not wait for them to die.
+fn kill_leftovers(name: &str) {
+    let kill = Path::new(spec::CGROUP_PARENT)
+        .join(name)
+        .join("cgroup.kill");
+    match std::fs::write(&kill, "1") {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => log::warn!(
+            "{name}: cannot kill what is left in its cgroup ({}): {err}",
+            kill.display()
+        ),
+    }
+}
+
 fn drain_streams(c: &mut Supervised) {
     let name = c.name.as_str().to_string();
     let log_file = &mut c.log_file;
