@@ -221,7 +221,9 @@ fn masked_paths_read_empty_and_read_only_paths_refuse_writes() {
 const HOSTILE: &str = r#"
 [containers.bomb]
 image = "busybox:1.35"
-command = ["sh", "-c", "echo bombing; b() { b | b & }; b"]
+# The first process stays (exec sleep): were it to exit, its PID namespace would end the
+# bomb at once, before any limit is reached.
+command = ["sh", "-c", "echo bombing; b() { b | b & }; b; exec sleep 3600"]
 pids_limit = 64
 stop_grace_period = "1s"
 
@@ -236,6 +238,13 @@ restart = "on-failure:1"
 image = "busybox:1.35"
 command = ["sh", "-c", "i=0; while true; do i=$((i + 1)); echo tick-$i; sleep 1; done"]
 stop_grace_period = "1s"
+
+# Reads the bomb's cgroup from the host's side: how often pids.max refused a fork.
+[containers.watcher]
+image = "busybox:1.35"
+pid = "host"
+privileged = true
+command = ["sh", "-c", "for i in $(seq 1 120); do m=$(grep '^max ' /proc/1/root/sys/fs/cgroup/berth/bomb/pids.events | cut -d ' ' -f 2); [ \"${m:-0}\" -gt 0 ] && { echo pids_max_hit=$m; exit 0; }; sleep 0.5; done; echo pids_max_hit=0"]
 "#;
 
 #[test]
@@ -263,6 +272,14 @@ fn a_fork_bomb_and_a_memory_hog_are_contained_and_the_host_powers_off_cleanly() 
         "{c}"
     );
     assert!(!events::output(&machine, "bomb").is_empty());
+    // The bomb was stopped by pids.max, not by something else.
+    let hit = wait_seen(&machine, r"^watcher \| pids_max_hit=");
+    let hits: u64 = hit
+        .rsplit('=')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(hits > 0, "pids.max refused forks: {hit}; {c}");
     machine
         .press_power_button()
         .unwrap_or_else(|e| panic!("{e}"));
