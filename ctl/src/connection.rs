@@ -52,9 +52,15 @@ pub(crate) fn ask(
         id: Some(id),
         request,
     };
-    writer
-        .write_all(to_line(&envelope).as_bytes())
-        .map_err(|e| format!("send to {shown}: {e}"))?;
+    // A refusal (a caller that is not root) is written and the connection closed before
+    // init reads the request: the send then fails with EPIPE, but the answer is there to
+    // read, and it says more than the broken pipe.
+    let sent = writer.write_all(to_line(&envelope).as_bytes());
+    if let Err(e) = &sent {
+        if e.kind() != ErrorKind::BrokenPipe {
+            return Err(format!("send to {shown}: {e}"));
+        }
+    }
     let stream = writer
         .try_clone()
         .map_err(|e| format!("cannot share the connection to {shown}: {e}"))?;
@@ -63,6 +69,7 @@ pub(crate) fn ask(
         .map_err(|e| format!("cannot set a timeout on {shown}: {e}"))?;
     let mut reader = BufReader::new(stream);
     let (raw, response) = read_response(&mut reader, id).map_err(|e| match e.kind() {
+        _ if sent.is_err() => format!("send to {shown}: the connection was closed ({e})"),
         ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
             "no answer from init at {shown} within {}s",
             timeout.map_or(0, |t| t.as_secs())

@@ -16,12 +16,20 @@ command = ["sh", "-c", "mkdir -p /www && echo hi > /www/index.html && exec httpd
 image = "busybox:1.35"
 command = ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.3; done"]
 
+# Opens the socket's file mode up, so that the stranger below reaches init's own check of
+# its caller (SO_PEERCRED) instead of being stopped by the file mode alone.
+[containers.loosen]
+image = "busybox:1.35"
+volumes = ["/run/berth:/run/berth"]
+command = ["chmod", "0666", "/run/berth/control.sock"]
+
 [containers.stranger]
 image = "busybox:1.35"
 user = "1000"
 network_mode = "host"
 volumes = ["/run/berth:/run/berth", "/usr/bin/berthctl:/usr/bin/berthctl:ro"]
-command = ["sh", "-c", "berthctl ps; echo stranger-code=$?"]
+depends_on = { loosen = { condition = "service_completed_successfully" } }
+command = ["sh", "-c", "berthctl ps 2>&1; echo stranger-code=$?"]
 
 [containers.ops]
 image = "busybox:1.35"
@@ -133,5 +141,11 @@ fn berthctl_operates_the_host_over_the_control_socket() {
     assert!(
         !stranger.iter().any(|l| l.starts_with("NAME")),
         "no listing for a non-root caller: {stranger:?}; {c}"
+    );
+    assert!(
+        stranger
+            .iter()
+            .any(|l| l.contains("the control socket is for root only")),
+        "refused by init's check of the caller, not by the file mode: {stranger:?}; {c}"
     );
 }
