@@ -184,10 +184,11 @@ command = ["sh", "-c", "for l in lo eth0 berth0; do [ -e /sys/class/net/$l ] && 
     // The sidecar waited for web (an implied dependency).
     let web_started = events::events(&machine, "started", Some("web"));
     let sidecar_started = events::events(&machine, "started", Some("sidecar"));
+    let web_at = web_started.first().and_then(|e| e.number("uptime_ms"));
+    let sidecar_at = sidecar_started.first().and_then(|e| e.number("uptime_ms"));
     assert!(
-        web_started.first().and_then(|e| e.number("uptime_ms"))
-            <= sidecar_started.first().and_then(|e| e.number("uptime_ms")),
-        "{c}"
+        web_at.is_some() && sidecar_at.is_some() && web_at <= sidecar_at,
+        "web started ({web_at:?}) before its sidecar ({sidecar_at:?}); {c}"
     );
 }
 
