@@ -125,9 +125,8 @@ impl Service {
 /// before containers got sessions of their own) reached netd and berth-pull, and they must
 /// not reach init through netd's group either.
 pub fn start_unblocked(command: &mut std::process::Command) {
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // sigprocmask(2) and setsid(2), both async-signal-safe; it touches no memory of the
-    // parent.
+    // SAFETY: runs in the child between fork and exec, calling only the async-signal-safe
+    // sigprocmask(2) and setsid(2); it touches no memory of the parent.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(command, || {
             nix::sys::signal::sigprocmask(
