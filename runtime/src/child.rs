@@ -52,7 +52,7 @@ fn setup_and_exec(
     // rooted there, and wires a bridged namespace's veth before it lets us go.
     // Not dumpable until exec (which makes an ordinary program dumpable again): the
     // container's other processes, once they run, cannot ptrace it or read its /proc files.
-    crate::exec::non_dumpable()?;
+    security::non_dumpable()?;
     wait_for_parent(go)?;
     // A session (and process group) of its own: `kill(0, sig)` or `kill(-pgid, sig)` from
     // the container must reach its own processes only, never PID 1's group (init, netd, the

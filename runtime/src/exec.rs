@@ -165,7 +165,7 @@ fn joiner(
 ) -> isize {
     // Not dumpable from its first instruction: once in the container's namespaces, nothing
     // there may ptrace it or open its /proc files (its memory is a copy of init's).
-    let joined = non_dumpable().and_then(|()| join(spec, namespaces));
+    let joined = security::non_dumpable().and_then(|()| join(spec, namespaces));
     let result = joined.and_then(|()| {
         let mut stack = vec![0u8; STACK_SIZE];
         let process_main = Box::new(|| {
@@ -200,15 +200,6 @@ fn joiner(
     }
 }
 
-/// `PR_SET_DUMPABLE` 0: no core dumps, no ptrace and root-owned /proc files for this process
-/// until execve, as runc does for the processes it starts in a container.
-pub(crate) fn non_dumpable() -> StepResult {
-    step(
-        || "make the process non-dumpable".into(),
-        nix::sys::prctl::set_dumpable(false),
-    )
-}
-
 fn join(spec: &ExecSpec, namespaces: &[Joined]) -> StepResult {
     // Into the cgroup first, so the process counts against the container's limits from its
     // first instruction and the cgroup namespace's view is the container's.
@@ -235,7 +226,7 @@ fn setup_and_exec(
 ) -> StepResult<std::convert::Infallible> {
     // Already so by inheritance from the joiner; said again where the process starts. execve
     // of an ordinary program makes it dumpable again.
-    non_dumpable()?;
+    security::non_dumpable()?;
     step(|| "start a new session".into(), nix::unistd::setsid())?;
     if spec.tty {
         // SAFETY: TIOCSCTTY takes an int argument (0: do not steal from another session);

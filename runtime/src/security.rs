@@ -143,6 +143,12 @@ pub(crate) fn keep_capabilities_across_setuid(keep: bool) -> Result<(), String> 
     nix::sys::prctl::set_keepcaps(keep).map_err(|e| format!("set keep-caps: {e}"))
 }
 
+/// `PR_SET_DUMPABLE` 0: no core dumps, no ptrace and root-owned /proc files for this process
+/// until execve, as runc does for the processes it starts in a container.
+pub(crate) fn non_dumpable() -> Result<(), String> {
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("make the process non-dumpable: {e}"))
+}
+
 pub(crate) fn no_new_privileges() -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))
 }

@@ -894,7 +894,7 @@ fn condition_name(condition: Condition) -> &'static str {
 /// Reports an `oom-killed` event when the kernel's OOM killer ended a process of `c` since
 /// the last look; the restart policy then handles the exit like any other.
 fn report_oom_kills(c: &mut Supervised) {
-    let cgroup = std::path::Path::new(spec::CGROUP_PARENT).join(c.name());
+    let cgroup = spec::cgroup_dir(c.name());
     let kills = berth_runtime::oom_kills(&cgroup);
     if kills > c.oom_kills {
         Event::new("oom-killed")
@@ -910,9 +910,7 @@ fn report_oom_kills(c: &mut Supervised) {
 /// SIGKILL to every process still in the container's cgroup (`cgroup.kill`, Linux 5.14):
 /// one write, which does not wait for them to die.
 fn kill_leftovers(name: &str) {
-    let kill = Path::new(spec::CGROUP_PARENT)
-        .join(name)
-        .join("cgroup.kill");
+    let kill = spec::cgroup_dir(name).join("cgroup.kill");
     match std::fs::write(&kill, "1") {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -24,6 +24,11 @@ pub const VOLUMES_DIR: &str = "/var/lib/berth/volumes";
 /// The parent cgroup of every container.
 pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/berth";
 
+/// The cgroup of the container `name`.
+pub fn cgroup_dir(name: &str) -> PathBuf {
+    Path::new(CGROUP_PARENT).join(name)
+}
+
 /// argv as Docker computes it: an overridden entrypoint drops the image's Cmd.
 pub fn command_line(config: &Container, image: &PreparedImage) -> Vec<String> {
     let image_entrypoint = image.config.entrypoint.clone().unwrap_or_default();
@@ -265,7 +270,7 @@ pub fn build(
         group_add: config.group_add.clone(),
         rlimits: rlimits(config),
         limits: limits(config),
-        cgroup: Some(Path::new(CGROUP_PARENT).join(name)),
+        cgroup: Some(cgroup_dir(name)),
         devices: devices(name, config)?,
         network,
         stdout,
