@@ -102,6 +102,10 @@ impl<R: Read> HashingReader<R> {
         }
     }
 
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The digest and length of everything read so far.
     pub(crate) fn finish(self) -> (Digest, u64) {
         (Digest::from_hasher(self.hasher), self.bytes)

@@ -159,6 +159,12 @@ pub enum OciError {
         source: io::Error,
     },
 
+    #[error("layer {diff_id}: more than {limit} bytes uncompressed, the most a layer may hold")]
+    LayerTooLarge { diff_id: Digest, limit: u64 },
+
+    #[error("layer {diff_id}: more than {limit} entries, the most a layer may hold")]
+    TooManyEntries { diff_id: Digest, limit: u64 },
+
     #[error("layer {diff_id}: diff_id mismatch, the uncompressed stream hashes to {actual}")]
     DiffIdMismatch { diff_id: Digest, actual: Digest },
 

@@ -41,5 +41,8 @@ pub use image::{
 };
 pub use layout::{index_json, Image, Layout, INDEX_FILE, OCI_LAYOUT_FILE, OCI_LAYOUT_FILE_CONTENT};
 pub use mapped::MappedBlob;
-pub use store::{layer_dir, unpack_layer_into_store};
-pub use unpack::{unpack_layer, LayerStats};
+pub use store::{layer_dir, unpack_layer_into_store, unpack_layer_into_store_with_limits};
+pub use unpack::{
+    unpack_layer, unpack_layer_with_limits, LayerStats, UnpackLimits, MAX_LAYER_BYTES,
+    MAX_LAYER_ENTRIES,
+};

@@ -24,6 +24,34 @@ use crate::entry_path::{self, EntryRole};
 use crate::nodes::{self, DirError, NodeSpec};
 use crate::{decompress, Digest, OciError};
 
+/// The most uncompressed bytes one layer may hold by default: 16 GiB. Docker and containerd
+/// set no such limit, and the largest layers in common use (CUDA and machine-learning images)
+/// reach a few GiB; four times that leaves room while a decompression bomb (a few KiB of gzip
+/// that inflate to terabytes) stops long before the disk is full.
+pub const MAX_LAYER_BYTES: u64 = 16 << 30;
+/// The most tar entries one layer may hold by default: a million. A full Debian or TeX Live
+/// layer has a few hundred thousand files; a layer of millions of empty files is an attack on
+/// the inode table (and on the time an unpack takes), not an image.
+pub const MAX_LAYER_ENTRIES: u64 = 1_000_000;
+
+/// What one layer may hold, checked as it is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of the uncompressed tar stream (what `diff_id` covers).
+    pub max_bytes: u64,
+    /// Tar entries, whiteouts and pax headers included.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> UnpackLimits {
+        UnpackLimits {
+            max_bytes: MAX_LAYER_BYTES,
+            max_entries: MAX_LAYER_ENTRIES,
+        }
+    }
+}
+
 /// What unpacking a layer went through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LayerStats {
@@ -35,12 +63,25 @@ pub struct LayerStats {
 
 /// Unpacks a layer blob (its compressed bytes, already verified against the descriptor's digest
 /// by the caller) into `dest`, which must not exist yet, and checks that the uncompressed tar
-/// stream hashes to `diff_id`. On error `dest` is removed again (best effort).
+/// stream hashes to `diff_id`. On error `dest` is removed again (best effort). The default
+/// [`UnpackLimits`] apply.
 pub fn unpack_layer(
     blob: &[u8],
     media_type: &str,
     diff_id: &Digest,
     dest: &Path,
+) -> Result<LayerStats, OciError> {
+    unpack_layer_with_limits(blob, media_type, diff_id, dest, &UnpackLimits::default())
+}
+
+/// As [`unpack_layer`], refusing a layer past `limits`: the unpack stops at the first byte
+/// or entry over the limit, and `dest` is removed.
+pub fn unpack_layer_with_limits(
+    blob: &[u8],
+    media_type: &str,
+    diff_id: &Digest,
+    dest: &Path,
+    limits: &UnpackLimits,
 ) -> Result<LayerStats, OciError> {
     let stream = decompress::tar_stream(blob, media_type).ok_or_else(|| {
         OciError::UnsupportedLayerMediaType {
@@ -53,7 +94,7 @@ pub fn unpack_layer(
         path: dest.to_path_buf(),
         source,
     })?;
-    let result = unpack_stream(stream, diff_id, dest);
+    let result = unpack_stream(stream, diff_id, dest, limits);
     if result.is_err() {
         // The error being reported matters more than a failed cleanup.
         let _ = fs::remove_dir_all(dest);
@@ -61,33 +102,42 @@ pub fn unpack_layer(
     result
 }
 
-fn unpack_stream(stream: impl Read, diff_id: &Digest, dest: &Path) -> Result<LayerStats, OciError> {
+fn unpack_stream(
+    stream: impl Read,
+    diff_id: &Digest,
+    dest: &Path,
+    limits: &UnpackLimits,
+) -> Result<LayerStats, OciError> {
     let read_error = |source| OciError::ReadLayer {
         diff_id: diff_id.clone(),
         source,
     };
-    let mut hashed = HashingReader::new(stream);
+    let mut hashed = HashingReader::new(Limited::new(stream, limits.max_bytes));
     let mut unpacker = Unpacker {
         diff_id,
         dest,
         entries: 0,
+        headers: 0,
+        max_entries: limits.max_entries,
         whiteouts: HashSet::new(),
         directories: BTreeMap::new(),
     };
-    {
-        let mut archive = tar::Archive::new(&mut hashed);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
-        archive.set_preserve_mtime(true);
-        archive.set_unpack_xattrs(false);
-        archive.set_overwrite(true);
-        for entry in archive.entries().map_err(read_error)? {
-            unpacker.unpack(&mut entry.map_err(read_error)?)?;
-        }
+    let result = unpack_entries(&mut hashed, &mut unpacker)
+        .and_then(|()| unpacker.finish_directories())
+        // The tar end marker may be followed by padding that diff_id covers too.
+        .and_then(|()| {
+            io::copy(&mut hashed, &mut io::sink())
+                .map(drop)
+                .map_err(read_error)
+        });
+    // Past the limit every read fails; whatever error that became, the limit is the cause.
+    if hashed.get_ref().exceeded {
+        return Err(OciError::LayerTooLarge {
+            diff_id: diff_id.clone(),
+            limit: limits.max_bytes,
+        });
     }
-    unpacker.finish_directories()?;
-    // The tar end marker may be followed by padding that diff_id covers too.
-    io::copy(&mut hashed, &mut io::sink()).map_err(read_error)?;
+    result?;
     let (actual, bytes) = hashed.finish();
     if actual != *diff_id {
         return Err(OciError::DiffIdMismatch {
@@ -99,6 +149,65 @@ fn unpack_stream(stream: impl Read, diff_id: &Digest, dest: &Path) -> Result<Lay
         entries: unpacker.entries,
         bytes,
     })
+}
+
+fn unpack_entries(stream: impl Read, unpacker: &mut Unpacker<'_>) -> Result<(), OciError> {
+    let diff_id = unpacker.diff_id;
+    let read_error = |source| OciError::ReadLayer {
+        diff_id: diff_id.clone(),
+        source,
+    };
+    let mut archive = tar::Archive::new(stream);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(read_error)? {
+        unpacker.unpack(&mut entry.map_err(read_error)?)?;
+    }
+    Ok(())
+}
+
+/// Reads at most `limit` bytes of a stream and fails every read after that, remembering that
+/// it did: a decompression bomb stops at the limit instead of filling the disk.
+struct Limited<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Limited<R> {
+    fn new(inner: R, limit: u64) -> Limited<R> {
+        Limited {
+            inner,
+            read: 0,
+            limit,
+            exceeded: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.exceeded {
+            return Err(over_limit());
+        }
+        // One byte more than allowed tells a stream that ends at the limit from a longer one.
+        let allowed = self.limit.saturating_sub(self.read).saturating_add(1);
+        let count = self.inner.by_ref().take(allowed).read(buf)?;
+        self.read = self.read.saturating_add(count as u64);
+        if self.read > self.limit {
+            self.exceeded = true;
+            return Err(over_limit());
+        }
+        Ok(count)
+    }
+}
+
+fn over_limit() -> io::Error {
+    io::Error::other("the layer is larger than its limit")
 }
 
 /// Mode and mtime of a directory entry, applied once the whole layer is written: creating its
@@ -113,6 +222,9 @@ struct Unpacker<'a> {
     diff_id: &'a Digest,
     dest: &'a Path,
     entries: u64,
+    /// Every entry read, pax headers too: what [`UnpackLimits::max_entries`] counts.
+    headers: u64,
+    max_entries: u64,
     /// Whiteouts created so far, relative to `dest`.
     whiteouts: HashSet<PathBuf>,
     /// Directory entries by path relative to `dest`; a later entry for a path wins.
@@ -122,6 +234,13 @@ struct Unpacker<'a> {
 impl Unpacker<'_> {
     fn unpack<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), OciError> {
         let kind = entry.header().entry_type();
+        self.headers += 1;
+        if self.headers > self.max_entries {
+            return Err(OciError::TooManyEntries {
+                diff_id: self.diff_id.clone(),
+                limit: self.max_entries,
+            });
+        }
         if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
             return Ok(());
         }

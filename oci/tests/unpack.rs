@@ -8,7 +8,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use berth_oci::{
-    layer_dir, unpack_layer, unpack_layer_into_store, Digest, OciError, MEDIA_TYPE_LAYER_TAR,
+    layer_dir, unpack_layer, unpack_layer_into_store, unpack_layer_into_store_with_limits,
+    unpack_layer_with_limits, Digest, OciError, UnpackLimits, MEDIA_TYPE_LAYER_TAR,
     MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
 };
 use support::{gzip, lgetxattr, require_trusted_xattrs, zstd, LayerTar, Scratch, MTIME};
@@ -380,4 +381,164 @@ fn corrupt_compressed_data_is_a_read_error() {
         "{err}"
     );
     assert!(!dest.exists());
+}
+
+fn limits(max_bytes: u64, max_entries: u64) -> UnpackLimits {
+    UnpackLimits {
+        max_bytes,
+        max_entries,
+    }
+}
+
+#[test]
+fn a_layer_with_more_entries_than_the_limit_is_refused() {
+    let scratch = Scratch::new("entries");
+    let mut layer = LayerTar::new();
+    for i in 0..5 {
+        layer.file(&format!("f{i}"), 0o644, b"x");
+    }
+    let tar = layer.finish();
+    let diff_id = Digest::sha256_of(&tar);
+
+    let dest = scratch.join("four");
+    let err = unpack_layer_with_limits(
+        &tar,
+        MEDIA_TYPE_LAYER_TAR,
+        &diff_id,
+        &dest,
+        &limits(u64::MAX, 4),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, OciError::TooManyEntries { limit: 4, .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(&diff_id.to_string()), "{message}");
+    assert!(message.contains("more than 4 entries"), "{message}");
+    assert!(!dest.exists(), "nothing left of the refused layer");
+
+    // Exactly at the limit is fine.
+    let dest = scratch.join("five");
+    let stats = unpack_layer_with_limits(
+        &tar,
+        MEDIA_TYPE_LAYER_TAR,
+        &diff_id,
+        &dest,
+        &limits(u64::MAX, 5),
+    )
+    .unwrap();
+    assert_eq!(stats.entries, 5);
+}
+
+#[test]
+fn a_layer_that_inflates_past_the_byte_limit_is_refused() {
+    let scratch = Scratch::new("bytes");
+    let mut layer = LayerTar::new();
+    layer.file("zeros", 0o644, &vec![0u8; 1 << 20]);
+    let tar = layer.finish();
+    let blob = gzip(&tar);
+    assert!(blob.len() < 16 << 10, "a small blob: {} bytes", blob.len());
+    let diff_id = Digest::sha256_of(&tar);
+    let size = tar.len() as u64;
+
+    let dest = scratch.join("small");
+    let err = unpack_layer_with_limits(
+        &blob,
+        MEDIA_TYPE_LAYER_TAR_GZIP,
+        &diff_id,
+        &dest,
+        &limits(64 << 10, u64::MAX),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, OciError::LayerTooLarge { limit, .. } if limit == 64 << 10),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&diff_id.to_string()), "{err}");
+    assert!(!dest.exists(), "nothing left of the refused layer");
+
+    // One byte short of the stream is refused too, the whole stream is not.
+    let err = unpack_layer_with_limits(
+        &blob,
+        MEDIA_TYPE_LAYER_TAR_GZIP,
+        &diff_id,
+        &scratch.join("short"),
+        &limits(size - 1, u64::MAX),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OciError::LayerTooLarge { .. }), "{err}");
+    let stats = unpack_layer_with_limits(
+        &blob,
+        MEDIA_TYPE_LAYER_TAR_GZIP,
+        &diff_id,
+        &scratch.join("exact"),
+        &limits(size, u64::MAX),
+    )
+    .unwrap();
+    assert_eq!(stats.bytes, size);
+}
+
+#[test]
+fn a_refused_layer_leaves_nothing_in_the_store_and_stale_partials_go() {
+    let scratch = Scratch::new("store-limits");
+    let store = scratch.join("store");
+    let mut layer = LayerTar::new();
+    layer.file("a", 0o644, b"a").file("b", 0o644, b"b");
+    let tar = layer.finish();
+    let diff_id = Digest::sha256_of(&tar);
+    // What an unpacker killed past its time limit left: its process is gone.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = store
+        .join("sha256")
+        .join(format!(".{}.partial-{dead_pid}", diff_id.hex()));
+    fs::create_dir_all(stale.join("half")).unwrap();
+
+    let err = unpack_layer_into_store_with_limits(
+        &tar,
+        MEDIA_TYPE_LAYER_TAR,
+        &diff_id,
+        &store,
+        &limits(u64::MAX, 1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OciError::TooManyEntries { .. }), "{err}");
+    assert!(!layer_dir(&store, &diff_id).exists());
+    assert_eq!(
+        fs::read_dir(store.join("sha256")).unwrap().count(),
+        0,
+        "neither a partial nor the stale one left"
+    );
+
+    let stats = unpack_layer_into_store_with_limits(
+        &tar,
+        MEDIA_TYPE_LAYER_TAR,
+        &diff_id,
+        &store,
+        &UnpackLimits::default(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((stats.entries, stats.bytes), (2, tar.len() as u64));
+    assert!(layer_dir(&store, &diff_id).join("b").is_file());
+}
+
+#[test]
+fn a_corrupt_gzip_stream_names_the_layer_and_the_reason() {
+    let scratch = Scratch::new("corrupt-gzip");
+    // A gzip header, then a deflate block of the reserved type 3.
+    let blob = [
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+    let diff_id = Digest::sha256_of(b"never compared");
+    let store = scratch.join("store");
+    let err =
+        unpack_layer_into_store(&blob, MEDIA_TYPE_LAYER_TAR_GZIP, &diff_id, &store).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, OciError::ReadLayer { .. }), "{message}");
+    assert!(message.contains(&diff_id.to_string()), "{message}");
+    assert!(message.contains("corrupt deflate stream"), "{message}");
+    assert_eq!(fs::read_dir(store.join("sha256")).unwrap().count(), 0);
 }
