@@ -74,7 +74,18 @@ impl Console {
     }
 
     /// Waits until a line at index `from` or later satisfies `matches`; returns its index.
-    /// `None` when the deadline passes or the console closes first.
+    /// `None` when the deadline passes, the console closes or the guest's kernel panics
+    /// first (a guest whose init died prints no more lines: waiting on would only cost time).
+    /// The first line from index `from` on that says the guest's kernel panicked.
+    pub(crate) fn fatal_line(&self, from: usize) -> Option<String> {
+        self.lock()
+            .lines
+            .iter()
+            .skip(from)
+            .find(|line| is_fatal(&line.text))
+            .map(|line| line.text.clone())
+    }
+
     pub(crate) fn wait_for(
         &self,
         from: usize,
@@ -93,9 +104,14 @@ impl Console {
             {
                 return Some((offset, line.clone()));
             }
+            let fatal = state
+                .lines
+                .iter()
+                .skip(next)
+                .any(|line| is_fatal(&line.text));
             next = state.lines.len().max(from);
             let now = Instant::now();
-            if state.closed || now >= deadline {
+            if fatal || state.closed || now >= deadline {
                 return None;
             }
             state = self
@@ -126,6 +142,15 @@ impl Console {
         self.lock().lines.clone()
     }
 }
+
+/// A console line after which the guest does nothing useful: its kernel panicked (init
+/// exiting is one such panic: "Attempted to kill init!").
+fn is_fatal(line: &str) -> bool {
+    line.contains(KERNEL_PANIC_MARKER)
+}
+
+/// What the kernel prints when it panics, whatever the arch.
+pub(crate) const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
 
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
@@ -158,6 +183,35 @@ mod tests {
         assert!(console.wait_closed(deadline));
         let logged = std::fs::read_to_string(dir.join("console.log")).unwrap();
         assert!(logged.starts_with("booting\r\n"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_kernel_panic_ends_the_wait_at_once() {
+        let console = Arc::new(Console::default());
+        let dir = std::env::temp_dir().join(format!("berth-console-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = File::create(dir.join("console.log")).unwrap();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        console.spawn_reader(reader, log, false, Instant::now());
+        writer
+            .write_all(
+                b"[    2.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n",
+            )
+            .unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        assert!(console
+            .wait_for(0, deadline, |l| l.contains("event=ready"))
+            .is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no wait to the deadline"
+        );
+        assert!(console
+            .fatal_line(0)
+            .is_some_and(|l| l.contains("Attempted to kill init")));
+        drop(writer);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -17,11 +17,15 @@ use crate::qmp::{Qmp, QmpError};
 
 /// How long QEMU gets to open its QMP socket.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// What the kernel prints when it panics, whatever the arch.
-const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
 /// QEMU's ids for the control port's virtio-serial controller and its chardev.
 const CONTROL_SERIAL_BUS: &str = "berth-serial";
 const CONTROL_CHARDEV: &str = "berthctl";
+/// QEMU's id for the serial console's chardev when it is a socket ([`MachineConfig::serial_socket`]).
+const SERIAL_CHARDEV: &str = "berth-console";
+/// How long QEMU gets to open the serial console's socket.
+const SERIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the rig tries meanwhile.
+const SERIAL_CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -64,6 +68,11 @@ pub struct MachineConfig {
     /// Boot on the plain CPU model of [`Arch::qemu_default_cpu_args`] instead of `max`
     /// (ignored with KVM): kernel modules that need newer CPU features fail there.
     pub default_cpu_model: bool,
+    /// Serve the serial console on a Unix socket the rig connects to, instead of QEMU's
+    /// stdout: the console is recorded all the same, and [`Machine::write_serial`] can send
+    /// the guest bytes on its console line (XOFF and XON, say). QEMU waits for the rig to
+    /// connect before it starts the guest, so no line is lost.
+    pub serial_socket: bool,
 }
 
 impl MachineConfig {
@@ -83,6 +92,7 @@ impl MachineConfig {
             disk: None,
             control_socket: None,
             default_cpu_model: false,
+            serial_socket: false,
         }
     }
 
@@ -138,6 +148,7 @@ impl MachineConfig {
     }
 
     fn qemu_args(&self, qmp_socket: &Path, kvm: bool) -> Vec<String> {
+        let serial = serial_args(self.serial_socket.then(|| serial_socket(qmp_socket)));
         let machine_args = if self.default_cpu_model && !kvm {
             self.arch.qemu_default_cpu_args()
         } else {
@@ -154,14 +165,13 @@ impl MachineConfig {
                 "-no-user-config",
                 "-display",
                 "none",
-                "-serial",
-                "stdio",
                 "-no-reboot",
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", qmp_socket.display()),
             ]
             .map(str::to_string),
         );
+        args.extend(serial);
         args.extend(self.boot_args());
         if self.user_net {
             args.extend(
@@ -179,6 +189,29 @@ impl MachineConfig {
         }
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+}
+
+/// The serial console's socket, beside QMP's in the machine's private directory (short
+/// enough for a socket address wherever the log directory is).
+fn serial_socket(qmp_socket: &Path) -> PathBuf {
+    qmp_socket.with_file_name("serial.sock")
+}
+
+/// The serial console: QEMU's stdout, or a Unix socket QEMU listens on and waits for the rig
+/// to connect to (`wait=on`) before it starts the guest.
+fn serial_args(socket: Option<PathBuf>) -> Vec<String> {
+    match socket {
+        None => vec!["-serial".to_string(), "stdio".to_string()],
+        Some(socket) => vec![
+            "-chardev".to_string(),
+            format!(
+                "socket,id={SERIAL_CHARDEV},path={},server=on,wait=on",
+                socket.display()
+            ),
+            "-serial".to_string(),
+            format!("chardev:{SERIAL_CHARDEV}"),
+        ],
     }
 }
 
@@ -221,6 +254,20 @@ fn prepare_control_socket(path: &Path) -> Result<(), RigError> {
         Ok(_) => Err(error("something other than a socket is there".to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(error(e.to_string())),
+    }
+}
+
+/// Connects to the serial console's socket once QEMU has made it.
+fn connect_serial(
+    path: &Path,
+    deadline: Instant,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => std::thread::sleep(SERIAL_CONNECT_RETRY),
+        }
     }
 }
 
@@ -278,6 +325,20 @@ pub enum RigError {
         exited: bool,
         console_log: PathBuf,
     },
+    #[error("the guest's kernel panicked while waiting for `{pattern}`: {line}; console log: {}", console_log.display())]
+    GuestPanicked {
+        pattern: String,
+        line: String,
+        console_log: PathBuf,
+    },
+    #[error("serial console socket {}: {source}", path.display())]
+    SerialSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this machine's serial console is QEMU's stdout, not a socket (MachineConfig::serial_socket)")]
+    NoSerialSocket,
     #[error("QEMU did not exit within {timeout:?}; console log: {}", console_log.display())]
     StillRunning {
         timeout: Duration,
@@ -313,6 +374,9 @@ pub struct Machine {
     console_log: PathBuf,
     qmp_dir: PathBuf,
     control_socket: Option<PathBuf>,
+    /// The serial console's socket, when the config asked for one: written to by
+    /// [`Machine::write_serial`].
+    serial: Option<std::os::unix::net::UnixStream>,
     /// Index of the console line after the last one `wait_for_line` matched.
     cursor: usize,
     exit_status: Option<ExitStatus>,
@@ -359,7 +423,11 @@ impl Machine {
         command
             .args(config.qemu_args(&qmp_socket, kvm))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(match config.serial_socket {
+                // Nothing else of QEMU's goes to stdout.
+                true => Stdio::null(),
+                false => Stdio::piped(),
+            })
             .stderr(Stdio::inherit())
             // Its own process group: a Ctrl-C in the terminal reaches the rig, which presses
             // the power button, instead of killing QEMU mid-write.
@@ -392,9 +460,30 @@ impl Machine {
             source,
         })?;
         let console = Arc::new(Console::default());
-        if let Some(stdout) = child.stdout.take() {
-            console.spawn_reader(stdout, log, config.echo_console, started);
-        }
+        let serial = match config.serial_socket {
+            true => {
+                let path = serial_socket(&qmp_socket);
+                let connected = connect_serial(&path, Instant::now() + SERIAL_CONNECT_TIMEOUT)
+                    .and_then(|stream| Ok((stream.try_clone()?, stream)));
+                match connected {
+                    Ok((reader, writer)) => {
+                        console.spawn_reader(reader, log, config.echo_console, started);
+                        Some(writer)
+                    }
+                    Err(source) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(RigError::SerialSocket { path, source });
+                    }
+                }
+            }
+            false => {
+                if let Some(stdout) = child.stdout.take() {
+                    console.spawn_reader(stdout, log, config.echo_console, started);
+                }
+                None
+            }
+        };
         let qmp = match Qmp::connect(&qmp_socket, Instant::now() + QMP_CONNECT_TIMEOUT) {
             Ok(qmp) => qmp,
             Err(source) => {
@@ -413,6 +502,7 @@ impl Machine {
             console_log,
             qmp_dir,
             control_socket: config.control_socket.clone(),
+            serial,
             cursor: 0,
             exit_status: None,
         })
@@ -428,6 +518,20 @@ impl Machine {
     /// sends in the socket).
     pub fn control_socket(&self) -> Option<&Path> {
         self.control_socket.as_deref()
+    }
+
+    /// Sends `bytes` to the guest on its serial console line, as a terminal on the line
+    /// would: XOFF (0x13) stops the guest's output on a console tty with IXON (the default),
+    /// XON (0x11) starts it again. Only with [`MachineConfig::serial_socket`].
+    pub fn write_serial(&mut self, bytes: &[u8]) -> Result<(), RigError> {
+        use std::io::Write;
+        let serial = self.serial.as_mut().ok_or(RigError::NoSerialSocket)?;
+        serial
+            .write_all(bytes)
+            .map_err(|source| RigError::SerialSocket {
+                path: self.qmp_dir.join("serial.sock"),
+                source,
+            })
     }
 
     /// Every console line so far.
@@ -460,12 +564,19 @@ impl Machine {
                 self.cursor = index + 1;
                 Ok(line)
             }
-            None => Err(RigError::Timeout {
-                pattern: pattern.to_string(),
-                timeout,
-                exited: self.child.try_wait().ok().flatten().is_some(),
-                console_log: self.console_log.clone(),
-            }),
+            None => match self.console.fatal_line(self.cursor) {
+                Some(line) => Err(RigError::GuestPanicked {
+                    pattern: pattern.to_string(),
+                    line,
+                    console_log: self.console_log.clone(),
+                }),
+                None => Err(RigError::Timeout {
+                    pattern: pattern.to_string(),
+                    timeout,
+                    exited: self.child.try_wait().ok().flatten().is_some(),
+                    console_log: self.console_log.clone(),
+                }),
+            },
         }
     }
 
@@ -511,7 +622,10 @@ impl Machine {
         // The console reader drains what QEMU wrote before exiting.
         self.console
             .wait_closed(Instant::now() + Duration::from_secs(2));
-        if self.console_text().contains(KERNEL_PANIC_MARKER) {
+        if self
+            .console_text()
+            .contains(crate::console::KERNEL_PANIC_MARKER)
+        {
             return Ok(GuestExit::Panic);
         }
         Ok(match self.qmp.shutdown_reason().as_deref() {
@@ -580,6 +694,29 @@ mod tests {
                 "{arch}: {args}"
             );
         }
+    }
+
+    #[test]
+    fn the_serial_console_is_stdout_unless_a_socket_is_asked_for() {
+        let mut config = MachineConfig::new(
+            Arch::X86_64,
+            Path::new("k"),
+            Path::new("i"),
+            Path::new("/l"),
+        );
+        let qmp = Path::new("/tmp/berth-qmp-1-0/qmp.sock");
+        let args = config.qemu_args(qmp, false).join(" ");
+        assert!(args.contains("-serial stdio"), "{args}");
+        config.serial_socket = true;
+        let args = config.qemu_args(qmp, false).join(" ");
+        assert!(!args.contains("stdio"), "{args}");
+        assert!(
+            args.contains(concat!(
+                "-chardev socket,id=berth-console,path=/tmp/berth-qmp-1-0/serial.sock,",
+                "server=on,wait=on -serial chardev:berth-console"
+            )),
+            "{args}"
+        );
     }
 
     #[test]

@@ -317,3 +317,14 @@ pub fn ps_row(socket: &Path, name: &str) -> Vec<String> {
 pub fn ps_pid(socket: &Path, name: &str) -> Option<u32> {
     ps_row(socket, name).get(4).and_then(|p| p.parse().ok())
 }
+
+/// `berth ctl ps` with a short client timeout, and how long it took: for tests that show
+/// init answers while something tries to hold it.
+pub fn timed_ps(socket: &Path) -> (Duration, std::process::Output) {
+    let started = std::time::Instant::now();
+    let out = berth_ctl_command(socket, &["--timeout", "10", "ps"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run berth ctl: {e}"));
+    (started.elapsed(), out)
+}

@@ -5,12 +5,11 @@
 //! x86_64 only: the check lasts 30 s of guest time, and what it exercises (init's event loop,
 //! the pipes and the console) is the same code on aarch64.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
 use berth_qemu::GuestExit;
-use berth_tests::{berth_ctl_command, berth_ctl_ok, boot_with_control_port, events, pattern};
+use berth_tests::{berth_ctl_ok, boot_with_control_port, events, pattern, timed_ps};
 
 const MANIFEST: &str = r#"
 [containers.flood]
@@ -32,16 +31,6 @@ const PS_LIMIT: Duration = Duration::from_secs(1);
 const TICK_GAP: Duration = Duration::from_secs(2);
 /// From the power button to QEMU's exit.
 const POWER_OFF_LIMIT: Duration = Duration::from_secs(30);
-
-/// `berth ctl ps` with a short client timeout, and how long it took.
-fn timed_ps(socket: &Path) -> (Duration, std::process::Output) {
-    let started = Instant::now();
-    let out = berth_ctl_command(socket, &["--timeout", "10", "ps"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run berth ctl: {e}"));
-    (started.elapsed(), out)
-}
 
 /// Each `ticker | tick N` console line: (N, when the rig saw it).
 fn ticks_seen(machine: &berth_qemu::Machine) -> Vec<(u64, Duration)> {
