@@ -134,6 +134,51 @@ mod tests {
         assert!(result.unwrap_err().contains("init's stdout: bad base64"));
     }
 
+    /// An endless stdin that counts what was read from it.
+    struct Endless(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(0);
+            self.0
+                .fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(buf.len())
+        }
+    }
+
+    /// A connection that takes `room` bytes, a few at a time, then fails as a closed one does.
+    struct Slow {
+        room: usize,
+        taken: usize,
+    }
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.taken >= self.room {
+                return Err(ErrorKind::BrokenPipe.into());
+            }
+            let n = buf.len().min(100).min(self.room - self.taken);
+            self.taken += n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stdin_is_read_only_as_fast_as_the_connection_takes_it() {
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let room = 1 << 20;
+        let writer: Arc<Mutex<Slow>> = Arc::new(Mutex::new(Slow { room, taken: 0 }));
+        pump_stdin("berthctl", Box::new(Endless(Arc::clone(&read))), &*writer);
+        // One chunk ahead of the connection at most: base64 sends 4 bytes for every 3 read.
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read <= room * 3 / 4 + STDIN_CHUNK, "{read}");
+        assert!(read >= room * 3 / 4 - STDIN_CHUNK, "{read}");
+    }
+
     #[test]
     fn stdin_goes_up_in_chunks_then_closes() {
         let writer: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));

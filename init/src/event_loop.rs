@@ -36,11 +36,26 @@ const POWER_BUTTON_SEARCH: Duration = Duration::from_secs(30);
 const POWER_BUTTON_RESCAN: Duration = Duration::from_millis(500);
 /// Pause after a panicking turn, so a bug that panics every turn cannot spin the CPU.
 const PANIC_BACKOFF: Duration = Duration::from_millis(100);
-/// Fixed poll slots: the signalfd, the uevent socket, the console; the power buttons follow.
-const SLOT_SIGNALS: usize = 0;
-const SLOT_UEVENTS: usize = 1;
-/// (Slot 2 is the console's, which needs no dispatch: the loop flushes it every turn.)
-const FIRST_BUTTON: usize = 3;
+/// What a poll slot belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Signals,
+    Uevents,
+    Console,
+    /// A power button, by its index in `buttons` this turn.
+    Button(usize),
+    Stream(StreamId),
+    Control(Slot),
+}
+
+/// A shutdown under way: the containers stop while the loop goes on serving.
+#[derive(Debug, Clone, Copy)]
+struct ShuttingDown {
+    action: ShutdownAction,
+    started: Instant,
+    /// The stop phase's bound: past it the shutdown goes on whatever still runs.
+    until: Instant,
+}
 
 #[derive(Debug)]
 pub struct EventLoop {
@@ -53,6 +68,7 @@ pub struct EventLoop {
     coldplug: Option<Coldplug>,
     services: Vec<Service>,
     control: Control,
+    shutting_down: Option<ShuttingDown>,
 }
 
 impl EventLoop {
@@ -67,6 +83,7 @@ impl EventLoop {
             coldplug,
             services: Vec::new(),
             control: Control::new(),
+            shutting_down: None,
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -94,40 +111,62 @@ impl EventLoop {
         self.supervisor = Some(supervisor);
     }
 
-    /// Serves events until a shutdown is asked for, then shuts down. Never returns.
+    /// Serves events until a shutdown is asked for, then goes on serving while the
+    /// containers stop, then shuts down. Never returns.
     pub fn serve(mut self) -> ! {
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.turn())) {
-                Ok(Some((action, reason))) => {
-                    let started = Instant::now();
-                    shutdown::announce(action, reason);
-                    // Containers go first, each with its own stop signal and grace period;
-                    // the generic SIGTERM/SIGKILL sweep then takes whatever is left.
-                    if let Some(supervisor) = self.supervisor.as_mut() {
-                        let stopping = catch_unwind(AssertUnwindSafe(|| supervisor.stop_all()));
-                        if stopping.is_err() {
-                            log::error!("stopping the containers panicked; going on with shutdown");
-                        }
-                    }
-                    let timeout = self.shutdown_timeout;
-                    drop(self);
-                    shutdown::shutdown(action, started, timeout)
+                Ok(Some((action, reason))) if self.shutting_down.is_none() => {
+                    self.begin_shutdown(action, reason)
                 }
-                Ok(None) => {}
+                // Asked again while shutting down: the first request stands.
+                Ok(_) => {}
                 Err(_) => {
                     log::error!("an event loop turn panicked; carrying on");
                     std::thread::sleep(PANIC_BACKOFF);
                 }
+            }
+            if let Some(shutting_down) = self.shutting_down {
+                let stopped = self.supervisor.as_ref().is_none_or(Supervisor::all_stopped);
+                if stopped || Instant::now() >= shutting_down.until {
+                    if !stopped {
+                        log::warn!(
+                            "containers still live at the stop phase's bound; shutting down"
+                        );
+                    }
+                    let timeout = self.shutdown_timeout;
+                    drop(self);
+                    shutdown::shutdown(shutting_down.action, shutting_down.started, timeout)
+                }
+            }
+        }
+    }
+
+    /// Containers go first, each with its own stop signal and grace period, in parallel as
+    /// their dependencies allow; the generic SIGTERM/SIGKILL sweep then takes what is left.
+    fn begin_shutdown(&mut self, action: ShutdownAction, reason: &'static str) {
+        let started = Instant::now();
+        shutdown::announce(action, reason);
+        let bound = self
+            .supervisor
+            .as_ref()
+            .map_or(Duration::ZERO, Supervisor::stop_phase_bound);
+        self.shutting_down = Some(ShuttingDown {
+            action,
+            started,
+            until: started + bound,
+        });
+        if let Some(supervisor) = self.supervisor.as_mut() {
+            let stopping = catch_unwind(AssertUnwindSafe(|| supervisor.begin_shutdown(started)));
+            if stopping.is_err() {
+                log::error!("stopping the containers panicked; going on with shutdown");
+                self.supervisor = None;
             }
         }
     }
 
     /// One wait for events and their handling; `Some` when the host must shut down.
     fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
-        let now = Instant::now();
-        for (pid, status) in reap::take_deferred() {
-            self.dispatch_exit(pid, status, now);
-        }
         for service in &mut self.services {
             service.tick(Instant::now());
         }
@@ -136,95 +175,43 @@ impl EventLoop {
         }
         let searching = self.buttons.is_empty() && Instant::now() < self.search_until;
         let timeout = self.poll_timeout(searching);
-        let stream_ids: Vec<StreamId> = self
-            .supervisor
-            .as_ref()
-            .map(|s| s.streams().into_iter().map(|(id, _)| id).collect())
-            .unwrap_or_default();
-        let control_slots: Vec<Slot> = self
-            .control
-            .poll_fds()
-            .into_iter()
-            .map(|(slot, _, _)| slot)
-            .collect();
-        let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(FIRST_BUTTON + self.buttons.len() + stream_ids.len());
-            fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-            // Always one slot for uevents, so the indexes below do not depend on it.
-            let uevents = self.coldplug.as_ref().and_then(Coldplug::fd);
-            fds.push(PollFd::new(
-                uevents.unwrap_or(self.signals.as_fd()),
-                if uevents.is_some() {
-                    PollFlags::POLLIN
-                } else {
-                    PollFlags::empty()
-                },
-            ));
-            // Always one slot for the console too: polled for POLLOUT only while lines wait
-            // for it. Flushing once per turn alone would not do: a loop asleep in `poll`
-            // with lines queued would leave them there until some other event woke it.
-            let console = logger::pending_console();
-            fds.push(PollFd::new(
-                console.unwrap_or(self.signals.as_fd()),
-                if console.is_some() {
-                    PollFlags::POLLOUT
-                } else {
-                    PollFlags::empty()
-                },
-            ));
-            for button in &self.buttons {
-                fds.push(PollFd::new(button.file.as_fd(), PollFlags::POLLIN));
-            }
-            if let Some(supervisor) = self.supervisor.as_ref() {
-                for (_, fd) in supervisor.streams() {
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                }
-            }
-            for (_, fd, flags) in self.control.poll_fds() {
-                fds.push(PollFd::new(fd, flags));
-            }
-            match poll(&mut fds, timeout) {
-                Ok(_) => fds
-                    .iter()
-                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-                    .collect(),
-                Err(nix::errno::Errno::EINTR) => Vec::new(),
-                Err(err) => {
-                    log::error!("poll failed: {err}");
-                    std::thread::sleep(PANIC_BACKOFF);
-                    Vec::new()
-                }
-            }
-        };
+        let ready = self.poll_ready(timeout);
         let mut request = None;
-        if ready.get(SLOT_SIGNALS).copied().unwrap_or(false) {
-            request = self.handle_signals();
-        }
-        if ready.get(SLOT_UEVENTS).copied().unwrap_or(false) {
-            if let Some(coldplug) = self.coldplug.as_mut() {
-                coldplug.on_uevents();
-            }
-        }
-        for (button, _) in self
-            .buttons
-            .iter_mut()
-            .zip(ready.iter().skip(FIRST_BUTTON))
-            .filter(|(_, ready)| **ready)
-        {
-            if button.pressed() {
-                match self.power_button {
-                    ButtonAction::Shutdown(action) => {
-                        request.get_or_insert((action, "power-button"));
-                    }
-                    ButtonAction::Ignore => {
-                        log::info!("power button pressed; ignored (berth.power_button=ignore)")
+        let mut streams: Vec<StreamId> = Vec::new();
+        let mut control_ready: Vec<Slot> = Vec::new();
+        for token in ready {
+            match token {
+                Token::Signals => {
+                    if let Some(asked) = self.handle_signals() {
+                        request.get_or_insert(asked);
                     }
                 }
+                Token::Uevents => {
+                    if let Some(coldplug) = self.coldplug.as_mut() {
+                        coldplug.on_uevents();
+                    }
+                }
+                // Written below, whether or not it was ready.
+                Token::Console => {}
+                Token::Button(index) => {
+                    let pressed = self.buttons.get_mut(index).is_some_and(|b| b.pressed());
+                    if pressed {
+                        match self.power_button {
+                            ButtonAction::Shutdown(action) => {
+                                request.get_or_insert((action, "power-button"));
+                            }
+                            ButtonAction::Ignore => log::info!(
+                                "power button pressed; ignored (berth.power_button=ignore)"
+                            ),
+                        }
+                    }
+                }
+                Token::Stream(id) => streams.push(id),
+                Token::Control(slot) => control_ready.push(slot),
             }
         }
-        let first_stream = FIRST_BUTTON + self.buttons.len();
-        // A removed button polls ready forever: stop watching it (after the indexes above
-        // were taken from this turn's poll set).
+        // A removed button polls ready forever: stop watching it (after this turn's tokens,
+        // which name buttons by index, were handled).
         self.buttons.retain(|button| match &button.gone {
             Some(err) => {
                 log::warn!(
@@ -236,33 +223,20 @@ impl EventLoop {
             }
             None => true,
         });
-        let first_control = first_stream + stream_ids.len();
         if let Some(supervisor) = self.supervisor.as_mut() {
             // Highest index first: a stream that ends is removed, shifting those after it.
-            for (id, _) in stream_ids
-                .iter()
-                .zip(ready.iter().skip(first_stream))
-                .filter(|(_, ready)| **ready)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
-                supervisor.on_stream_ready(*id);
+            streams.sort_unstable();
+            for id in streams.into_iter().rev() {
+                supervisor.on_stream_ready(id);
             }
         }
-        let control_ready: Vec<Slot> = control_slots
-            .into_iter()
-            .zip(ready.iter().skip(first_control))
-            .filter(|(_, ready)| **ready)
-            .map(|(slot, _)| slot)
-            .collect();
         if let Some(asked) = self
             .control
             .on_ready(&control_ready, self.supervisor.as_mut())
         {
             request.get_or_insert(asked);
         }
-        self.control.after_turn();
+        self.control.after_turn(self.supervisor.as_ref());
         // Whether or not the console slot was ready: this turn's lines leave now if they can
         // (a flush with nothing queued costs nothing).
         if let Some(lines) = logger::flush_console().filter(|lines| *lines > 0) {
@@ -280,6 +254,53 @@ impl EventLoop {
         request
     }
 
+    /// Polls every event source for up to `timeout`; the tokens of those that are ready.
+    /// Each source is named by its token, not by its place in the poll set, so a source
+    /// that comes or goes between turns cannot make another's readiness be misread.
+    fn poll_ready(&self, timeout: PollTimeout) -> Vec<Token> {
+        let mut tokens = vec![Token::Signals];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(uevents) = self.coldplug.as_ref().and_then(Coldplug::fd) {
+            tokens.push(Token::Uevents);
+            fds.push(PollFd::new(uevents, PollFlags::POLLIN));
+        }
+        // Polled for POLLOUT only while lines wait for it. Flushing once per turn alone would
+        // not do: a loop asleep in `poll` with lines queued would leave them there until some
+        // other event woke it.
+        if let Some(console) = logger::pending_console() {
+            tokens.push(Token::Console);
+            fds.push(PollFd::new(console, PollFlags::POLLOUT));
+        }
+        for (index, button) in self.buttons.iter().enumerate() {
+            tokens.push(Token::Button(index));
+            fds.push(PollFd::new(button.file.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(supervisor) = self.supervisor.as_ref() {
+            for (id, fd) in supervisor.streams() {
+                tokens.push(Token::Stream(id));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        for (slot, fd, flags) in self.control.poll_fds() {
+            tokens.push(Token::Control(slot));
+            fds.push(PollFd::new(fd, flags));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => tokens
+                .into_iter()
+                .zip(&fds)
+                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(token, _)| token)
+                .collect(),
+            Err(nix::errno::Errno::EINTR) => Vec::new(),
+            Err(err) => {
+                log::error!("poll failed: {err}");
+                std::thread::sleep(PANIC_BACKOFF);
+                Vec::new()
+            }
+        }
+    }
+
     /// Until the next timer: the power-button rescan while searching, the earliest restart.
     fn poll_timeout(&self, searching: bool) -> PollTimeout {
         let now = Instant::now();
@@ -291,6 +312,7 @@ impl EventLoop {
             .into_iter()
             .chain(self.services.iter().filter_map(Service::next_deadline))
             .chain(self.control.next_deadline())
+            .chain(self.shutting_down.map(|s| s.until))
             .min()
             .map(|deadline| deadline.saturating_duration_since(now));
         match rescan.into_iter().chain(restart).min() {

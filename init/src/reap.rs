@@ -33,20 +33,3 @@ pub fn reap_exited() -> Reaped {
         }
     }
 }
-
-/// Exits reaped where their owner could not be told (a container's stop loop reaps
-/// everything); the event loop hands them on at its next turn.
-static DEFERRED: std::sync::Mutex<Vec<(Pid, WaitStatus)>> = std::sync::Mutex::new(Vec::new());
-
-pub fn defer(pid: Pid, status: WaitStatus) {
-    if let Ok(mut deferred) = DEFERRED.lock() {
-        deferred.push((pid, status));
-    }
-}
-
-pub fn take_deferred() -> Vec<(Pid, WaitStatus)> {
-    DEFERRED
-        .lock()
-        .map(|mut d| std::mem::take(&mut *d))
-        .unwrap_or_default()
-}

@@ -161,3 +161,66 @@ pub fn variant_layout(
     let _ = std::fs::remove_dir_all(&bundle);
     Ok(layout)
 }
+
+/// A layer blob that is gzip by its header and corrupt right after it: the first deflate
+/// block has the reserved type 3, which every inflater refuses at once.
+pub const CORRUPT_GZIP_LAYER: &[u8] = &[
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff,
+];
+
+/// An OCI layout tagged `1` holding busybox's config with one layer, whose blob is
+/// [`CORRUPT_GZIP_LAYER`], its digest and size right: an image that reaches the unpack
+/// and fails there, sharing no layer with busybox. Returns the layout and the corrupt layer's diff_id. Rebuilt at every call,
+/// under `target/test-images/corrupt-layer-<arch>/`.
+pub fn corrupt_layer_layout(arch: Arch) -> Result<(PathBuf, berth_oci::Digest), String> {
+    use berth_oci::{Descriptor, Digest, Layout, MEDIA_TYPE_IMAGE_MANIFEST};
+    let source = busybox_layout(arch)?;
+    let base = target_dir()
+        .join("test-images")
+        .join(format!("corrupt-layer-{arch}"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let layout_dir = base.join("layout");
+    run(Command::new("cp").arg("-a").arg(&source).arg(&layout_dir))?;
+    let layout = Layout::open(&layout_dir).map_err(|e| e.to_string())?;
+    let image = layout.resolve(BUSYBOX_TAG).map_err(|e| e.to_string())?;
+    let write_blob = |data: &[u8]| -> Result<Digest, String> {
+        let digest = Digest::sha256_of(data);
+        let path = layout.blob_path(&digest);
+        std::fs::write(&path, data).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(digest)
+    };
+    let descriptor = |media_type: &str, digest: Digest, size: usize| Descriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size: size as u64,
+        annotations: Default::default(),
+        platform: None,
+    };
+    // Any digest will do: the stream never inflates far enough to be compared with it.
+    let diff_id = Digest::sha256_of(b"the corrupt layer's stream");
+    let mut config = image.config.clone();
+    config.rootfs.diff_ids = vec![diff_id.clone()];
+    let config_bytes = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
+    let mut manifest = image.manifest.clone();
+    manifest.config = descriptor(
+        &manifest.config.media_type,
+        write_blob(&config_bytes)?,
+        config_bytes.len(),
+    );
+    manifest.layers = vec![descriptor(
+        berth_oci::MEDIA_TYPE_LAYER_TAR_GZIP,
+        write_blob(CORRUPT_GZIP_LAYER)?,
+        CORRUPT_GZIP_LAYER.len(),
+    )];
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    let manifest_descriptor = descriptor(
+        MEDIA_TYPE_IMAGE_MANIFEST,
+        write_blob(&manifest_bytes)?,
+        manifest_bytes.len(),
+    );
+    let index = berth_oci::index_json(&[("1".to_string(), manifest_descriptor)]);
+    let index_path = layout_dir.join(berth_oci::INDEX_FILE);
+    std::fs::write(&index_path, index).map_err(|e| format!("{}: {e}", index_path.display()))?;
+    Ok((layout_dir, diff_id))
+}

@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
-use berth_tests::{berth_ctl, berth_ctl_command, berth_ctl_ok, boot_with_control_port, ps_row};
+use berth_tests::{
+    berth_ctl, berth_ctl_command, berth_ctl_ok, boot_with_control_port, ps_row, wait_line,
+};
 
 const MANIFEST: &str = r#"
 [containers.web]
@@ -224,7 +226,10 @@ fn read_until(master: &mut std::fs::File, seen: &mut String, wanted: &str) {
 
 #[test]
 fn exec_it_gives_an_interactive_shell_on_a_terminal() {
-    let (_machine, socket) = boot_with_control_port(Arch::X86_64, MANIFEST, "control-port-exec-it");
+    let (mut machine, socket) =
+        boot_with_control_port(Arch::X86_64, MANIFEST, "control-port-exec-it");
+    // `ready` comes before the containers' images are unpacked (in a child of init).
+    wait_line(&mut machine, r"^berth event=started container=web ");
     let pty = nix::pty::openpty(None, None).unwrap_or_else(|e| panic!("{e}"));
     let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap_or_else(|e| panic!("{e}")));
     let mut shell = berth_ctl_command(&socket, &["exec", "-it", "web", "--", "sh"])

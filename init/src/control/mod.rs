@@ -129,7 +129,12 @@ impl Control {
             if !session.connected {
                 continue;
             }
-            let mut flags = PollFlags::POLLIN;
+            // Polled with no flags at all while its input waits (an exec's stdin backed up):
+            // poll still reports a hang-up, which `on_session_ready` checks for.
+            let mut flags = PollFlags::empty();
+            if session.reads_input() {
+                flags |= PollFlags::POLLIN;
+            }
             if session.wants_to_write() {
                 flags |= PollFlags::POLLOUT;
             }
@@ -207,22 +212,35 @@ impl Control {
     ) -> Option<ShutdownRequest> {
         let session = self.sessions.get_mut(index)?;
         session.flush();
+        if !session.reads_input() {
+            // Back-pressure: its exec's stdin waits for the process, so nothing more is read
+            // from the client (whose writes then block). Only a hang-up is looked at.
+            session.check_hangup();
+            return None;
+        }
         let mut shutdown = None;
         for line in session.read_lines() {
+            let line = match session.is_port() {
+                true => port_line(&line),
+                false => &line,
+            };
             // On the serial port a new client's request may come before the driver's signal
             // of the old one leaving was read: a request line always starts a new session.
             if session.is_port()
                 && !matches!(session.state, State::AwaitingRequest)
-                && parse_envelope(&line).is_ok()
+                && parse_envelope(line).is_ok()
             {
                 session.new_client();
             }
             if matches!(session.state, State::AwaitingRequest) {
-                if let Some(asked) = answer_line(session, &line, supervisor.as_deref_mut()) {
+                if session.is_port() && is_leftover_exec_input(line) {
+                    continue;
+                }
+                if let Some(asked) = answer_line(session, line, supervisor.as_deref_mut()) {
                     shutdown.get_or_insert(asked);
                 }
             } else if let State::Exec(relay) = &mut session.state {
-                exec_input(relay, &line);
+                exec_input(relay, line);
             }
             // A follower or a closing session has nothing more to ask.
         }
@@ -247,9 +265,10 @@ impl Control {
         true
     }
 
-    /// End of a loop turn: followers get the lines that came, sessions that are done close,
-    /// the serial port is looked for while it may still appear.
-    pub fn after_turn(&mut self) {
+    /// End of a loop turn: answers wait for stops that are over, followers get the lines
+    /// that came, sessions that are done close, the serial port is looked for while it may
+    /// still appear.
+    pub fn after_turn(&mut self, supervisor: Option<&Supervisor>) {
         self.look_for_port();
         let events = if self.follows(|f| *f == Follow::Events) {
             crate::event::take_new()
@@ -263,6 +282,16 @@ impl Control {
         };
         let now = Instant::now();
         for session in &mut self.sessions {
+            if let State::AwaitingStops { names, .. } = &session.state {
+                if supervisor.is_none_or(|s| s.settled(names)) {
+                    let state = std::mem::replace(&mut session.state, State::AwaitingRequest);
+                    if let State::AwaitingStops { response, .. } = state {
+                        session.respond(*response);
+                    }
+                    session.done();
+                }
+                continue;
+            }
             let lines: Vec<&String> = match &session.state {
                 State::Following(Follow::Events) => events.iter().collect(),
                 State::Following(Follow::Logs(name)) => logs
@@ -312,6 +341,35 @@ impl Control {
             .chain(rescan)
             .min()
     }
+}
+
+/// How every request line a client sends begins (`berth_control::to_line` of an envelope).
+const REQUEST_START: &str = r#"{"v":"#;
+
+/// A line read from the serial port, less what an earlier client left before a request.
+///
+/// The port is one byte stream for every client in turn. An `exec -i` client that went away
+/// while init was not reading it (its stdin backed up) leaves its last lines in the port's
+/// buffers, the last one possibly cut short, and the next client's request follows right
+/// after such a cut line. The request is the line's first suffix, from a `{"v":`, that
+/// parses as one; the line is taken as is when none does.
+fn port_line(line: &str) -> &str {
+    if parse_envelope(line).is_ok() {
+        return line;
+    }
+    line.match_indices(REQUEST_START)
+        .map(|(at, _)| at)
+        .filter(|at| *at > 0)
+        .filter_map(|at| line.get(at..))
+        .find(|suffix| parse_envelope(suffix).is_ok())
+        .unwrap_or(line)
+}
+
+/// An exec's input line read when no exec runs: left on the serial port by a client that
+/// went away (see [`port_line`]); ignored, since an error for it would reach the next client
+/// as the answer to its request.
+fn is_leftover_exec_input(line: &str) -> bool {
+    parse_envelope(line).is_err() && berth_control::parse_exec_input(line).is_ok()
 }
 
 /// One line from the client of an exec: stdin bytes, its end, a terminal resize.
@@ -368,9 +426,16 @@ fn answer_line(
     };
     session.request_id = envelope.id;
     let answer = answer(envelope.request, supervisor);
+    if let Next::AfterStops(names) = answer.next {
+        session.state = State::AwaitingStops {
+            names,
+            response: Box::new(answer.response),
+        };
+        return answer.shutdown;
+    }
     session.respond(answer.response);
     session.state = match answer.next {
-        Next::Done => {
+        Next::Done | Next::AfterStops(_) => {
             session.done();
             return answer.shutdown;
         }
@@ -385,6 +450,8 @@ enum Next {
     Done,
     Follow(Follow),
     Exec(ExecRelay),
+    /// The response waits until these containers have stopped.
+    AfterStops(Vec<String>),
 }
 
 struct Answer {
@@ -400,6 +467,18 @@ impl Answer {
             shutdown: None,
             next: Next::Done,
         }
+    }
+}
+
+/// The answer to `stop` or `restart` of `name`: given once its stop is over.
+fn after_stops(result: Result<(), String>, name: String) -> Answer {
+    match result {
+        Ok(()) => Answer {
+            response: Response::ok(),
+            shutdown: None,
+            next: Next::AfterStops(vec![name]),
+        },
+        Err(err) => Answer::done(Response::error(err)),
     }
 }
 
@@ -488,17 +567,29 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
             None => Response::error(format!("no container `{name}`")),
         },
         Request::Start { name } => result(supervisor.operator_start(&name)),
-        Request::Stop { name } => result(supervisor.operator_stop(&name)),
-        Request::Restart { name } => result(supervisor.operator_restart(&name)),
+        Request::Stop { name } => return after_stops(supervisor.operator_stop(&name), name),
+        Request::Restart { name } => return after_stops(supervisor.operator_restart(&name), name),
         Request::Apply { manifest, file } => {
             let origin = file.unwrap_or_else(|| "apply".to_string());
-            match supervisor.apply(&manifest, Path::new(&origin)) {
-                Ok(changes) => Response {
-                    changes: Some(changes),
-                    ..Response::ok()
-                },
-                Err(err) => Response::error(err),
-            }
+            return match supervisor.apply(&manifest, Path::new(&origin)) {
+                Ok(changes) => {
+                    let stopping = changes
+                        .changed
+                        .iter()
+                        .chain(&changes.removed)
+                        .cloned()
+                        .collect();
+                    Answer {
+                        response: Response {
+                            changes: Some(changes),
+                            ..Response::ok()
+                        },
+                        shutdown: None,
+                        next: Next::AfterStops(stopping),
+                    }
+                }
+                Err(err) => Answer::done(Response::error(err)),
+            };
         }
         Request::Images => match supervisor.images() {
             Ok(images) => Response {
@@ -642,4 +733,158 @@ fn exec_io(
             stderr: Some(stderr_read),
         },
     ))
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use berth_control::{encode_bytes, to_line, ExecInput, VERSION};
+
+    use super::session::STDIN_HIGH_WATER;
+    use super::*;
+
+    /// A control with one socket session relaying an exec whose stdin is a pipe; returns it,
+    /// the client's end of the connection (non-blocking) and the process' end of the pipe.
+    fn exec_session() -> (Control, UnixStream, std::fs::File) {
+        let (ours, client) = UnixStream::pair().unwrap();
+        client.set_nonblocking(true).unwrap();
+        let (stdin_read, stdin_write) = cloexec_pipe().unwrap();
+        set_nonblocking(stdin_read.as_fd());
+        set_nonblocking(stdin_write.as_fd());
+        let mut session = Session::new(Conn::Unix(ours), true);
+        session.state = State::Exec(ExecRelay {
+            pid: Pid::from_raw(4242),
+            stdin: Some(stdin_write),
+            stdin_pending: Vec::new(),
+            stdin_closing: false,
+            stdout: None,
+            stderr: None,
+            tty: false,
+        });
+        let control = Control {
+            listener: None,
+            sessions: vec![session],
+            port_search_until: None,
+        };
+        (control, client, std::fs::File::from(stdin_read))
+    }
+
+    /// Writes 16 KiB stdin lines until the connection takes no more; returns the bytes sent.
+    fn send_until_full(client: &mut UnixStream, line: &[u8]) -> usize {
+        let mut sent = 0;
+        loop {
+            match client.write(line) {
+                Ok(n) => sent += n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return sent,
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
+    fn session_flags(control: &Control) -> PollFlags {
+        control
+            .poll_fds()
+            .into_iter()
+            .find(|(slot, _, _)| *slot == Slot::Session(0))
+            .map(|(_, _, flags)| flags)
+            .unwrap()
+    }
+
+    fn pending(control: &Control) -> usize {
+        match &control.sessions.first().unwrap().state {
+            State::Exec(relay) => relay.stdin_pending.len(),
+            _ => panic!("not an exec"),
+        }
+    }
+
+    #[test]
+    fn a_backed_up_stdin_stops_reading_the_client_until_the_process_drains_it() {
+        let (mut control, mut client, mut process) = exec_session();
+        let line = to_line(&ExecInput {
+            v: VERSION,
+            stdin: Some(encode_bytes(&[0u8; 16 << 10])),
+            ..ExecInput::default()
+        });
+        // The process reads nothing: turn after turn, init fills its pipe, then its queue,
+        // then stops asking for the client's input.
+        let mut turns = 0;
+        while session_flags(&control).contains(PollFlags::POLLIN) {
+            send_until_full(&mut client, line.as_bytes());
+            control.on_ready(&[Slot::Session(0)], None);
+            turns += 1;
+            assert!(
+                turns < 100,
+                "never backed up: {} bytes queued",
+                pending(&control)
+            );
+        }
+        let queued = pending(&control);
+        assert!(queued > STDIN_HIGH_WATER, "{queued}");
+        assert!(
+            queued <= STDIN_HIGH_WATER + (64 << 10),
+            "one turn's read at most: {queued}"
+        );
+        // The client keeps trying; its bytes wait in the connection, not in init.
+        let waiting = send_until_full(&mut client, line.as_bytes());
+        for _ in 0..10 {
+            control.on_ready(&[Slot::Session(0)], None);
+        }
+        assert_eq!(pending(&control), queued, "nothing read while backed up");
+        assert!(
+            session_flags(&control).is_empty(),
+            "{waiting} bytes sent meanwhile"
+        );
+
+        // The process reads its stdin: the queue goes into the pipe, and reading resumes.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut drained = 0;
+        while !session_flags(&control).contains(PollFlags::POLLIN) {
+            drained += process.read(&mut buf).unwrap_or(0);
+            control.on_ready(&[Slot::Stdin(0)], None);
+        }
+        assert!(pending(&control) <= STDIN_HIGH_WATER);
+        assert!(drained > 0);
+        // The next turn reads the client again, which makes room for it to send more.
+        control.on_ready(&[Slot::Session(0)], None);
+        assert!(send_until_full(&mut client, line.as_bytes()) > 0);
+    }
+
+    #[test]
+    fn a_client_that_hangs_up_while_backed_up_is_dropped() {
+        let (mut control, mut client, _process) = exec_session();
+        let line = to_line(&ExecInput {
+            v: VERSION,
+            stdin: Some(encode_bytes(&[7u8; 16 << 10])),
+            ..ExecInput::default()
+        });
+        while session_flags(&control).contains(PollFlags::POLLIN) {
+            send_until_full(&mut client, line.as_bytes());
+            control.on_ready(&[Slot::Session(0)], None);
+        }
+        control.on_ready(&[Slot::Session(0)], None);
+        assert!(!control.sessions.first().unwrap().dead, "still there");
+        drop(client);
+        control.on_ready(&[Slot::Session(0)], None);
+        control.after_turn(None);
+        assert!(control.sessions.is_empty(), "dropped with its relay");
+    }
+
+    #[test]
+    fn a_request_after_what_an_earlier_port_client_left_is_found() {
+        let request = r#"{"v":1,"id":7,"cmd":"ps"}"#;
+        assert_eq!(port_line(request), request);
+        let cut = format!(r#"{{"v":1,"stdin":"AAAAAAAA{request}"#);
+        assert_eq!(port_line(&cut), request);
+        let tail = format!(r#"AAAA"}}{request}"#);
+        assert_eq!(port_line(&tail), request);
+        assert_eq!(port_line("not json"), "not json");
+
+        assert!(is_leftover_exec_input(r#"{"v":1,"stdin":"AAAA"}"#));
+        assert!(is_leftover_exec_input(r#"{"v":1,"stdin_close":true}"#));
+        assert!(!is_leftover_exec_input(request));
+        assert!(!is_leftover_exec_input("not json"));
+    }
 }

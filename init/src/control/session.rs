@@ -11,8 +11,19 @@ use std::time::Instant;
 use berth_control::{to_line, ExecOutput, StreamLine, VERSION};
 use nix::unistd::Pid;
 
-/// The longest line read from a client (an `apply` carries a whole manifest).
+/// The longest line read from a client (an `apply` carries a whole manifest): the most
+/// unparsed input a session holds.
 const MAX_LINE: usize = 1 << 20;
+/// Bytes read from one client per turn, at most: a client that sends without end is read
+/// as fast as the loop turns, never all at once.
+const READ_PER_TURN: usize = 64 << 10;
+/// Bytes per `read(2)` from a client.
+const READ_CHUNK: usize = 8 << 10;
+/// While more than this many bytes of an exec's stdin wait for its process, init reads
+/// nothing more from the client: the connection's buffers fill and the client's writes
+/// block. A client streaming stdin faster than the process reads it costs PID 1 this much,
+/// plus what one turn reads, instead of memory without bound.
+pub const STDIN_HIGH_WATER: usize = 64 << 10;
 /// Output queued for a client that reads too slowly; past this it is dropped.
 const MAX_PENDING: usize = 4 << 20;
 /// Bytes read from an exec'd process' output per message.
@@ -94,6 +105,12 @@ impl ExecRelay {
     pub fn wants_stdin_written(&self) -> bool {
         !self.stdin_pending.is_empty()
     }
+
+    /// More stdin waits for the process than [`STDIN_HIGH_WATER`]: the client is not read
+    /// until the process has taken enough of it.
+    pub fn stdin_backed_up(&self) -> bool {
+        self.stdin_pending.len() > STDIN_HIGH_WATER
+    }
 }
 
 #[derive(Debug)]
@@ -101,6 +118,12 @@ pub enum State {
     AwaitingRequest,
     Following(Follow),
     Exec(ExecRelay),
+    /// `stop`, `restart` or `apply` asked: `response` goes once the containers named have
+    /// stopped, while the loop goes on serving.
+    AwaitingStops {
+        names: Vec<String>,
+        response: Box<berth_control::Response>,
+    },
     /// Done: closed once the pending output is written (Unix socket only).
     Closing,
 }
@@ -158,10 +181,35 @@ impl Session {
         !self.output.is_empty()
     }
 
-    /// Forgets the client (the serial port's host went away, or came anew): buffers cleared,
-    /// an exec's relay dropped (its process sees its stdin close, or its terminal hang up).
+    /// Whether init reads what the client sends now: not while its exec's stdin is backed up
+    /// ([`ExecRelay::stdin_backed_up`]).
+    pub fn reads_input(&self) -> bool {
+        !matches!(&self.state, State::Exec(relay) if relay.stdin_backed_up())
+    }
+
+    /// For a session not polled for input: whether the client has hung up (the connection
+    /// polls hung up or failed), in which case it is treated as gone. Returns true then.
+    pub fn check_hangup(&mut self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.conn.fd(), PollFlags::empty())];
+        let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds.first().and_then(PollFd::revents).is_some_and(|r| {
+                r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+            }),
+            Err(_) => false,
+        };
+        if hung_up {
+            self.client_gone();
+        }
+        hung_up
+    }
+
+    /// Forgets the client (the serial port's host went away, or came anew): what was left to
+    /// write to it cleared, an exec's relay dropped (its process sees its stdin close, or its
+    /// terminal hang up). What it sent and is not a whole line yet stays: the port's buffers
+    /// may still hold the rest of that line, which then ends it, and a request that follows
+    /// it on the same line is found there (`port_line`).
     pub fn reset(&mut self) {
-        self.input.clear();
         self.new_client();
     }
 
@@ -173,19 +221,23 @@ impl Session {
         self.request_id = None;
     }
 
-    /// Reads what the client sent. Returns the complete lines; end of stream or an error
-    /// marks the client gone.
+    /// Reads what the client sent, at most [`READ_PER_TURN`] bytes (a level-triggered poll
+    /// brings the session back for the rest). Returns the complete lines; end of stream or
+    /// an error marks the client gone.
     pub fn read_lines(&mut self) -> Vec<String> {
-        let mut buf = [0u8; 8192];
-        loop {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut read = 0;
+        while read < READ_PER_TURN {
             match self.conn.read(&mut buf) {
                 Ok(0) => {
                     self.client_gone();
                     break;
                 }
-                Ok(n) => self
-                    .input
-                    .extend_from_slice(buf.get(..n).unwrap_or_default()),
+                Ok(n) => {
+                    read += n;
+                    self.input
+                        .extend_from_slice(buf.get(..n).unwrap_or_default());
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -379,5 +431,41 @@ impl Session {
         };
         self.send(to_line(&message).as_bytes());
         self.done();
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_reads_a_bounded_amount_and_holds_a_bounded_partial_line() {
+        let (ours, mut client) = UnixStream::pair().unwrap();
+        client.set_nonblocking(true).unwrap();
+        // Many lines per write: the socket's buffer counts each write's overhead.
+        let lines = format!("{}\n", "x".repeat(999)).repeat(32);
+        let mut sent = 0;
+        while let Ok(n) = client.write(lines.as_bytes()) {
+            sent += n;
+        }
+        assert!(sent > 2 * READ_PER_TURN, "the socket buffers {sent} bytes");
+        let mut session = Session::new(Conn::Unix(ours), true);
+        let lines = session.read_lines();
+        let taken: usize = lines.iter().map(|l| l.len() + 1).sum::<usize>() + session.input.len();
+        assert!(taken <= READ_PER_TURN, "{taken}");
+        assert!(!lines.is_empty());
+
+        // A line without end is refused once it passes the bound, not held whole.
+        let (ours, mut client) = UnixStream::pair().unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut session = Session::new(Conn::Unix(ours), true);
+        let chunk = vec![b'y'; 4096];
+        while !matches!(session.state, State::Closing) {
+            while client.write(&chunk).is_ok() {}
+            assert!(session.read_lines().is_empty());
+            assert!(session.input.len() <= MAX_LINE + READ_PER_TURN);
+        }
+        assert!(session.input.is_empty());
     }
 }

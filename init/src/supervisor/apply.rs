@@ -2,6 +2,8 @@
 //! validated whole first (syntax, fields, dependencies, images), so a bad one changes
 //! nothing. Then removed containers stop, changed ones stop and start with their new
 //! settings, added ones start, and the rest are left alone (same process, same PID).
+//! Stops do not wait: a retired container stays supervised until it has stopped, and its
+//! replacement waits for that (`dependencies`).
 //!
 //! Only containers change on a running host: the other parts of a manifest (hostname,
 //! network, mounts, boot) are reported as taking effect at the next boot.
@@ -12,7 +14,8 @@ use std::time::Instant;
 use berth_control::Changes;
 use berth_manifest::Manifest;
 
-use super::{State, Supervised, Supervisor};
+use super::lifecycle::{Reason, State, Then};
+use super::{Supervised, Supervisor};
 use crate::event::Event;
 
 /// The manifest without its containers: what `apply` compares to tell what waits for a boot.
@@ -50,11 +53,15 @@ impl Supervisor {
             next_boot: differing_settings(&self.host_settings, &host_settings(&manifest)),
             ..Changes::default()
         };
-        // Stop what goes or changes, dependants first, as a shutdown would.
+        let now = Instant::now();
+        // Stop what goes or changes.
         for index in (0..self.containers.len()).rev() {
             let Some(c) = self.containers.get_mut(index) else {
                 continue;
             };
+            if c.retiring {
+                continue;
+            }
             let name = c.name().to_string();
             match manifest.containers.get(&c.name) {
                 Some(config) if *config == c.config => changes.unchanged.push(name),
@@ -65,31 +72,28 @@ impl Supervisor {
                 continue;
             }
             c.retiring = true;
-            match c.state {
-                State::Running { pid, .. } => self.stop_one(index, pid),
-                State::Stopped => {}
-                State::Created | State::BackingOff { .. } => {
-                    self.stop_for_good(index, "apply", None)
-                }
-            }
+            self.request_stop(index, Then::Stay(Reason::Apply), "apply", now);
         }
         let mut old: Vec<Supervised> = std::mem::take(&mut self.containers);
         for name in manifest.start_order() {
             let Some(config) = manifest.containers.get(name) else {
                 continue;
             };
-            match old.iter().position(|c| c.name == *name) {
-                Some(at) if !old.get(at).is_some_and(|c| c.retiring) => {
-                    self.containers.push(old.swap_remove(at));
-                }
-                found => {
-                    if found.is_none() {
+            match old.iter().position(|c| c.name == *name && !c.retiring) {
+                Some(at) => self.containers.push(old.swap_remove(at)),
+                None => {
+                    if !changes.changed.iter().any(|n| n == name.as_str()) {
                         changes.added.push(name.as_str().to_string());
                     }
                     self.containers.push(Supervised::new(name, config.clone()));
                 }
             }
         }
+        // Retired containers still stopping stay supervised until they have stopped.
+        self.containers.extend(
+            old.into_iter()
+                .filter(|c| c.retiring && c.state != State::Stopped),
+        );
         for list in [
             &mut changes.added,
             &mut changes.removed,
@@ -107,7 +111,7 @@ impl Supervisor {
             .field("changed", list(&changes.changed))
             .field("unchanged", changes.unchanged.len())
             .emit();
-        self.tick(Instant::now());
+        self.advance(now);
         Ok(changes)
     }
 }
