@@ -380,7 +380,13 @@ pub struct Machine {
     /// Index of the console line after the last one `wait_for_line` matched.
     cursor: usize,
     exit_status: Option<ExitStatus>,
+    /// When QEMU was started, for [`DURATIONS_ENV`].
+    started: Instant,
 }
+
+/// When set, each machine appends `<seconds>\t<log directory>` to the file it names as it
+/// goes away: `scripts/test` prints the slowest boots of the run from it.
+pub const DURATIONS_ENV: &str = "BERTH_TEST_DURATIONS";
 
 fn private_socket_dir() -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -505,6 +511,7 @@ impl Machine {
             serial,
             cursor: 0,
             exit_status: None,
+            started,
         })
     }
 
@@ -665,6 +672,34 @@ impl Drop for Machine {
         let _ = std::fs::remove_dir_all(&self.qmp_dir);
         if let Some(socket) = &self.control_socket {
             let _ = std::fs::remove_file(socket);
+        }
+        self.record_duration();
+    }
+}
+
+impl Machine {
+    /// Appends this machine's life to the file [`DURATIONS_ENV`] names, if any.
+    fn record_duration(&self) {
+        use std::io::Write;
+        let Some(path) = std::env::var_os(DURATIONS_ENV) else {
+            return;
+        };
+        let name = self
+            .console_log
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(|| "?".into(), |n| n.to_string_lossy());
+        let line = format!("{:.1}\t{name}\n", self.started.elapsed().as_secs_f64());
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(err) = appended {
+            eprintln!(
+                "cannot record the boot's duration in {}: {err}",
+                path.to_string_lossy()
+            );
         }
     }
 }
