@@ -601,6 +601,51 @@ impl Machine {
             })
     }
 
+    /// For a guest that stopped answering: asks its kernel to print, on the console, what
+    /// each task is doing (SysRq `9` to raise the console's log level, then `w` for blocked
+    /// tasks, `t` for all of them, `l` for what each CPU runs), and returns the vCPUs'
+    /// registers as QEMU sees them, sampled a few times (a RIP that stays in user space with
+    /// a CPU that never idles is a busy loop).
+    ///
+    /// The keys go through the x86_64 `q35` machine's PS/2 keyboard; the kernel acts on them
+    /// only with `sysrq_always_enabled` on its command line ([`MachineConfig::append`]), which
+    /// a test that wants the dump adds. Waits a few seconds for the kernel to print.
+    pub fn dump_guest_state(&mut self) -> String {
+        let mut report = String::new();
+        for sample in 0..3 {
+            let registers = self.qmp(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": "info registers" })),
+            );
+            let text = registers
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .unwrap_or_else(|e| e.to_string());
+            // The CPU, its instruction pointer, flags and privilege level (`CPL=3`: user space).
+            let first_lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("CPU#") || l.starts_with("RIP=") || l.starts_with("PC="))
+                .collect();
+            report.push_str(&format!(
+                "registers, sample {sample}:\n{}\n",
+                first_lines.join("\n")
+            ));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for key in ["9", "w", "t", "l"] {
+            let keys =
+                ["alt", "sysrq", key].map(|k| serde_json::json!({ "type": "qcode", "data": k }));
+            if let Err(err) = self.qmp("send-key", Some(serde_json::json!({ "keys": keys }))) {
+                report.push_str(&format!("SysRq {key}: {err}\n"));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        report.push_str(&format!(
+            "the kernel's task dump is in {}\n",
+            self.console_log.display()
+        ));
+        report
+    }
+
     /// Presses the power button (ACPI on x86_64, gpio-keys on aarch64 `virt`).
     pub fn press_power_button(&mut self) -> Result<(), RigError> {
         self.qmp("system_powerdown", None).map(drop)
