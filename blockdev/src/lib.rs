@@ -89,7 +89,17 @@ impl BlockDevice {
 
 /// Partition name and GUID of partition `number` (1-based) of the disk at `disk_node`.
 fn gpt_entry(disk_node: &Path, number: u32) -> Option<(String, String)> {
-    let disk = gpt::GptConfig::new().writable(false).open(disk_node).ok()?;
+    let disk = std::fs::File::open(disk_node).ok()?;
+    partition_entry(disk, number)
+}
+
+/// Partition name and GUID (lowercase, as `PARTUUID=` is matched) of partition `number`
+/// (1-based) in the GPT on `disk`, which is only read.
+pub fn partition_entry(disk: impl gpt::DiskDevice, number: u32) -> Option<(String, String)> {
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .open_from_device(disk)
+        .ok()?;
     let partition = disk.partitions().get(&number)?;
     Some((partition.name.clone(), partition.part_guid.to_string()))
 }
