@@ -106,7 +106,7 @@ fn udp_socket(iface: &str) -> std::io::Result<UdpSocket> {
 }
 
 /// dhcproto's decoder unwraps on some malformed options; a hostile packet must not end netd.
-fn decode(bytes: &[u8]) -> Option<Message> {
+pub fn decode(bytes: &[u8]) -> Option<Message> {
     std::panic::catch_unwind(|| Message::from_bytes(bytes).ok())
         .ok()
         .flatten()

@@ -74,17 +74,21 @@ impl Lease {
             Some(DhcpOption::ServerIdentifier(ip)) => *ip,
             _ => message.siaddr(),
         };
-        let lease_time = match opts.get(OptionCode::AddressLeaseTime) {
-            Some(DhcpOption::AddressLeaseTime(secs)) => Duration::from_secs(u64::from(*secs)),
-            _ => DEFAULT_LEASE,
+        let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
+            Some(DhcpOption::AddressLeaseTime(secs)) => u64::from(*secs),
+            _ => DEFAULT_LEASE.as_secs(),
         };
+        let lease_time = Duration::from_secs(lease_secs);
+        // T1 and T2 default to 1/2 and 7/8 of the lease (RFC 2131 §4.4.5), in whole seconds
+        // as DHCP's own times are: the lease file keeps seconds, and a netd that reads it back
+        // must hold the same lease.
         let t1 = match opts.get(OptionCode::Renewal) {
             Some(DhcpOption::Renewal(secs)) => Duration::from_secs(u64::from(*secs)),
-            _ => lease_time / 2,
+            _ => Duration::from_secs(lease_secs / 2),
         };
         let t2 = match opts.get(OptionCode::Rebinding) {
             Some(DhcpOption::Rebinding(secs)) => Duration::from_secs(u64::from(*secs)),
-            _ => lease_time * 7 / 8,
+            _ => Duration::from_secs(lease_secs * 7 / 8),
         };
         let prefix = match opts.get(OptionCode::SubnetMask) {
             Some(DhcpOption::SubnetMask(mask)) => prefix_of(*mask),
@@ -209,6 +213,21 @@ mod tests {
             lease.routes(),
             [(Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::new(10, 0, 2, 2))]
         );
+    }
+
+    /// Found by `fuzz/fuzz_targets/dhcp.rs`: a lease time that 8 does not divide made T2
+    /// 86066.75 s, which the lease file keeps as 86066 s, so a restarted netd held a lease
+    /// other than the one granted.
+    #[test]
+    fn default_renewal_times_survive_the_lease_file() {
+        let lease = Lease::from_ack(&ack(vec![DhcpOption::AddressLeaseTime(98_362)])).unwrap();
+        assert_eq!(
+            (lease.t1, lease.t2),
+            (Duration::from_secs(49_181), Duration::from_secs(86_066))
+        );
+        let acquired = Duration::from_millis(1234);
+        let text = crate::saved::encode(&lease, acquired);
+        assert_eq!(crate::saved::decode(&text), Some((lease, acquired)));
     }
 
     #[test]

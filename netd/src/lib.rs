@@ -27,6 +27,14 @@ use state::Shared;
 
 pub(crate) use berth_kmod::glob_match;
 
+/// What netd does with bytes from the network, for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::dhcp::decode;
+    pub use crate::lease::is_dns_name;
+    pub use crate::saved::{decode as decode_saved, encode as encode_saved};
+}
+
 /// The manifest netd reads unless init passes `--manifest`.
 const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
 
