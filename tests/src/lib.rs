@@ -326,6 +326,23 @@ pub fn output_within(
     }
 }
 
+/// QEMU arguments for a guest that looks like an EC2 instance: user networking on the
+/// link-local range, the metadata address `169.254.169.254:80` forwarded to `port` on the
+/// test machine's loopback, and the DMI vendor an EC2 instance has.
+pub fn ec2_machine_args(port: u16) -> Vec<String> {
+    vec![
+        "-netdev".to_string(),
+        format!(
+            "user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,\
+             guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
+        ),
+        "-device".to_string(),
+        "virtio-net-pci,netdev=net0,romfile=".to_string(),
+        "-smbios".to_string(),
+        "type=1,manufacturer=Amazon EC2".to_string(),
+    ]
+}
+
 /// The `berth ctl` command line, for tests that wire its stdio themselves.
 pub fn berth_ctl_command(socket: &Path, args: &[&str]) -> Command {
     let cli = berth_cli().unwrap_or_else(|e| panic!("{e}"));

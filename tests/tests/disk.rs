@@ -336,19 +336,9 @@ fn the_metadata_service_supplies_the_manifest_of_an_ec2_instance() {
     let port = serve_metadata(says("ec2"));
     let mut config = berth_tests::machine_config(arch, &image, &dir);
     config.user_net = false;
-    // The link-local metadata address forwarded to the test's server, and the DMI vendor an
-    // EC2 instance has.
-    config.extra_args.extend([
-        "-netdev".to_string(),
-        format!(
-            "user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,\
-             guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
-        ),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=net0,romfile=".to_string(),
-        "-smbios".to_string(),
-        "type=1,manufacturer=Amazon EC2".to_string(),
-    ]);
+    config
+        .extra_args
+        .extend(berth_tests::ec2_machine_args(port));
     let machine = berth_tests::start_to_ready(&config);
     let c = format!("console: {}", machine.console_log().display());
     let source = wait_seen(&machine, r"^berth event=config ");
