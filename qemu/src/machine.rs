@@ -382,6 +382,9 @@ pub struct Machine {
     exit_status: Option<ExitStatus>,
     /// When QEMU was started, for [`DURATIONS_ENV`].
     started: Instant,
+    /// When the rig saw QEMU gone, for [`DURATIONS_ENV`]: a machine a test keeps until its
+    /// end (the first of several boots, say) must not count the later boots' time.
+    ended: Option<Instant>,
 }
 
 /// When set, each machine appends `<seconds>\t<log directory>` to the file it names as it
@@ -513,6 +516,7 @@ impl Machine {
             cursor: 0,
             exit_status: None,
             started,
+            ended: None,
         })
     }
 
@@ -656,6 +660,9 @@ impl Machine {
     pub fn has_exited(&mut self) -> bool {
         if self.exit_status.is_none() {
             self.exit_status = self.child.try_wait().ok().flatten();
+            if self.exit_status.is_some() {
+                self.ended.get_or_insert_with(Instant::now);
+            }
         }
         self.exit_status.is_some()
     }
@@ -706,6 +713,7 @@ impl Machine {
         let _ = self.child.kill();
         if let Ok(status) = self.child.wait() {
             self.exit_status = Some(status);
+            self.ended.get_or_insert_with(Instant::now);
         }
     }
 }
@@ -731,7 +739,10 @@ impl Machine {
             return;
         };
         let name = duration_name(&self.console_log, Path::new(&path));
-        let line = format!("{:.1}\t{name}\n", self.started.elapsed().as_secs_f64());
+        let lived = self
+            .ended
+            .map_or_else(|| self.started.elapsed(), |ended| ended - self.started);
+        let line = format!("{:.1}\t{name}\n", lived.as_secs_f64());
         let appended = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
