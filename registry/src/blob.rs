@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use berth_oci::Descriptor;
 use nix::fcntl::Flock;
@@ -23,6 +24,19 @@ use crate::{Event, Reference, RegistryError};
 
 /// How much is read from the network and written at a time.
 const CHUNK_BYTES: usize = 64 << 10;
+/// A download that brings fewer than [`STALL_MIN_BYTES`] in this long is broken off (and
+/// retried): a registry that trickles a byte at a time never trips the per-read timeout, and
+/// would hold the pull, and the containers waiting for it, for ever.
+const STALL_WINDOW: Duration = Duration::from_secs(60);
+/// The least a download brings in each [`STALL_WINDOW`]: 16 KiB a minute, far below any
+/// working link.
+const STALL_MIN_BYTES: u64 = 16 << 10;
+/// Test rigs only: the stall window in seconds, so a test of a trickling registry takes
+/// seconds, not minutes. Not for production use.
+pub const STALL_WINDOW_ENV: &str = "BERTH_PULL_STALL_WINDOW_SECS";
+/// Room left free on the store's filesystem after a blob: logs and the containers' own
+/// writes need some.
+const STORE_RESERVE_BYTES: u64 = 64 << 20;
 /// A progress event every this many bytes.
 const PROGRESS_STEP_BYTES: u64 = 16 << 20;
 /// A partial blob is synced to disk this often, so a power cut costs at most this much.
@@ -62,6 +76,7 @@ pub(crate) fn fetch_blob(
         events(present);
         return Ok(0);
     }
+    check_room(store, digest, size)?;
     let Some(mut partial) = store.open_partial(digest, size)? else {
         events(present);
         return Ok(0);
@@ -181,6 +196,9 @@ fn try_download(
             }
         };
         let mut buffer = vec![0u8; CHUNK_BYTES];
+        let window = stall_window();
+        let mut window_started = Instant::now();
+        let mut window_from = offset;
         let mut next_progress = offset + PROGRESS_STEP_BYTES;
         let mut next_sync = offset + SYNC_STEP_BYTES;
         loop {
@@ -190,6 +208,22 @@ fn try_download(
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => return Err(Failure::Other(RegistryError::ReadBody { url, source })),
             };
+            if window_started.elapsed() >= window {
+                if offset + count as u64 - window_from < STALL_MIN_BYTES {
+                    return Err(Failure::Other(RegistryError::ReadBody {
+                        url,
+                        source: io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "fewer than {STALL_MIN_BYTES} bytes in {} s: broken off",
+                                window.as_secs()
+                            ),
+                        ),
+                    }));
+                }
+                window_started = Instant::now();
+                window_from = offset + count as u64;
+            }
             let chunk = buffer.get(..count).unwrap_or_default();
             if offset + count as u64 > size {
                 return Err(Failure::Content {
@@ -243,5 +277,34 @@ fn try_download(
         });
     }
     partial.sync_all().map_err(store_error("sync", &path))?;
+    Ok(())
+}
+
+/// The stall window: [`STALL_WINDOW`], or the test rig's [`STALL_WINDOW_ENV`].
+fn stall_window() -> Duration {
+    std::env::var(STALL_WINDOW_ENV)
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map_or(STALL_WINDOW, Duration::from_secs)
+}
+
+/// Refuses a blob larger than the store's filesystem has room for (a manifest may claim any
+/// size; the registry is not trusted to stop at a sane one), before a byte is downloaded.
+fn check_room(store: &Store, digest: &berth_oci::Digest, size: u64) -> Result<(), RegistryError> {
+    let Ok(stat) = nix::sys::statvfs::statvfs(store.root()) else {
+        // No figure, no refusal: the download still stops at the claimed size.
+        return Ok(());
+    };
+    #[allow(clippy::useless_conversion, reason = "the field types differ by arch")]
+    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    if size.saturating_add(STORE_RESERVE_BYTES) > free {
+        return Err(RegistryError::NoRoom {
+            digest: digest.clone(),
+            size,
+            free,
+            reserve: STORE_RESERVE_BYTES,
+            store: store.root().to_path_buf(),
+        });
+    }
     Ok(())
 }

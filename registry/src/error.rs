@@ -158,6 +158,18 @@ pub enum RegistryError {
     #[error("digest mismatch for {expected}: got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
 
+    #[error(
+        "{digest}: the blob is {size} bytes, more than the {free} bytes free in {} (less a reserve of {reserve}): refused",
+        store.display()
+    )]
+    NoRoom {
+        digest: Digest,
+        size: u64,
+        free: u64,
+        reserve: u64,
+        store: std::path::PathBuf,
+    },
+
     #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
     SizeMismatch {
         digest: Digest,
