@@ -58,10 +58,17 @@ pub fn attach(attachment: &Attachment, pid: i32) -> Result<(), HostNetError> {
     let mut rtnl = Rtnl::open()?;
     let host_link = &attachment.host_link;
     if let Some(stale) = rtnl.index_of(host_link)? {
-        rtnl.change(
+        match rtnl.change(
             links::delete_link(stale),
             &format!("remove stale {host_link}"),
-        )?;
+        ) {
+            // The earlier run's namespace was torn down between the look and the delete (the
+            // kernel removes its veth pair with it, a moment after its last process exits):
+            // gone is what was wanted. A replacement that `apply` starts in the very turn its
+            // predecessor exited meets this.
+            Err(err) if err.errno() == Some(nix::libc::ENODEV) => {}
+            other => other?,
+        }
     }
     let bridge = rtnl
         .index_of(&attachment.bridge)?
