@@ -232,6 +232,20 @@ impl Control {
         mut supervisor: Option<&mut Supervisor>,
     ) -> Option<ShutdownRequest> {
         let session = self.sessions.get_mut(index)?;
+        // The serial port was ready when polled, but this turn's signals may have marked its
+        // host gone since: the old client's hang-up read after the new client had already
+        // connected, with the driver's signal of the connect read as one with the hang-up.
+        // Answering now would drop the answer (nothing is sent to a host marked gone) and
+        // lose the new client's request; ask the driver instead.
+        if let Conn::Port(file) = &session.conn {
+            if !session.connected {
+                if !port::host_connected(file) {
+                    return None;
+                }
+                session.reset();
+                session.connected = true;
+            }
+        }
         session.flush();
         if !session.reads_input() {
             // Back-pressure: its exec's stdin waits for the process, so nothing more is read
