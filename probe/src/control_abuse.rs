@@ -159,16 +159,17 @@ fn flood(socket: &str) {
             held.push(stream);
         }
     }
-    let (mut served, mut refused) = (0, 0);
+    let (mut served, mut refused, mut other) = (0, 0, Vec::new());
     for stream in &held {
         match first_answer(stream) {
             answer if answer == "ok" => served += 1,
             answer if answer.starts_with("error:busy") => refused += 1,
-            _ => {}
+            answer => other.push(answer),
         }
     }
     println!("flood_served={served}");
     println!("flood_refused={refused}");
+    println!("flood_other={}", other.join(","));
     println!("init_fds_during_flood={}", init_fds());
     println!("ps_during_flood={}", ps(socket).0);
     drop(held);

@@ -109,7 +109,14 @@ fn apply_changes_exactly_what_the_new_manifest_changes() {
         base,
         "an unchanged container keeps its process"
     );
-    let changed = pid("change");
+    // `apply` answers once the changed container's old run has exited (its new run starts
+    // as soon as its cgroup and address are free: at once, or a turn or two later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut changed = pid("change");
+    while !(changed.is_some() && changed != change) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        changed = pid("change");
+    }
     assert!(
         changed.is_some() && changed != change,
         "{changed:?} vs {change:?}"

@@ -326,7 +326,7 @@ stop_grace_period = "1s"
 [containers.observer]
 image = "busybox:1.35"
 pid = "host"
-command = ["sh", "-c", "sleep 2; p=$(pidof sleep | cut -d ' ' -f 1); echo host_uid=$(grep '^Uid:' /proc/$p/status | tr -s '\\t ' ' ' | cut -d ' ' -f 2); echo upper_owner=$(stat -c %u:%g /containers/remapped/upper/owned-by-root)"]
+command = ["sh", "-c", "for i in $(seq 300); do p=$(pidof sleep | cut -d ' ' -f 1); [ -n \"$p\" ] && [ -e /containers/remapped/upper/owned-by-root ] && break; sleep 0.1; done; echo host_uid=$(grep '^Uid:' /proc/$p/status | tr -s '\\t ' ' ' | cut -d ' ' -f 2); echo upper_owner=$(stat -c %u:%g /containers/remapped/upper/owned-by-root)"]
 volumes = ["/var/lib/berth/containers:/containers:ro"]
 depends_on = ["remapped"]
 "#;
