@@ -9,6 +9,7 @@ pub mod dhcp;
 mod lease;
 mod links;
 mod netlink;
+mod reply;
 mod resolv;
 mod saved;
 mod state;
