@@ -225,6 +225,19 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
         .unwrap_or_default();
     assert_eq!(oversized_routes.split(',').count(), 40, "{c}");
 
+    // netd asked for no address of a bogus OFFER.
+    let requested: Vec<Option<Ipv4Addr>> = dhcp
+        .seen()
+        .iter()
+        .filter(|s| s.kind == REQUEST && s.ciaddr.is_unspecified())
+        .map(|s| s.requested)
+        .collect();
+    assert_eq!(
+        requested,
+        [addr(205), addr(211), addr(212), addr(250)].map(Some),
+        "REQUESTs in SELECTING; {c}"
+    );
+
     // Each bad reply to this client's transactions was refused, and said why.
     let refused: Vec<String> = events::starting_with(&machine, "berth event=dhcp-reply-refused ")
         .iter()
@@ -262,18 +275,6 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
     );
     assert_eq!(hostname.len(), 1, "the oversized ACK's hostname; {c}");
 
-    let naks: Vec<String> = events::starting_with(&machine, "berth event=dhcp-nak iface=eth0 ")
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                e.get("state").unwrap_or_default(),
-                e.get("next_in").unwrap_or_default()
-            )
-        })
-        .collect();
-    assert_eq!(naks, ["requesting 1s", "renewing 1s", "renewing 1s"], "{c}");
-
     // The client's pace, from the server's log.
     let seen = dhcp.seen();
     let discovers: Vec<Duration> = seen
@@ -308,6 +309,18 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
         t1 >= Duration::from_secs(7) && t1 <= Duration::from_secs(10),
         "a T1 of 0 is ignored: renewal at half the 16 s lease, not {t1:?}; {c}"
     );
+
+    let naks: Vec<String> = events::starting_with(&machine, "berth event=dhcp-nak iface=eth0 ")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.get("state").unwrap_or_default(),
+                e.get("next_in").unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(naks, ["requesting 1s", "renewing 1s", "renewing 1s"], "{c}");
 
     // The infinite lease: no renewal, and no other message either.
     std::thread::sleep(QUIET_AFTER_INFINITE);
