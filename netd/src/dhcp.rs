@@ -31,7 +31,7 @@ use tokio::net::UdpSocket;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::emit;
-use crate::lease::{server_of, Lease};
+use crate::lease::{server_of, Lease, MIN_MTU};
 use crate::netlink::{Link, Netlink};
 use crate::reply::{self, Refused};
 use crate::saved;
@@ -339,13 +339,27 @@ impl Client {
             }
             match Lease::from_ack(&reply) {
                 Ok(mut lease) => {
-                    self.drop_invalid_names(&mut lease);
+                    self.drop_invalid_options(&mut lease);
                     return Ok(Some(Reply::Ack(lease)));
                 }
                 Err(reason) => self.refused(name, &reason),
             }
         }
         Ok(None)
+    }
+
+    /// Drops an MTU below [`MIN_MTU`] and [`Self::drop_invalid_names`], saying so.
+    fn drop_invalid_options(&self, lease: &mut Lease) {
+        if let Some(mtu) = lease.drop_small_mtu() {
+            emit(
+                Event::new("dhcp-option-refused")
+                    .field("iface", &self.link.name)
+                    .field("option", "mtu")
+                    .field("value", mtu)
+                    .field("reason", format!("below {MIN_MTU}")),
+            );
+        }
+        self.drop_invalid_names(lease);
     }
 
     /// Drops a domain or hostname that is not a valid DNS name before it can reach

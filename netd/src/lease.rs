@@ -55,6 +55,10 @@ pub fn is_dns_name(name: &str, underscore: bool) -> bool {
         })
 }
 
+/// The least MTU (option 26) netd applies: a DHCP client must take messages of 576 bytes
+/// (RFC 2131 §2), so a link with a smaller MTU could not even carry DHCP.
+pub const MIN_MTU: u16 = 576;
+
 /// A name option refused by [`Lease::drop_invalid_names`]: the option and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedName {
@@ -212,6 +216,12 @@ impl Lease {
             .is_none_or(|h| h.len() <= MAX_HOSTNAME && is_dns_name(h, false));
         check("hostname", &mut self.hostname, hostname_ok);
         refused
+    }
+
+    /// Drops an MTU below [`MIN_MTU`] (an MTU of 0 fails to apply; one of 68 leaves a host
+    /// that can barely talk) and returns it.
+    pub fn drop_small_mtu(&mut self) -> Option<u16> {
+        self.mtu.take_if(|mtu| *mtu < MIN_MTU)
     }
 
     /// The routes to install: option 121's when present (RFC 3442: the router option is then
@@ -470,5 +480,16 @@ mod tests {
         }
         let lease = Lease::from_ack(&ack(vec![DhcpOption::SubnetMask(Ipv4Addr::BROADCAST)]));
         assert_eq!(lease.unwrap().prefix, 32);
+    }
+
+    /// Failed before: an MTU of 100 from the server was set on the link.
+    #[test]
+    fn an_mtu_below_576_is_dropped() {
+        let mut lease = Lease::from_ack(&ack(vec![DhcpOption::InterfaceMtu(100)])).unwrap();
+        assert_eq!(lease.drop_small_mtu(), Some(100));
+        assert_eq!(lease.mtu, None);
+        let mut lease = Lease::from_ack(&ack(vec![DhcpOption::InterfaceMtu(576)])).unwrap();
+        assert_eq!(lease.drop_small_mtu(), None);
+        assert_eq!(lease.mtu, Some(576));
     }
 }
