@@ -36,6 +36,7 @@ pub mod option {
     pub const ROUTER: u8 = 3;
     pub const DNS: u8 = 6;
     pub const HOSTNAME: u8 = 12;
+    pub const MTU: u8 = 26;
     pub const REQUESTED_ADDRESS: u8 = 50;
     pub const LEASE_TIME: u8 = 51;
     pub const MESSAGE_TYPE: u8 = 53;

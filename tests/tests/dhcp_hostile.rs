@@ -13,8 +13,8 @@
 //! 3. a lease without subnet mask or router and a T1 of 0: netd takes the classful /24 and no
 //!    default route, and renews after half the lease, not at once; the renewal gets a NAK;
 //! 4. an oversized OFFER and ACK, fragmented on the wire: 40 classless routes in two option
-//!    121s, a 255-byte hostname of printable garbage, 2 KiB of site-specific options. The
-//!    lease is taken without the hostname; its renewal gets a NAK;
+//!    121s, a 255-byte hostname of printable garbage, an MTU of 100, 2 KiB of site-specific
+//!    options. The lease is taken without the hostname and the MTU; its renewal gets a NAK;
 //! 5. a good lease of infinite time (0xffffffff), which must never be renewed.
 //!
 //! netd must never exit, must bind only the leases it should, and must end with the good one
@@ -129,6 +129,7 @@ fn oversized(seen: &Seen, kind: u8) -> Vec<Vec<u8>> {
     let name: Vec<u8> = (0..255u8).map(|n| b' ' + n % 90).collect();
     let mut reply = lease(seen, kind, addr(212), 12)
         .option(option::HOSTNAME, &name)
+        .option(option::MTU, &100u16.to_be_bytes())
         .option(option::CLASSLESS_ROUTES, &routes);
     for code in 224..232u8 {
         reply = reply.option(code, &[code; 255]);
@@ -274,6 +275,12 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
         "berth event=dhcp-option-refused iface=eth0 option=hostname ",
     );
     assert_eq!(hostname.len(), 1, "the oversized ACK's hostname; {c}");
+    let mtu = events::starting_with(
+        &machine,
+        "berth event=dhcp-option-refused iface=eth0 option=mtu value=100 ",
+    );
+    assert_eq!(mtu.len(), 1, "the oversized ACK's MTU; {c}");
+    assert_eq!(bound.get(1).and_then(|b| b.get("mtu")), Some(""), "{c}");
 
     // The client's pace, from the server's log.
     let seen = dhcp.seen();
