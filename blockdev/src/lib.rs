@@ -89,7 +89,22 @@ impl BlockDevice {
 
 /// Partition name and GUID of partition `number` (1-based) of the disk at `disk_node`.
 fn gpt_entry(disk_node: &Path, number: u32) -> Option<(String, String)> {
-    let disk = gpt::GptConfig::new().writable(false).open(disk_node).ok()?;
+    let disk = std::fs::File::open(disk_node).ok()?;
+    partition_entry(disk, number)
+}
+
+/// Partition name and GUID (lowercase, as `PARTUUID=` is matched) of partition `number`
+/// (1-based) in the GPT on `disk`, which is only read.
+///
+/// The `gpt` crate asserts on some tables a disk can carry (an entry size other than 128
+/// bytes, with a valid header checksum): such a disk has no GPT berth can read, like one
+/// whose header is corrupt. Without the catch, one such disk would fail the listing of every
+/// disk, and with it the data partition and each `[[mount]]`.
+pub fn partition_entry(disk: impl gpt::DiskDevice, number: u32) -> Option<(String, String)> {
+    let open = std::panic::AssertUnwindSafe(|| {
+        gpt::GptConfig::new().writable(false).open_from_device(disk)
+    });
+    let disk = std::panic::catch_unwind(open).ok()?.ok()?;
     let partition = disk.partitions().get(&number)?;
     Some((partition.name.clone(), partition.part_guid.to_string()))
 }
@@ -189,6 +204,22 @@ mod tests {
         let entry = gpt_entry(&path, 2);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(entry, Some(("data".to_string(), guid)));
+    }
+
+    /// Found by `fuzz/fuzz_targets/disk.rs`: a GPT header with a valid checksum and an entry
+    /// size of 0 tripped the `gpt` crate's `assert_eq!(header.part_size, 128)`.
+    #[test]
+    fn a_table_the_gpt_crate_asserts_on_is_no_table() {
+        let sector = gpt::disk::LogicalBlockSize::Lb512;
+        let mut disk = std::io::Cursor::new(vec![0u8; 64 << 10]);
+        gpt::header::HeaderBuilder::new()
+            .backup_lba((64 << 10) / 512 - 1)
+            .part_size(0)
+            .build(sector)
+            .unwrap()
+            .write_primary(&mut disk, sector)
+            .unwrap();
+        assert_eq!(partition_entry(disk, 1), None);
     }
 
     #[test]

@@ -91,7 +91,15 @@ pub fn boot_and_serve() -> ! {
         None => {
             let manifest = load_manifest(&params.manifest, &mut images);
             // netd always reads the manifest in use from /run, whatever its source.
-            config_source::save(&std::fs::read_to_string(&params.manifest).unwrap_or_default());
+            config_source::save(
+                &config_source::read_manifest_text(
+                    &params.manifest,
+                    berth_runtime::FollowLinks::Yes,
+                )
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            );
             // On an EC2 instance the metadata service outranks the baked manifest; it can be
             // asked only once netd has the network up, so netd starts now, on the baked one.
             if metadata::wanted(params.metadata_ec2) {
@@ -258,10 +266,11 @@ fn open_signal_fd() -> Option<SignalFd> {
 /// Reads, parses and validates the manifest, including that every image it names is in the
 /// image store: the same checks `berth build` makes.
 fn load_manifest(path: &Path, images: &mut ImageCache) -> Result<Manifest, ManifestError> {
-    let manifest = std::fs::read_to_string(path)
-        .map_err(|source| ManifestError::Read {
+    let manifest = config_source::read_manifest_text(path, berth_runtime::FollowLinks::Yes)
+        .and_then(|text| text.ok_or_else(|| "no such file".to_string()))
+        .map_err(|message| ManifestError::Read {
             file: path.to_path_buf(),
-            source,
+            source: std::io::Error::other(message),
         })
         .and_then(|text| {
             let manifest = Manifest::parse(&text, path)?;

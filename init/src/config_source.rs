@@ -10,10 +10,27 @@ use std::path::{Path, PathBuf};
 
 use berth_blockdev::{find, DeviceSpec, SYS_CLASS_BLOCK};
 use berth_manifest::{Manifest, ManifestError};
+use berth_runtime::FollowLinks;
 
 use crate::coldplug::{self, Coldplug};
 use crate::event::Event;
 use crate::images::ImageCache;
+
+/// The most of a manifest init reads, from any source: manifests are a few KiB; more is
+/// refused rather than held in PID 1's memory (EC2 itself caps user data at 16 KiB).
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
+
+/// Reads a manifest's text from `path`: a regular file (a FIFO, device or, with
+/// [`FollowLinks::No`], a symbolic link is refused with its path, never read) of at most
+/// [`MANIFEST_LIMIT`] bytes, in UTF-8. `None` when there is no such file.
+pub fn read_manifest_text(path: &Path, follow: FollowLinks) -> Result<Option<String>, String> {
+    let Some(bytes) = berth_runtime::read_regular_file(path, MANIFEST_LIMIT, follow)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| format!("{}: not UTF-8 text ({e})", path.display()))
+}
 
 const FW_CFG_MANIFEST: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/berth/manifest/raw";
 /// The manifest taken from outside the image, for netd and for the operator to read.
@@ -28,7 +45,16 @@ struct Candidate {
 }
 
 fn from_fw_cfg() -> Option<Candidate> {
-    let text = std::fs::read_to_string(FW_CFG_MANIFEST).ok()?;
+    let text = match read_manifest_text(Path::new(FW_CFG_MANIFEST), FollowLinks::Yes) {
+        Ok(text) => text?,
+        Err(err) => {
+            Event::new("config-invalid")
+                .field("source", "fw_cfg")
+                .field("error", err)
+                .emit();
+            return None;
+        }
+    };
     Some(Candidate {
         source: "fw_cfg",
         origin: PathBuf::from("fw_cfg:opt/berth/manifest"),
@@ -67,7 +93,10 @@ fn from_nocloud(coldplug: &mut Option<Coldplug>) -> Option<Candidate> {
             .emit();
         return None;
     }
-    let text = std::fs::read_to_string(Path::new(CIDATA_MOUNT).join("user-data"));
+    // The seed is someone else's medium: its user-data may be a link (Rock Ridge) to a
+    // device or FIFO of the host, or far too large.
+    let text = read_manifest_text(&Path::new(CIDATA_MOUNT).join("user-data"), FollowLinks::No)
+        .and_then(|text| text.ok_or_else(|| "no such file".to_string()));
     let _ = nix::mount::umount(CIDATA_MOUNT);
     match text {
         Ok(text) => Some(Candidate {

@@ -12,14 +12,14 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_oci::{ContainerConfig, Descriptor, Digest, Layout, UnpackLimits};
 use nix::fcntl::OFlag;
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 
@@ -28,8 +28,6 @@ use crate::event::Event;
 /// How long the child unpacking an image's layers may take: ten minutes, time for a few GiB
 /// of layers on a slow disk. Past it the child is killed and the image reported as failed.
 pub const UNPACK_TIMEOUT: Duration = Duration::from_secs(600);
-/// The unpack child's nice value: containers and init's own work come first.
-const UNPACK_NICE: i32 = 10;
 /// The most of the child's report that init reads (an error message, or its figures).
 const MAX_REPORT: usize = 4096;
 /// How the child's report of a success begins; anything else is an error message.
@@ -367,7 +365,7 @@ fn start_unpack(reference: &str, plan: Plan) -> Result<Unpacking, String> {
 /// The unpack child: unpacks, writes its report (figures or error) and exits, 0 on success.
 fn unpack_child(reference: &str, plan: &Plan, report: OwnedFd) -> ! {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        detach_from_init(report.as_raw_fd());
+        crate::helper_child::detach_from_init(report.as_raw_fd());
         unpack_missing(reference, plan)
     }));
     let (code, text) = match outcome {
@@ -380,38 +378,7 @@ fn unpack_child(reference: &str, plan: &Plan, report: OwnedFd) -> ! {
     };
     let bounded = text.get(..MAX_REPORT).unwrap_or(text.as_str());
     let _ = std::fs::File::from(report).write_all(bounded.as_bytes());
-    // SAFETY: `_exit` ends this process at once, without running exit handlers or
-    // destructors: those of this copy of init's memory are init's, not the child's.
-    unsafe { nix::libc::_exit(code) }
-}
-
-/// Cuts the child loose from PID 1: its own session (a `kill(0, ...)` to init's process group
-/// must not reach it, nor one from it reach init), the signals init blocks for its signalfd
-/// unblocked (so shutdown's SIGTERM ends it), no descriptor of init's but `keep` (a control
-/// connection held open here would keep its client waiting), and a lower priority.
-fn detach_from_init(keep: RawFd) {
-    let _ = nix::unistd::setsid();
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    close_descriptors_but(keep);
-    // SAFETY: setpriority(2) changes this process's nice value and touches no memory.
-    let _ = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, UNPACK_NICE) };
-}
-
-/// Closes every descriptor above stderr except `keep`.
-fn close_descriptors_but(keep: RawFd) {
-    let Ok(keep) = nix::libc::c_uint::try_from(keep) else {
-        return;
-    };
-    let close_range = |first: nix::libc::c_uint, last: nix::libc::c_uint| {
-        if first <= last {
-            // SAFETY: close_range(2) only closes descriptors. Nothing in this process uses
-            // them again: the child goes on with `keep` and what it opens itself, and ends in
-            // `_exit`, so no owner of a closed descriptor closes it a second time.
-            let _ = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, first, last, 0) };
-        }
-    };
-    close_range(3, keep.saturating_sub(1));
-    close_range(keep.saturating_add(1), nix::libc::c_uint::MAX);
+    crate::helper_child::exit(code)
 }
 
 /// Unpacks `plan`'s missing layers, bottom first, within the default [`UnpackLimits`].

@@ -27,6 +27,7 @@ mod control;
 mod data_partition;
 pub mod event;
 mod event_loop;
+mod helper_child;
 mod host_setup;
 mod images;
 pub mod kmod;

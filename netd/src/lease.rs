@@ -141,12 +141,15 @@ impl Lease {
             }
             _ => None,
         };
+        // The defaults in whole seconds, as DHCP's own times are: the lease file keeps
+        // seconds, and a netd that reads it back must hold the same lease.
+        let whole = lease_time.as_secs();
         let t1 = given(OptionCode::Renewal)
             .filter(|t1| !t1.is_zero() && *t1 <= lease_time)
-            .unwrap_or(lease_time / 2);
+            .unwrap_or(Duration::from_secs(whole / 2));
         let t2 = given(OptionCode::Rebinding)
             .filter(|t2| *t2 >= t1 && *t2 <= lease_time)
-            .unwrap_or_else(|| (lease_time * 7 / 8).max(t1));
+            .unwrap_or_else(|| Duration::from_secs(whole * 7 / 8).max(t1));
         let addr = message.yiaddr();
         if !is_host_address(addr) {
             return Err(Refused::NotUnicast { addr });
@@ -285,6 +288,21 @@ mod tests {
         );
     }
 
+    /// Found by `fuzz/fuzz_targets/dhcp.rs`: a lease time that 8 does not divide made T2
+    /// 86066.75 s, which the lease file keeps as 86066 s, so a restarted netd held a lease
+    /// other than the one granted.
+    #[test]
+    fn default_renewal_times_survive_the_lease_file() {
+        let lease = Lease::from_ack(&ack(vec![DhcpOption::AddressLeaseTime(98_362)])).unwrap();
+        assert_eq!(
+            (lease.t1, lease.t2),
+            (Duration::from_secs(49_181), Duration::from_secs(86_066))
+        );
+        let acquired = Duration::from_millis(1234);
+        let text = crate::saved::encode(&lease, acquired);
+        assert_eq!(crate::saved::decode(&text), Some((lease, acquired)));
+    }
+
     #[test]
     fn classless_routes_override_the_router_option() {
         let net = "192.0.2.0/24".parse().unwrap();
@@ -391,7 +409,7 @@ mod tests {
         let lease =
             Lease::from_ack(&ack(vec![DhcpOption::AddressLeaseTime(INFINITE_LEASE)])).unwrap();
         assert_eq!(lease.lease_time, Duration::from_secs(u64::from(u32::MAX)));
-        assert_eq!(lease.t1, lease.lease_time / 2);
+        assert_eq!(lease.t1, Duration::from_secs(u64::from(u32::MAX) / 2));
         let now = std::time::Instant::now();
         assert!(now.checked_add(lease.lease_time).is_some());
         assert!(lease.t2 >= lease.t1 && lease.t2 <= lease.lease_time);
@@ -416,7 +434,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (lease.t1, lease.t2),
-            (Duration::from_secs(50), Duration::from_millis(87_500))
+            (Duration::from_secs(50), Duration::from_secs(87))
         );
         let lease = Lease::from_ack(&ack(vec![
             DhcpOption::AddressLeaseTime(100),
@@ -426,7 +444,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (lease.t1, lease.t2),
-            (Duration::from_secs(60), Duration::from_millis(87_500))
+            (Duration::from_secs(60), Duration::from_secs(87))
         );
     }
 

@@ -28,6 +28,17 @@ use state::Shared;
 
 pub(crate) use berth_kmod::glob_match;
 
+/// What netd does with bytes from the network, for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A reply as netd takes it from the network: its raw bytes checked, then decoded.
+    pub fn decode(bytes: &[u8]) -> Option<dhcproto::v4::Message> {
+        crate::reply::parse(bytes).ok()
+    }
+    pub use crate::lease::is_dns_name;
+    pub use crate::saved::{decode as decode_saved, encode as encode_saved};
+}
+
 /// The manifest netd reads unless init passes `--manifest`.
 const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
 

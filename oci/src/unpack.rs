@@ -492,10 +492,19 @@ fn owner(header: &Header) -> io::Result<(u32, u32)> {
 
 fn node_spec(kind: SFlag, header: &Header) -> io::Result<NodeSpec> {
     let (uid, gid) = owner(header)?;
+    // A fifo has no device number, and GNU tar leaves the fields empty (NULs) for one, which
+    // do not read as a number: only device nodes' are read.
+    let (major, minor) = match kind {
+        SFlag::S_IFIFO => (0, 0),
+        _ => (
+            header.device_major()?.unwrap_or(0),
+            header.device_minor()?.unwrap_or(0),
+        ),
+    };
     Ok(NodeSpec {
         kind,
-        major: header.device_major()?.unwrap_or(0),
-        minor: header.device_minor()?.unwrap_or(0),
+        major,
+        minor,
         mode: header.mode()?,
         uid,
         gid,

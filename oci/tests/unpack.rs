@@ -96,6 +96,34 @@ fn files_directories_links_and_nodes_keep_their_metadata() {
         .is_fifo());
 }
 
+/// Found with the seed corpus of `fuzz/fuzz_targets/unpack.rs`: GNU tar (and Python's
+/// tarfile) leave a fifo's device fields empty, NULs that do not read as a number, and the
+/// whole layer was refused for it.
+#[test]
+fn a_fifo_without_device_numbers_is_unpacked() {
+    let scratch = Scratch::new("gnu-fifo");
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(EntryType::Fifo);
+    header.set_mode(0o600);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(MTIME);
+    header.set_size(0);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut header, "run/fifo", &b""[..])
+        .unwrap();
+    let tar = builder.into_inner().unwrap();
+    let dest = scratch.join("layer");
+
+    unpack_layer(&tar, MEDIA_TYPE_LAYER_TAR, &Digest::sha256_of(&tar), &dest).unwrap();
+
+    assert!(fs::symlink_metadata(dest.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
 #[test]
 fn whiteouts_become_overlayfs_whiteouts_and_opaque_directories() {
     let scratch = Scratch::new("whiteouts");

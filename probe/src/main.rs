@@ -13,6 +13,10 @@
 //!   calls ENOSYS, so a filter's EPERM shows that the filter answered first.
 //! - `berth-probe net`: the host ends of container veths and the rules of each chain of
 //!   berth's NAT table, read through netlink (run with the host's network and CAP_NET_ADMIN).
+//! - `berth-probe control-abuse SOCKET CONTAINER`: a hostile client of init's control socket
+//!   (see [`control_abuse`]).
+
+mod control_abuse;
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -165,8 +169,15 @@ fn main() -> std::process::ExitCode {
         Some("syscalls") => syscalls(),
         Some("io-uring-x32") => io_uring_x32(),
         Some("net") => net(),
+        Some("control-abuse") => match (std::env::args().nth(2), std::env::args().nth(3)) {
+            (Some(socket), Some(container)) => control_abuse::run(&socket, &container),
+            _ => {
+                eprintln!("usage: berth-probe control-abuse SOCKET CONTAINER");
+                return std::process::ExitCode::from(2);
+            }
+        },
         _ => {
-            eprintln!("usage: berth-probe status|syscalls|io-uring-x32|net");
+            eprintln!("usage: berth-probe status|syscalls|io-uring-x32|net|control-abuse");
             return std::process::ExitCode::from(2);
         }
     }

@@ -382,10 +382,14 @@ pub struct Machine {
     exit_status: Option<ExitStatus>,
     /// When QEMU was started, for [`DURATIONS_ENV`].
     started: Instant,
+    /// When the rig saw QEMU gone, for [`DURATIONS_ENV`]: a machine a test keeps until its
+    /// end (the first of several boots, say) must not count the later boots' time.
+    ended: Option<Instant>,
 }
 
 /// When set, each machine appends `<seconds>\t<log directory>` to the file it names as it
-/// goes away: `scripts/test` prints the slowest boots of the run from it.
+/// goes away (the directory relative to the file's folder, [`duration_name`]): `scripts/test`
+/// prints the slowest boots of the run from it.
 pub const DURATIONS_ENV: &str = "BERTH_TEST_DURATIONS";
 
 fn private_socket_dir() -> PathBuf {
@@ -512,6 +516,7 @@ impl Machine {
             cursor: 0,
             exit_status: None,
             started,
+            ended: None,
         })
     }
 
@@ -655,6 +660,9 @@ impl Machine {
     pub fn has_exited(&mut self) -> bool {
         if self.exit_status.is_none() {
             self.exit_status = self.child.try_wait().ok().flatten();
+            if self.exit_status.is_some() {
+                self.ended.get_or_insert_with(Instant::now);
+            }
         }
         self.exit_status.is_some()
     }
@@ -705,6 +713,7 @@ impl Machine {
         let _ = self.child.kill();
         if let Ok(status) = self.child.wait() {
             self.exit_status = Some(status);
+            self.ended.get_or_insert_with(Instant::now);
         }
     }
 }
@@ -729,12 +738,11 @@ impl Machine {
         let Some(path) = std::env::var_os(DURATIONS_ENV) else {
             return;
         };
-        let name = self
-            .console_log
-            .parent()
-            .and_then(Path::file_name)
-            .map_or_else(|| "?".into(), |n| n.to_string_lossy());
-        let line = format!("{:.1}\t{name}\n", self.started.elapsed().as_secs_f64());
+        let name = duration_name(&self.console_log, Path::new(&path));
+        let lived = self
+            .ended
+            .map_or_else(|| self.started.elapsed(), |ended| ended - self.started);
+        let line = format!("{:.1}\t{name}\n", lived.as_secs_f64());
         let appended = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -749,9 +757,36 @@ impl Machine {
     }
 }
 
+/// How a boot is named in the durations file: its log directory relative to the file's own
+/// folder when it lies below it (`disk-persistence-aarch64/boot-1`, since several tests boot
+/// machines whose folders are all `boot-1`), else the directory's last component.
+fn duration_name(console_log: &Path, durations: &Path) -> String {
+    let Some(dir) = console_log.parent() else {
+        return "?".to_string();
+    };
+    durations
+        .parent()
+        .and_then(|root| dir.strip_prefix(root).ok())
+        .filter(|relative| !relative.as_os_str().is_empty())
+        .or_else(|| dir.file_name().map(Path::new))
+        .map_or_else(|| "?".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_is_named_by_its_log_directory_below_the_durations_file() {
+        let durations = Path::new("/t/test-logs/durations.tsv");
+        let named = |log: &str| duration_name(Path::new(log), durations);
+        assert_eq!(named("/t/test-logs/boot-x86_64/console.log"), "boot-x86_64");
+        assert_eq!(
+            named("/t/test-logs/disk-persistence-aarch64/boot-1/console.log"),
+            "disk-persistence-aarch64/boot-1"
+        );
+        assert_eq!(named("/elsewhere/suite/boot-1/console.log"), "boot-1");
+    }
 
     #[test]
     fn the_control_port_is_a_virtio_serial_port_on_a_unix_socket() {

@@ -36,7 +36,7 @@ pub use device_filter::{
 pub use exec::{exec, ExecSpec};
 pub use security::{MASKED_PATHS, READONLY_PATHS};
 pub use spawn::{spawn, wait, Spawned};
-pub use user::{resolve_user, ResolvedUser};
+pub use user::{read_regular_file, resolve_user, FollowLinks, ResolvedUser};
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

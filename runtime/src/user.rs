@@ -128,16 +128,49 @@ pub const ACCOUNT_FILE_LIMIT: u64 = 4 << 20;
 /// Reads the container's `/etc/passwd` or `/etc/group` (`path`) as it is before exec: only
 /// if it is a regular file, and at most [`ACCOUNT_FILE_LIMIT`] bytes. A missing file reads
 /// as empty (a numeric user needs none).
-///
-/// The image controls the path, so it is opened with `O_NONBLOCK` (a FIFO planted there
-/// opens without waiting for a writer, and is then refused, never read: a read would block
-/// the container's start, and init waits on it), `O_NOCTTY` (a terminal never becomes ours)
-/// and `O_CLOEXEC`; what it is, is checked on the opened descriptor, not on the path.
 pub fn read_account_file(path: &Path) -> Result<String, String> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let bytes = read_regular_file(path, ACCOUNT_FILE_LIMIT, FollowLinks::Yes)?;
+    // A stray non-UTF-8 byte (a Latin-1 GECOS field) must not hide every other entry.
+    Ok(bytes
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default())
+}
+
+/// Whether [`read_regular_file`] follows a symbolic link at the path's last component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowLinks {
+    Yes,
+    /// A link there is refused: for files on a medium someone else wrote (a NoCloud seed's
+    /// Rock Ridge links may name `/dev/zero` or a FIFO of the host).
+    No,
+}
+
+/// Reads a file someone else controls (an image's account files, a manifest handed in from
+/// outside): only if it is a regular file, and at most `limit` bytes; `None` when it is
+/// missing. Anything else is refused with its path and what it is.
+///
+/// It is opened with `O_NONBLOCK` (a FIFO planted there opens without waiting for a writer,
+/// and is then refused, never read: a read would block, and PID 1 may be the reader),
+/// `O_NOCTTY` (a terminal never becomes ours) and `O_CLOEXEC`; what it is, is checked on the
+/// opened descriptor, not on the path.
+pub fn read_regular_file(
+    path: &Path,
+    limit: u64,
+    follow: FollowLinks,
+) -> Result<Option<Vec<u8>>, String> {
+    let mut flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    if follow == FollowLinks::No {
+        flags |= OFlag::O_NOFOLLOW;
+    }
     let fd = match nix::fcntl::open(path, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(String::new()),
+        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+        Err(Errno::ELOOP) if follow == FollowLinks::No => {
+            return Err(format!(
+                "{} is a symbolic link, not a regular file: refused",
+                path.display()
+            ))
+        }
         Err(e) => return Err(format!("open {}: {e}", path.display())),
     };
     let stat = nix::sys::stat::fstat(&fd).map_err(|e| format!("fstat {}: {e}", path.display()))?;
@@ -151,17 +184,16 @@ pub fn read_account_file(path: &Path) -> Result<String, String> {
     }
     let mut bytes = Vec::new();
     std::fs::File::from(fd)
-        .take(ACCOUNT_FILE_LIMIT + 1)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("read {}: {e}", path.display()))?;
-    if u64::try_from(bytes.len()).map_or(true, |n| n > ACCOUNT_FILE_LIMIT) {
+    if u64::try_from(bytes.len()).map_or(true, |n| n > limit) {
         return Err(format!(
-            "{} is larger than {ACCOUNT_FILE_LIMIT} bytes: refused",
+            "{} is larger than {limit} bytes: refused",
             path.display()
         ));
     }
-    // A stray non-UTF-8 byte (a Latin-1 GECOS field) must not hide every other entry.
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(Some(bytes))
 }
 
 fn file_kind(kind: SFlag) -> &'static str {

@@ -285,6 +285,65 @@ pub fn berth_ctl(socket: &Path, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run berth ctl: {e}"))
 }
 
+/// Waits for `child` (stdout and stderr piped, or not) to exit within `limit` and collects
+/// its output; past the limit it is killed and the test fails naming `what`. Every wait on a
+/// client of the guest has a bound, so a guest that stops answering fails its test instead
+/// of hanging the suite.
+pub fn output_within(
+    mut child: std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    fn read_all(source: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut source) = source {
+                let _ = source.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not end within {limit:?}");
+            }
+            Err(err) => panic!("{what}: {err}"),
+        }
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// QEMU arguments for a guest that looks like an EC2 instance: user networking on the
+/// link-local range, the metadata address `169.254.169.254:80` forwarded to `port` on the
+/// test machine's loopback, and the DMI vendor an EC2 instance has.
+pub fn ec2_machine_args(port: u16) -> Vec<String> {
+    vec![
+        "-netdev".to_string(),
+        format!(
+            "user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,\
+             guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
+        ),
+        "-device".to_string(),
+        "virtio-net-pci,netdev=net0,romfile=".to_string(),
+        "-smbios".to_string(),
+        "type=1,manufacturer=Amazon EC2".to_string(),
+    ]
+}
+
 /// The `berth ctl` command line, for tests that wire its stdio themselves.
 pub fn berth_ctl_command(socket: &Path, args: &[&str]) -> Command {
     let cli = berth_cli().unwrap_or_else(|e| panic!("{e}"));

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
 use berth_tests::{
-    berth_ctl_ok, build_image, log_dir, machine_config, pattern, start_to_ready, timed_ps,
+    berth_ctl_command, berth_ctl_ok, build_image, log_dir, machine_config, pattern, start_to_ready,
+    timed_ps,
 };
 
 /// Ten lines of about 200 bytes at a time, five times a second: the console's queue (48 KiB
@@ -53,6 +54,23 @@ fn chat_number(line: &str) -> Option<u64> {
         .ok()
 }
 
+/// Fails the test for a call init did not answer (in time), with what the guest's kernel
+/// says init was doing: XON first, so that what init still writes reaches the console too.
+fn unanswered(
+    machine: &mut berth_qemu::Machine,
+    what: &str,
+    out: &std::process::Output,
+    ctx: &str,
+) -> ! {
+    let _ = machine.write_serial(&[XON]);
+    let state = machine.dump_guest_state();
+    panic!(
+        "{what}: {}; stderr: {}; {ctx}\n{state}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_console_stopped_by_xoff_costs_console_lines_never_service_or_logs() {
     let dir = log_dir("console-xoff");
@@ -76,11 +94,24 @@ fn a_console_stopped_by_xoff_costs_console_lines_never_service_or_logs() {
             .collect()
     };
     let mut logged = BTreeSet::new();
-    let read_log = |logged: &mut BTreeSet<u64>| {
-        let tail = berth_ctl_ok(&socket, &["logs", "--tail", "1000", "chatty"]);
-        logged.extend(tail.lines().filter_map(chat_number));
+    let read_log = |machine: &mut berth_qemu::Machine, logged: &mut BTreeSet<u64>| {
+        let out = berth_ctl_command(
+            &socket,
+            &["--timeout", "10", "logs", "--tail", "1000", "chatty"],
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run berth ctl: {e}"));
+        if !out.status.success() {
+            unanswered(machine, "logs", &out, &ctx);
+        }
+        logged.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(chat_number),
+        );
     };
-    read_log(&mut logged);
+    read_log(&mut machine, &mut logged);
     let first = logged.last().copied().unwrap_or(0);
 
     machine
@@ -96,16 +127,10 @@ fn a_console_stopped_by_xoff_costs_console_lines_never_service_or_logs() {
         let (took, out) = timed_ps(&socket);
         calls += 1;
         if !out.status.success() || took > PS_LIMIT {
-            // XON first, so that what init still writes reaches the console with the dump.
-            let _ = machine.write_serial(&[XON]);
-            let state = machine.dump_guest_state();
-            panic!(
-                "ps (call {calls}) with the console stopped: {}, after {took:?}; stderr: {}; {ctx}\n{state}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let what = format!("ps (call {calls}) with the console stopped, after {took:?}");
+            unanswered(&mut machine, &what, &out, &ctx);
         }
-        read_log(&mut logged);
+        read_log(&mut machine, &mut logged);
         std::thread::sleep(Duration::from_millis(500));
     }
     // The console really stopped: no chatty line reached it once those in flight were in.

@@ -36,42 +36,57 @@ fn http_get(port: u16) -> Option<String> {
     head.starts_with("HTTP/1.").then(|| body.trim().to_string())
 }
 
-/// Boots `manifest` with QEMU forwarding the test machine's `host_port` to the guest's
-/// `guest_port`.
-fn boot_with_forward(
-    arch: Arch,
-    manifest: &str,
-    test: &str,
-    host_port: u16,
-    guest_port: u16,
-) -> Machine {
+/// Boots `manifest` with QEMU forwarding a free port of the test machine to the guest's
+/// `guest_port`; returns the machine and that port. The port is free when picked, but
+/// something else may take it before QEMU binds it (QEMU then exits at once): a new port is
+/// picked and the boot tried again, three times at most.
+fn boot_with_forward(arch: Arch, manifest: &str, test: &str, guest_port: u16) -> (Machine, u16) {
     let dir = berth_tests::log_dir(test);
     let image = berth_tests::build_image(arch, manifest, &dir).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = berth_tests::machine_config(arch, &image, &dir);
-    // QEMU's plain CPU model (qemu64 on x86_64: no SSE4.2, so nf_tables' soft dependency
-    // crc32c-intel refuses to load): NAT must work there too, not only on `-cpu max`.
-    config.default_cpu_model = true;
-    config.user_net = false;
-    config.extra_args.extend([
-        "-netdev".to_string(),
-        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=net0,romfile=".to_string(),
-    ]);
-    berth_tests::start_to_ready(&config)
+    let mut attempt = 0;
+    loop {
+        let host_port = free_port();
+        let mut config = berth_tests::machine_config(arch, &image, &dir);
+        // QEMU's plain CPU model (qemu64 on x86_64: no SSE4.2, so nf_tables' soft dependency
+        // crc32c-intel refuses to load): NAT must work there too, not only on `-cpu max`.
+        config.default_cpu_model = true;
+        config.user_net = false;
+        config.extra_args.extend([
+            "-netdev".to_string(),
+            format!("user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"),
+            "-device".to_string(),
+            "virtio-net-pci,netdev=net0,romfile=".to_string(),
+        ]);
+        match Machine::start(&config) {
+            Ok(mut machine) => {
+                machine
+                    .wait_for_line(
+                        &berth_tests::pattern(berth_tests::READY_PATTERN),
+                        berth_tests::READY_TIMEOUT,
+                    )
+                    .unwrap_or_else(|e| panic!("{e}"));
+                return (machine, host_port);
+            }
+            Err(err) if attempt < 2 => {
+                eprintln!(
+                    "QEMU did not start with port {host_port} forwarded ({err}); another port"
+                );
+                attempt += 1;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
 }
 
 fn published_port_reaches_a_bridged_container(arch: Arch) {
-    let host_port = free_port();
     let manifest = format!(
         "[containers.web]\nimage = \"busybox:1.35\"\ncommand = {}\nports = [\"8080:80\"]\n",
         web("page-from-web")
     );
-    let machine = boot_with_forward(
+    let (machine, host_port) = boot_with_forward(
         arch,
         &manifest,
         &format!("container-network-ports-{arch}"),
-        host_port,
         8080,
     );
     let c = format!("console: {}", machine.console_log().display());

@@ -133,7 +133,7 @@ fn ps_logs_and_exec(arch: Arch, test: &str) {
             .write_all(b"one\ntwo\nthree\n")
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let counted = cat.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let counted = berth_tests::output_within(cat, Duration::from_secs(60), "berth ctl exec -i");
     assert_eq!(counted.status.code(), Some(0));
     assert_eq!(text(&counted.stdout).trim(), "3");
 

@@ -103,9 +103,16 @@ command = ["sh", "-c", "ip -4 route show | sed 's/^/route:/'; echo mtu=$(cat /sy
         1,
         "the restarted netd renews; it does not discover again; {c}"
     );
-    // The server saw renewals (unicast REQUESTs for the same address), and no second DISCOVER.
+    // The server saw renewals (unicast REQUESTs for the same address), and no DISCOVER once
+    // the lease was bound. Not "exactly one DISCOVER": a client may retransmit its first one
+    // while the server is slow to offer (dnsmasq pings the address first), which is right.
     let log = rig.dnsmasq_log();
-    assert_eq!(log.matches("DHCPDISCOVER").count(), 1, "{log}");
+    let last_discover = log.rfind("DHCPDISCOVER");
+    let first_ack = log.find("DHCPACK(");
+    assert!(
+        last_discover.is_some() && first_ack.is_some() && last_discover < first_ack,
+        "discovery only before the first lease: {log}"
+    );
     let ip = addr.trim_end_matches("/24");
     assert!(
         log.matches(&format!("DHCPACK(br0) {ip} ")).count() >= 3,

@@ -97,14 +97,41 @@ const WRITER: &str = r#"
 image = "busybox:1.35"
 volumes = ["data:/data"]
 command = ["sh", "-c", "[ -f /data/first ] && echo seen=$(cat /data/first); echo first > /data/first; sync; echo written; i=0; while true; do echo line-$i >> /data/stream; i=$((i+1)); [ $((i % 100)) = 0 ] && sync; done"]
+# The shell, PID 1 of its namespace, ignores SIGTERM: the power button's stop ends in SIGKILL,
+# after one second rather than the default ten.
+stop_grace_period = "1s"
 "#;
 
 #[test]
 fn data_survives_the_power_button_and_a_power_cut() {
-    let arch = Arch::X86_64;
+    data_survives(Arch::X86_64, "disk-persistence", WRITER, None);
+}
+
+/// aarch64's persistence and growth in one run of three UEFI boots (the slowest kind here):
+/// its disk is grown before the first boot, which must grow the data partition and its
+/// filesystem as [`the_data_partition_grows_with_its_disk`] does, before the writer's data
+/// must survive the power button and a power cut as on x86_64.
+#[test]
+fn data_survives_the_power_button_and_a_power_cut_and_grows_with_its_disk_aarch64() {
+    let manifest = [WRITER, DF].concat();
+    data_survives(
+        Arch::Aarch64,
+        "disk-persistence-aarch64",
+        &manifest,
+        Some(GROW_BY),
+    );
+}
+
+/// Boots a qcow2 disk whose `writer` container is [`WRITER`]'s three times: powered off by
+/// the button, then cut off while writing, then checked. With `grow_by`, the disk is grown
+/// that much first, and the first boot must grow its data partition.
+fn data_survives(arch: Arch, test: &str, manifest: &str, grow_by: Option<&str>) {
     let format = DiskFormat::Qcow2;
-    let dir = berth_tests::log_dir("disk-persistence");
-    let (image, disk) = build_disk(arch, WRITER, &dir, format);
+    let dir = berth_tests::log_dir(test);
+    let (image, disk) = build_disk(arch, manifest, &dir, format);
+    if let Some(grow_by) = grow_by {
+        grow_disk(&disk, format, grow_by);
+    }
     let boot = |n: u32| {
         let log = dir.join(format!("boot-{n}"));
         boot_disk(&disk_config(arch, &image, &disk, format, &log))
@@ -112,6 +139,9 @@ fn data_survives_the_power_button_and_a_power_cut() {
 
     let mut first = boot(1);
     let c1 = format!("console: {}", first.console_log().display());
+    if grow_by.is_some() {
+        assert_grown(&first);
+    }
     wait_seen(&first, r"^writer \| written$");
     let id1 = events::events(&first, "machine-id", None);
     assert_eq!(
@@ -149,35 +179,54 @@ fn data_survives_the_power_button_and_a_power_cut() {
     wait_seen(&third, r"^writer \| seen=first$");
 }
 
-#[test]
-fn the_data_partition_grows_with_its_disk() {
-    let arch = Arch::X86_64;
-    let format = DiskFormat::Raw;
-    let dir = berth_tests::log_dir("disk-grow");
-    let manifest = r#"
+/// A container that says how big the data volume's filesystem is.
+const DF: &str = r#"
 [containers.df]
 image = "busybox:1.35"
 volumes = ["data:/data"]
 command = ["sh", "-c", "df -m /data | tail -1 | tr -s ' ' | cut -d' ' -f2 | sed 's/^/size_mb=/'"]
 "#;
-    let (image, disk) = build_disk(arch, manifest, &dir, format);
+
+/// How much a growth test adds to the disk's 256 MiB data partition.
+const GROW_BY: &str = "+768M";
+
+fn grow_disk(disk: &Path, format: DiskFormat, by: &str) {
     let status = std::process::Command::new("qemu-img")
-        .args(["resize", "-f", "raw"])
-        .arg(&disk)
-        .arg("+768M")
+        .args(["resize", "-f", format.qemu_name()])
+        .arg(disk)
+        .arg(by)
         .status()
         .unwrap_or_else(|e| panic!("qemu-img: {e}"));
-    assert!(status.success());
-    let machine = boot_disk(&disk_config(arch, &image, &disk, format, &dir));
+    assert!(
+        status.success(),
+        "qemu-img resize {}: {status}",
+        disk.display()
+    );
+}
+
+/// The first boot after [`GROW_BY`]: the data partition grew from 256 MiB to most of the
+/// disk, online, and [`DF`] sees the grown filesystem.
+fn assert_grown(machine: &Machine) {
     let c = format!("console: {}", machine.console_log().display());
-    let mounted = wait_seen(&machine, r"^berth event=data-mounted ");
+    let mounted = wait_seen(machine, r"^berth event=data-mounted ");
     let event = events::parse(&mounted).unwrap_or_else(|| panic!("{mounted}"));
     assert_eq!(event.get("grown_from_mb"), Some("256"), "{mounted}; {c}");
     let size = event.number("size_mb").unwrap_or(0);
     assert!(size > 900, "the filesystem grew online: {mounted}; {c}");
-    let df = wait_seen(&machine, r"^df \| size_mb=");
+    let df = wait_seen(machine, r"^df \| size_mb=");
     let seen: u64 = df.trim_start_matches("df | size_mb=").parse().unwrap_or(0);
     assert!(seen > 900, "{df}; {c}");
+}
+
+#[test]
+fn the_data_partition_grows_with_its_disk() {
+    let arch = Arch::X86_64;
+    let format = DiskFormat::Raw;
+    let dir = berth_tests::log_dir("disk-grow");
+    let (image, disk) = build_disk(arch, DF, &dir, format);
+    grow_disk(&disk, format, GROW_BY);
+    let machine = boot_disk(&disk_config(arch, &image, &disk, format, &dir));
+    assert_grown(&machine);
 }
 
 /// A manifest whose one container says where the manifest came from.
@@ -212,8 +261,7 @@ fn nocloud_seed(path: &Path, user_data: &str) {
     std::io::Write::write_all(&mut out, user_data.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn boot_with_sources(test: &str, fw_cfg: Option<&str>, seed: Option<&str>) -> Machine {
-    let arch = Arch::X86_64;
+fn boot_with_sources(arch: Arch, test: &str, fw_cfg: Option<&str>, seed: Option<&str>) -> Machine {
     let dir = berth_tests::log_dir(test);
     let image =
         berth_tests::build_image(arch, &says("image"), &dir).unwrap_or_else(|e| panic!("{e}"));
@@ -244,11 +292,18 @@ fn boot_with_sources(test: &str, fw_cfg: Option<&str>, seed: Option<&str>) -> Ma
 
 #[test]
 fn a_manifest_from_fw_cfg_decides_which_containers_run() {
-    let machine = boot_with_sources(
-        "disk-config-fw-cfg",
-        Some(&says("fw_cfg")),
-        Some(&says("nocloud")),
-    );
+    fw_cfg_decides(Arch::X86_64, "disk-config-fw-cfg");
+}
+
+/// fw_cfg is an MMIO device on aarch64's `virt` (found through the device tree), an I/O port
+/// device on x86_64's q35 (found through ACPI).
+#[test]
+fn a_manifest_from_fw_cfg_decides_which_containers_run_aarch64() {
+    fw_cfg_decides(Arch::Aarch64, "disk-config-fw-cfg-aarch64");
+}
+
+fn fw_cfg_decides(arch: Arch, test: &str) {
+    let machine = boot_with_sources(arch, test, Some(&says("fw_cfg")), Some(&says("nocloud")));
     let c = format!("console: {}", machine.console_log().display());
     let config = wait_seen(&machine, r"^berth event=config ");
     assert!(config.contains("source=fw_cfg "), "{config}; {c}");
@@ -265,8 +320,19 @@ fn a_manifest_from_fw_cfg_decides_which_containers_run() {
 
 #[test]
 fn a_bad_fw_cfg_manifest_is_reported_and_the_nocloud_seed_is_used() {
+    bad_fw_cfg_falls_back_to_nocloud(Arch::X86_64, "disk-config-nocloud");
+}
+
+/// The NoCloud seed on aarch64: a vfat volume on a virtio disk behind the `virt` board's
+/// PCIe root, after a bad manifest read from its MMIO fw_cfg.
+#[test]
+fn a_bad_fw_cfg_manifest_is_reported_and_the_nocloud_seed_is_used_aarch64() {
+    bad_fw_cfg_falls_back_to_nocloud(Arch::Aarch64, "disk-config-nocloud-aarch64");
+}
+
+fn bad_fw_cfg_falls_back_to_nocloud(arch: Arch, test: &str) {
     let bad = "[containers.broken]\nimage = \"busybox:1.35\"\nrestart = \"sometimes\"\n";
-    let machine = boot_with_sources("disk-config-nocloud", Some(bad), Some(&says("nocloud")));
+    let machine = boot_with_sources(arch, test, Some(bad), Some(&says("nocloud")));
     let c = format!("console: {}", machine.console_log().display());
     let invalid = wait_seen(&machine, r"^berth event=config-invalid source=fw_cfg ");
     assert!(
@@ -336,19 +402,9 @@ fn the_metadata_service_supplies_the_manifest_of_an_ec2_instance() {
     let port = serve_metadata(says("ec2"));
     let mut config = berth_tests::machine_config(arch, &image, &dir);
     config.user_net = false;
-    // The link-local metadata address forwarded to the test's server, and the DMI vendor an
-    // EC2 instance has.
-    config.extra_args.extend([
-        "-netdev".to_string(),
-        format!(
-            "user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,\
-             guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
-        ),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=net0,romfile=".to_string(),
-        "-smbios".to_string(),
-        "type=1,manufacturer=Amazon EC2".to_string(),
-    ]);
+    config
+        .extra_args
+        .extend(berth_tests::ec2_machine_args(port));
     let machine = berth_tests::start_to_ready(&config);
     let c = format!("console: {}", machine.console_log().display());
     let source = wait_seen(&machine, r"^berth event=config ");

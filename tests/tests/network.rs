@@ -116,10 +116,20 @@ volumes = ["/run/berth:/hostrun:ro"]
 
 #[test]
 fn a_static_configuration_gets_exactly_its_addresses_and_routes_by_mac() {
-    let dir = berth_tests::log_dir("network-static");
-    let image =
-        berth_tests::build_image(Arch::X86_64, STATIC, &dir).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = berth_tests::machine_config(Arch::X86_64, &image, &dir);
+    static_addresses_and_routes_by_mac(Arch::X86_64, "network-static");
+}
+
+/// Static IPv4 and IPv6 on aarch64, whose virtio NICs sit behind the `virt` board's PCIe
+/// root and whose netd is the aarch64 build.
+#[test]
+fn a_static_configuration_gets_exactly_its_addresses_and_routes_by_mac_aarch64() {
+    static_addresses_and_routes_by_mac(Arch::Aarch64, "network-static-aarch64");
+}
+
+fn static_addresses_and_routes_by_mac(arch: Arch, test: &str) {
+    let dir = berth_tests::log_dir(test);
+    let image = berth_tests::build_image(arch, STATIC, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = berth_tests::machine_config(arch, &image, &dir);
     config.user_net = false;
     // The MACs are given in the opposite order to the manifest's entries.
     for (id, mac) in [("n0", "52:54:00:00:00:0a"), ("n1", "52:54:00:00:00:0b")] {

@@ -136,17 +136,17 @@ fn orphans_are_reaped_and_a_missing_disk_holds_back_only_its_users() {
 }
 
 /// Boots a host whose container sends `signal` to PID 1, and returns how the guest ended.
-fn after_signal_to_init(signal: &str) -> (Machine, Option<GuestExit>) {
+fn after_signal_to_init(arch: Arch, signal: &str) -> (Machine, Option<GuestExit>) {
     let manifest = format!(
         "[containers.sender]\nimage = \"busybox:1.35\"\npid = \"host\"\ncommand = [\"sh\", \"-c\", \"sleep 1; kill -{signal} 1\"]\n"
     );
-    let mut machine = boot_to_ready(Arch::X86_64, &manifest, &format!("pid1-signal-{signal}"));
+    let mut machine = boot_to_ready(arch, &manifest, &format!("pid1-signal-{signal}-{arch}"));
     let exit = machine.wait_exit(SHUTDOWN_TIMEOUT).ok();
     (machine, exit)
 }
 
-fn assert_signal_does(signal: &str, action: &str, exit: GuestExit) {
-    let (machine, ended) = after_signal_to_init(signal);
+fn assert_signal_does(arch: Arch, signal: &str, action: &str, exit: GuestExit) {
+    let (machine, ended) = after_signal_to_init(arch, signal);
     let ctx = format!("console: {}", machine.console_log().display());
     assert_eq!(ended, Some(exit), "SIG{signal}; {ctx}");
     let shutdown = events::events(&machine, "shutdown", None);
@@ -163,22 +163,34 @@ fn assert_signal_does(signal: &str, action: &str, exit: GuestExit) {
 
 #[test]
 fn sigterm_reboots() {
-    assert_signal_does("TERM", "reboot", GuestExit::Reboot);
+    assert_signal_does(Arch::X86_64, "TERM", "reboot", GuestExit::Reboot);
+}
+
+/// aarch64 reboots through PSCI rather than ACPI: one boot for the reboot signals there.
+#[test]
+fn sigterm_reboots_aarch64() {
+    assert_signal_does(Arch::Aarch64, "TERM", "reboot", GuestExit::Reboot);
 }
 
 #[test]
 fn sigint_reboots() {
-    assert_signal_does("INT", "reboot", GuestExit::Reboot);
+    assert_signal_does(Arch::X86_64, "INT", "reboot", GuestExit::Reboot);
 }
 
 #[test]
 fn sigusr2_powers_off() {
-    assert_signal_does("USR2", "poweroff", GuestExit::PowerOff);
+    assert_signal_does(Arch::X86_64, "USR2", "poweroff", GuestExit::PowerOff);
+}
+
+/// And one aarch64 boot for the power-off signals (PSCI's SYSTEM_OFF).
+#[test]
+fn sigusr2_powers_off_aarch64() {
+    assert_signal_does(Arch::Aarch64, "USR2", "poweroff", GuestExit::PowerOff);
 }
 
 #[test]
 fn sigpwr_powers_off() {
-    assert_signal_does("PWR", "poweroff", GuestExit::PowerOff);
+    assert_signal_does(Arch::X86_64, "PWR", "poweroff", GuestExit::PowerOff);
 }
 
 #[test]
@@ -369,6 +381,16 @@ fn a_manifest_with_a_syntax_error_boots_degraded_and_still_powers_off() {
 
 #[test]
 fn shutdown_stops_containers_in_reverse_order_with_their_signals_and_grace() {
+    stops_containers_in_reverse_order(Arch::X86_64, "pid1-ordered-stop");
+}
+
+/// The same shutdown from aarch64's power button (gpio-keys).
+#[test]
+fn shutdown_stops_containers_in_reverse_order_with_their_signals_and_grace_aarch64() {
+    stops_containers_in_reverse_order(Arch::Aarch64, "pid1-ordered-stop-aarch64");
+}
+
+fn stops_containers_in_reverse_order(arch: Arch, test: &str) {
     let manifest = r#"
 [containers.db]
 image = "busybox:1.35"
@@ -387,7 +409,7 @@ command = ["sh", "-c", "trap '' TERM; echo up; while true; do sleep 0.2; done"]
 depends_on = ["app"]
 stop_grace_period = "1s"
 "#;
-    let mut machine = boot_to_ready(Arch::X86_64, manifest, "pid1-ordered-stop");
+    let mut machine = boot_to_ready(arch, manifest, test);
     wait_line(&mut machine, r"^stubborn \| up$");
     machine
         .press_power_button()

@@ -29,6 +29,12 @@ use session::{Conn, ExecRelay, Follow, Relayed, Session, State};
 
 /// A socket client that has not sent its request by then is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Socket clients served at once. Each costs init a descriptor (and one with an `exec`, three
+/// more): past this, a new client is told so and closed, so a client that opens connection
+/// after connection cannot use up init's descriptors and stop it starting containers.
+const MAX_SOCKET_CLIENTS: usize = 32;
+/// Connections taken from the listener per turn, at most (the rest wait in its backlog).
+const ACCEPTS_PER_TURN: usize = 64;
 /// How long after boot init looks for the serial port (the driver may bind it late).
 const PORT_SEARCH: Duration = Duration::from_secs(30);
 /// How often it looks meanwhile.
@@ -192,7 +198,17 @@ impl Control {
         let Some(listener) = &self.listener else {
             return;
         };
-        while let Ok((stream, _)) = listener.accept() {
+        let mut refused = 0;
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Ok((stream, _)) = listener.accept() else {
+                break;
+            };
+            let clients = self.sessions.iter().filter(|s| !s.is_port()).count();
+            if clients >= MAX_SOCKET_CLIENTS {
+                refused += 1;
+                refuse_client(stream);
+                continue;
+            }
             let root = getsockopt(&stream, sockopt::PeerCredentials).is_ok_and(|c| c.uid() == 0);
             let mut session = Session::new(Conn::Unix(stream), true);
             if !root {
@@ -202,6 +218,11 @@ impl Control {
             if !session.dead {
                 self.sessions.push(session);
             }
+        }
+        if refused > 0 {
+            log::warn!(
+                "refused {refused} control client(s): {MAX_SOCKET_CLIENTS} are connected already"
+            );
         }
     }
 
@@ -312,6 +333,11 @@ impl Control {
                 session.stream_line(line);
             }
         }
+        // A client may leave in the very turn its `exec` started (it sent the request and
+        // closed at once): its process hangs up with it all the same.
+        for session in self.sessions.iter_mut().filter(|s| s.dead) {
+            session.hang_up_exec();
+        }
         self.sessions.retain(|s| !s.dead);
         self.mark_followed();
     }
@@ -345,6 +371,17 @@ impl Control {
 
 /// How every request line a client sends begins (`berth_control::to_line` of an envelope).
 const REQUEST_START: &str = r#"{"v":"#;
+
+/// Tells a client over the limit why it is closed, if its socket takes the line now (it is
+/// new, so its buffer is empty), and closes it.
+fn refuse_client(stream: std::os::unix::net::UnixStream) {
+    use std::io::Write;
+    let _ = stream.set_nonblocking(true);
+    let line = berth_control::to_line(&Response::error(format!(
+        "busy: {MAX_SOCKET_CLIENTS} control clients are connected already"
+    )));
+    let _ = (&stream).write(line.as_bytes());
+}
 
 /// A line read from the serial port, less what an earlier client left before a request.
 ///
@@ -746,9 +783,22 @@ mod tests {
     use super::session::STDIN_HIGH_WATER;
     use super::*;
 
+    /// A real process leading its own process group, as an exec'd one does (a hang-up
+    /// signals its group, which must not be some other process' on the build machine).
+    fn exec_process() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
     /// A control with one socket session relaying an exec whose stdin is a pipe; returns it,
-    /// the client's end of the connection (non-blocking) and the process' end of the pipe.
-    fn exec_session() -> (Control, UnixStream, std::fs::File) {
+    /// the client's end of the connection (non-blocking), the process' end of the pipe and
+    /// the process.
+    fn exec_session() -> (Control, UnixStream, std::fs::File, std::process::Child) {
+        let child = exec_process();
         let (ours, client) = UnixStream::pair().unwrap();
         client.set_nonblocking(true).unwrap();
         let (stdin_read, stdin_write) = cloexec_pipe().unwrap();
@@ -756,7 +806,7 @@ mod tests {
         set_nonblocking(stdin_write.as_fd());
         let mut session = Session::new(Conn::Unix(ours), true);
         session.state = State::Exec(ExecRelay {
-            pid: Pid::from_raw(4242),
+            pid: Pid::from_raw(i32::try_from(child.id()).unwrap()),
             stdin: Some(stdin_write),
             stdin_pending: Vec::new(),
             stdin_closing: false,
@@ -769,7 +819,7 @@ mod tests {
             sessions: vec![session],
             port_search_until: None,
         };
-        (control, client, std::fs::File::from(stdin_read))
+        (control, client, std::fs::File::from(stdin_read), child)
     }
 
     /// Writes 16 KiB stdin lines until the connection takes no more; returns the bytes sent.
@@ -802,7 +852,7 @@ mod tests {
 
     #[test]
     fn a_backed_up_stdin_stops_reading_the_client_until_the_process_drains_it() {
-        let (mut control, mut client, mut process) = exec_session();
+        let (mut control, mut client, mut process, mut child) = exec_session();
         let line = to_line(&ExecInput {
             v: VERSION,
             stdin: Some(encode_bytes(&[0u8; 16 << 10])),
@@ -850,11 +900,13 @@ mod tests {
         // The next turn reads the client again, which makes room for it to send more.
         control.on_ready(&[Slot::Session(0)], None);
         assert!(send_until_full(&mut client, line.as_bytes()) > 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
     fn a_client_that_hangs_up_while_backed_up_is_dropped() {
-        let (mut control, mut client, _process) = exec_session();
+        let (mut control, mut client, _process, mut child) = exec_session();
         let line = to_line(&ExecInput {
             v: VERSION,
             stdin: Some(encode_bytes(&[7u8; 16 << 10])),
@@ -870,6 +922,32 @@ mod tests {
         control.on_ready(&[Slot::Session(0)], None);
         control.after_turn(None);
         assert!(control.sessions.is_empty(), "dropped with its relay");
+        // ... and its process hung up, as a closed terminal would.
+        assert_hung_up(&mut child);
+    }
+
+    #[test]
+    fn an_exec_whose_client_left_in_the_turn_it_started_hangs_up() {
+        let (mut control, client, _process, mut child) = exec_session();
+        drop(client);
+        // The client's end of file was read before its request was answered: the session is
+        // marked gone while its exec has just started.
+        if let Some(session) = control.sessions.first_mut() {
+            session.dead = true;
+        }
+        control.after_turn(None);
+        assert!(control.sessions.is_empty());
+        assert_hung_up(&mut child);
+    }
+
+    /// The exec'd process ended by SIGHUP.
+    fn assert_hung_up(child: &mut std::process::Child) {
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(nix::libc::SIGHUP),
+            "{status}"
+        );
     }
 
     #[test]

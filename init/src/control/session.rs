@@ -216,6 +216,7 @@ impl Session {
     /// A new client on the serial port whose first line is already read: what was left for
     /// the previous one goes.
     pub fn new_client(&mut self) {
+        self.hang_up_exec();
         self.output.clear();
         self.state = State::AwaitingRequest;
         self.request_id = None;
@@ -267,7 +268,19 @@ impl Session {
             self.connected = false;
             self.reset();
         } else {
+            self.hang_up_exec();
             self.dead = true;
+        }
+    }
+
+    /// The client of a running `exec` left: the process' group (the exec'd process leads its
+    /// own session) gets SIGHUP, as a closed terminal sends it, so what the client started
+    /// does not run on unattended. A process that ignores SIGHUP (`nohup`) goes on, as after
+    /// a closed terminal; its exit is reaped as any other. The process has not been reaped
+    /// while the session relays it, so its group is still its own.
+    pub fn hang_up_exec(&mut self) {
+        if let State::Exec(relay) = &self.state {
+            let _ = nix::sys::signal::killpg(relay.pid, nix::sys::signal::Signal::SIGHUP);
         }
     }
 
@@ -283,6 +296,7 @@ impl Session {
             if self.is_port() {
                 self.reset();
             } else {
+                self.hang_up_exec();
                 self.dead = true;
             }
             return;
