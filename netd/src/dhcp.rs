@@ -3,6 +3,18 @@
 //! server), REBINDING at T2 (broadcast), and back to INIT when the lease expires or a NAK
 //! comes. Packets are `dhcproto`'s, sent over a UDP socket bound to the link, with the
 //! broadcast flag set so that servers answer a client that has no address yet.
+//!
+//! Servers are hostile until checked. A reply to another transaction (another xid or hardware
+//! address) is ignored without a word; a reply to this one is refused, with a
+//! `dhcp-reply-refused` event, when its bytes are malformed ([`crate::reply`]), when it is no
+//! lease ([`Lease::from_ack`]: no host address, a mask that is no prefix, a lease time of 0),
+//! or when an ACK or NAK comes from another server than the one this client selected or
+//! renews with. A refused reply changes nothing: the client waits on for the right one, as
+//! after a lost packet. A lease without a subnet mask takes its address's classful prefix
+//! (RFC 2132 leaves the option out to the server), one without a router gets no default route,
+//! and an infinite lease (0xffffffff) is never renewed. After a NAK the client waits 1 s, then
+//! twice as long after each further NAK up to 64 s, before it discovers again, so a server
+//! that NAKs everything cannot make it send a storm of DISCOVERs.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
@@ -11,7 +23,7 @@ use std::time::Duration;
 
 use berth_event::Event;
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Encodable};
+use dhcproto::Encodable;
 use nix::sys::socket::{
     bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
 };
@@ -19,8 +31,9 @@ use tokio::net::UdpSocket;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::emit;
-use crate::lease::Lease;
+use crate::lease::{server_of, Lease, MIN_MTU};
 use crate::netlink::{Link, Netlink};
+use crate::reply::{self, Refused};
 use crate::saved;
 use crate::state::Shared;
 
@@ -31,12 +44,20 @@ const FIRST_RETRANSMIT: Duration = Duration::from_secs(4);
 const MAX_RETRANSMIT: Duration = Duration::from_secs(64);
 /// While renewing or rebinding, ask again after half the time left, but at least this often.
 const MIN_RENEW_RETRY: Duration = Duration::from_secs(60);
+/// After the first NAK, wait this long before discovering again; doubled after each further
+/// NAK up to [`MAX_RETRANSMIT`], and cleared once a lease is bound.
+const FIRST_NAK_DELAY: Duration = Duration::from_secs(1);
+/// The largest UDP payload: a reply is never cut short by the buffer it is read into.
+const MAX_REPLY: usize = 65_535;
+/// Refused replies reported per transaction (one client message): a server that floods them
+/// cannot flood the console.
+const MAX_REFUSALS_REPORTED: u32 = 8;
 /// After an error that is not the server's answer (a socket or netlink failure): soon, since
 /// such errors are mostly the link or its firewall settling at boot.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// The options netd asks for: subnet, router, DNS, hostname, domain, MTU, lease time, T1, T2
 /// and classless static routes.
-const REQUESTED: &[OptionCode] = &[
+pub(crate) const REQUESTED: &[OptionCode] = &[
     OptionCode::SubnetMask,
     OptionCode::Router,
     OptionCode::DomainNameServer,
@@ -80,12 +101,38 @@ enum RequestKind {
     Rebinding { addr: Ipv4Addr },
 }
 
+impl RequestKind {
+    /// RFC 2131 §4.4.1: the ACK or NAK comes from the server selected (or renewed with); while
+    /// rebinding, any server may answer.
+    fn check_server(self, reply: &Message) -> Result<(), Refused> {
+        let expected = match self {
+            RequestKind::Selecting { server, .. } | RequestKind::Renewing { server, .. } => server,
+            RequestKind::Rebinding { .. } => return Ok(()),
+        };
+        let got = server_of(reply);
+        if got == expected {
+            Ok(())
+        } else {
+            Err(Refused::Server { got, expected })
+        }
+    }
+}
+
+/// The wait before the next DISCOVER after one more NAK, from the wait after the last.
+fn after_nak(delay: Duration) -> Duration {
+    (delay * 2).clamp(FIRST_NAK_DELAY, MAX_RETRANSMIT)
+}
+
 #[derive(Debug)]
 pub struct Client {
     link: Link,
     netlink: Netlink,
     shared: Arc<Shared>,
     xid: u32,
+    /// Refused replies reported in the current transaction.
+    refusals: u32,
+    /// How long to wait before the next DISCOVER, after NAKs; zero once bound.
+    nak_delay: Duration,
 }
 
 fn udp_socket(iface: &str) -> std::io::Result<UdpSocket> {
@@ -103,13 +150,6 @@ fn udp_socket(iface: &str) -> std::io::Result<UdpSocket> {
         &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT)),
     )?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
-}
-
-/// dhcproto's decoder unwraps on some malformed options; a hostile packet must not end netd.
-pub fn decode(bytes: &[u8]) -> Option<Message> {
-    std::panic::catch_unwind(|| Message::from_bytes(bytes).ok())
-        .ok()
-        .flatten()
 }
 
 fn message_type(message: &Message) -> Option<MessageType> {
@@ -174,6 +214,8 @@ impl Client {
             netlink,
             shared,
             xid,
+            refusals: 0,
+            nak_delay: Duration::ZERO,
         }
     }
 
@@ -193,6 +235,7 @@ impl Client {
 
     fn message(&mut self, kind: MessageType, ciaddr: Ipv4Addr) -> Message {
         self.xid = self.xid.wrapping_add(1);
+        self.refusals = 0;
         build_message(self.xid, &self.link.mac, kind, ciaddr)
     }
 
@@ -206,20 +249,33 @@ impl Client {
         send_message(socket, &self.link.name, message, to, kind).await
     }
 
-    /// The next reply to this client's current transaction, until `deadline`.
-    async fn receive(&self, socket: &UdpSocket, deadline: Instant) -> Option<Message> {
-        let mut buf = vec![0u8; 1500];
+    /// Says that a reply (`kind`, as far as it is known) to the current transaction was
+    /// refused and why, up to [`MAX_REFUSALS_REPORTED`] times per transaction.
+    fn refused(&mut self, kind: &str, reason: &Refused) {
+        self.refusals = self.refusals.saturating_add(1);
+        if self.refusals <= MAX_REFUSALS_REPORTED {
+            emit(
+                Event::new("dhcp-reply-refused")
+                    .field("iface", &self.link.name)
+                    .field("reply", kind)
+                    .field("reason", reason),
+            );
+        }
+    }
+
+    /// The next well-formed reply to this client's current transaction, until `deadline`.
+    async fn receive(&mut self, socket: &UdpSocket, deadline: Instant) -> Option<Message> {
+        let mut buf = vec![0u8; MAX_REPLY];
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             let (n, _) = timeout(left, socket.recv_from(&mut buf)).await.ok()?.ok()?;
-            let Some(message) = decode(buf.get(..n).unwrap_or_default()) else {
+            let bytes = buf.get(..n).unwrap_or_default();
+            if !reply::for_transaction(bytes, self.xid, &self.link.mac) {
                 continue;
-            };
-            if message.opcode() == Opcode::BootReply
-                && message.xid() == self.xid
-                && message.chaddr().get(..6) == self.link.mac.get(..6)
-            {
-                return Some(message);
+            }
+            match reply::parse(bytes) {
+                Ok(message) => return Some(message),
+                Err(reason) => self.refused("unknown", &reason),
             }
         }
     }
@@ -233,8 +289,12 @@ impl Client {
                 .await?;
             let deadline = Instant::now() + wait;
             while let Some(reply) = self.receive(socket, deadline).await {
-                if message_type(&reply) == Some(MessageType::Offer) {
-                    return Ok(reply);
+                if message_type(&reply) != Some(MessageType::Offer) {
+                    continue;
+                }
+                match Lease::from_ack(&reply) {
+                    Ok(_) => return Ok(reply),
+                    Err(reason) => self.refused("offer", &reason),
                 }
             }
             wait = (wait * 2).min(MAX_RETRANSMIT);
@@ -253,6 +313,7 @@ impl Client {
             RequestKind::Renewing { addr, server } => (addr, server),
             RequestKind::Rebinding { addr } => (addr, Ipv4Addr::BROADCAST),
         };
+
         let mut request = self.message(MessageType::Request, ciaddr);
         if let RequestKind::Selecting { offered, server } = kind {
             request
@@ -264,19 +325,41 @@ impl Client {
         }
         self.send(socket, &request, to, "REQUEST").await?;
         while let Some(reply) = self.receive(socket, deadline).await {
-            match message_type(&reply) {
-                Some(MessageType::Ack) => match Lease::from_ack(&reply) {
-                    Ok(mut lease) => {
-                        self.drop_invalid_names(&mut lease);
-                        return Ok(Some(Reply::Ack(lease)));
-                    }
-                    Err(_) => continue,
-                },
-                Some(MessageType::Nak) => return Ok(Some(Reply::Nak)),
+            let name = match message_type(&reply) {
+                Some(MessageType::Ack) => "ack",
+                Some(MessageType::Nak) => "nak",
                 _ => continue,
+            };
+            if let Err(reason) = kind.check_server(&reply) {
+                self.refused(name, &reason);
+                continue;
+            }
+            if name == "nak" {
+                return Ok(Some(Reply::Nak));
+            }
+            match Lease::from_ack(&reply) {
+                Ok(mut lease) => {
+                    self.drop_invalid_options(&mut lease);
+                    return Ok(Some(Reply::Ack(lease)));
+                }
+                Err(reason) => self.refused(name, &reason),
             }
         }
         Ok(None)
+    }
+
+    /// Drops an MTU below [`MIN_MTU`] and [`Self::drop_invalid_names`], saying so.
+    fn drop_invalid_options(&self, lease: &mut Lease) {
+        if let Some(mtu) = lease.drop_small_mtu() {
+            emit(
+                Event::new("dhcp-option-refused")
+                    .field("iface", &self.link.name)
+                    .field("option", "mtu")
+                    .field("value", mtu)
+                    .field("reason", format!("below {MIN_MTU}")),
+            );
+        }
+        self.drop_invalid_names(lease);
     }
 
     /// Drops a domain or hostname that is not a valid DNS name before it can reach
@@ -413,13 +496,22 @@ impl Client {
         Ok(Some((lease, started)))
     }
 
+    /// A NAK in `state`: said, and the wait before the next DISCOVER lengthened.
+    fn nak(&mut self, state: &str) {
+        self.nak_delay = after_nak(self.nak_delay);
+        emit(
+            Event::new("dhcp-nak")
+                .field("iface", &self.link.name)
+                .field("state", state)
+                .field("next_in", format!("{}s", self.nak_delay.as_secs())),
+        );
+    }
+
     /// INIT, SELECTING, REQUESTING: a new lease, applied, or None to start over.
     async fn acquire(&mut self, socket: &UdpSocket) -> Result<Option<Lease>, DhcpError> {
+        sleep(self.nak_delay).await;
         let offer = self.discover(socket).await?;
-        let server = match offer.opts().get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(ip)) => *ip,
-            _ => offer.siaddr(),
-        };
+        let server = server_of(&offer);
         let selecting = RequestKind::Selecting {
             offered: offer.yiaddr(),
             server,
@@ -430,15 +522,12 @@ impl Client {
         {
             Some(Reply::Ack(lease)) => lease,
             Some(Reply::Nak) => {
-                emit(
-                    Event::new("dhcp-nak")
-                        .field("iface", &self.link.name)
-                        .field("state", "requesting"),
-                );
+                self.nak("requesting");
                 return Ok(None);
             }
             None => return Ok(None),
         };
+        self.nak_delay = Duration::ZERO;
         self.apply(&lease, None).await?;
         self.bound_event("dhcp-bound", &lease);
         Ok(Some(lease))
@@ -477,11 +566,7 @@ impl Client {
                 {
                     Some(Reply::Ack(new)) => break Some(new),
                     Some(Reply::Nak) => {
-                        emit(
-                            Event::new("dhcp-nak")
-                                .field("iface", &self.link.name)
-                                .field("state", "renewing"),
-                        );
+                        self.nak("renewing");
                         break None;
                     }
                     None => {}
@@ -537,5 +622,68 @@ pub async fn release_all(shared: &Shared) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    const GOOD: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+
+    /// An ACK (or NAK) of 192.168.77.205 from server identifier `server`, as bytes.
+    fn reply_from(kind: u8, server: [u8; 4]) -> Message {
+        let mut bytes = vec![0u8; reply::OPTIONS_START];
+        bytes[0] = 2;
+        bytes[16..20].copy_from_slice(&[192, 168, 77, 205]);
+        bytes[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        bytes.extend([53, 1, kind, 54, 4]);
+        bytes.extend(server);
+        bytes.extend([51, 4, 0, 0, 0, 60, 255]);
+        reply::parse(&bytes).unwrap()
+    }
+
+    /// Failed before: the ACK of another server than the one selected was taken, and its
+    /// server became the one to renew with.
+    #[test]
+    fn an_answer_from_another_server_is_refused_unless_rebinding() {
+        let rogue = reply_from(5, [192, 168, 77, 9]);
+        let selecting = RequestKind::Selecting {
+            offered: Ipv4Addr::new(192, 168, 77, 205),
+            server: GOOD,
+        };
+        let refused = Refused::Server {
+            got: Ipv4Addr::new(192, 168, 77, 9),
+            expected: GOOD,
+        };
+        assert_eq!(selecting.check_server(&rogue), Err(refused.clone()));
+        let nak = reply_from(6, [192, 168, 77, 9]);
+        assert_eq!(selecting.check_server(&nak), Err(refused));
+        let renewing = RequestKind::Renewing {
+            addr: Ipv4Addr::new(192, 168, 77, 205),
+            server: GOOD,
+        };
+        assert!(renewing.check_server(&rogue).is_err());
+        assert!(selecting
+            .check_server(&reply_from(5, GOOD.octets()))
+            .is_ok());
+        let rebinding = RequestKind::Rebinding {
+            addr: Ipv4Addr::new(192, 168, 77, 205),
+        };
+        assert!(rebinding.check_server(&rogue).is_ok());
+    }
+
+    /// Failed before: after a NAK the client discovered again at once, so a server that NAKs
+    /// every REQUEST had it send DISCOVERs as fast as it answered.
+    #[test]
+    fn naks_in_a_row_wait_longer_each_time() {
+        let mut delay = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            delay = after_nak(delay);
+            waits.push(delay.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
+use crate::reply::Refused;
+
 /// A lease as netd applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -53,6 +55,10 @@ pub fn is_dns_name(name: &str, underscore: bool) -> bool {
         })
 }
 
+/// The least MTU (option 26) netd applies: a DHCP client must take messages of 576 bytes
+/// (RFC 2131 §2), so a link with a smaller MTU could not even carry DHCP.
+pub const MIN_MTU: u16 = 576;
+
 /// A name option refused by [`Lease::drop_invalid_names`]: the option and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedName {
@@ -63,37 +69,100 @@ pub struct RefusedName {
 /// A lease with no time given is held for a day (a common server default).
 const DEFAULT_LEASE: Duration = Duration::from_secs(86_400);
 
-fn prefix_of(mask: Ipv4Addr) -> u8 {
-    u8::try_from(u32::from(mask).count_ones()).unwrap_or(32)
+/// The prefix of a contiguous subnet mask of 1 to 32 bits; None for any other mask.
+fn prefix_of(mask: Ipv4Addr) -> Option<u8> {
+    let bits = u32::from(mask);
+    let ones = bits.leading_ones();
+    (ones > 0 && ones + bits.trailing_zeros() == 32)
+        .then(|| u8::try_from(ones).ok())
+        .flatten()
+}
+
+/// The classful prefix of `addr` (RFC 791's classes A, B and C), for a lease without a subnet
+/// mask (RFC 2132 §3.3 makes option 1 optional); None for classes D and E, which are no
+/// host's address.
+fn classful_prefix(addr: Ipv4Addr) -> Option<u8> {
+    match addr.octets() {
+        [0..=127, ..] => Some(8),
+        [128..=191, ..] => Some(16),
+        [192..=223, ..] => Some(24),
+        _ => None,
+    }
+}
+
+/// Whether a server may grant `addr` to a host: not 0.0.0.0/8, loopback, multicast, class E
+/// or the limited broadcast address.
+fn is_host_address(addr: Ipv4Addr) -> bool {
+    let [first, ..] = addr.octets();
+    first != 0 && !addr.is_loopback() && classful_prefix(addr).is_some()
+}
+
+/// Whether `addr` is the network or the broadcast address of its `/prefix` (a /31 and a /32
+/// have neither, RFC 3021).
+fn is_network_or_broadcast(addr: Ipv4Addr, prefix: u8) -> bool {
+    if prefix >= 31 {
+        return false;
+    }
+    let host_bits = u32::MAX >> prefix;
+    let host = u32::from(addr) & host_bits;
+    host == 0 || host == host_bits
+}
+
+/// The server that sent `message`: its server identifier (option 54), else `siaddr`.
+pub fn server_of(message: &Message) -> Ipv4Addr {
+    match message.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+        _ => message.siaddr(),
+    }
 }
 
 impl Lease {
-    pub fn from_ack(message: &Message) -> Result<Lease, String> {
+    /// The lease an OFFER proposes or an ACK grants, or why it is no lease at all: an address
+    /// no host may hold, a subnet mask that is no prefix, or a lease time of 0 (which would
+    /// have netd apply an address, lose it at once and ask again, as fast as the server
+    /// answers). Without a subnet mask the address's classful prefix is used; without a
+    /// router no default route is added. T1 and T2 are taken when 0 < T1 <= T2 <= lease time,
+    /// else RFC 2131 §4.4.5's defaults (half and seven eighths of it): a T1 of 0 would renew
+    /// in a loop. An infinite lease (RFC 2131 §3.3: 0xffffffff) is held as 2^32-1 seconds,
+    /// 136 years with T1 at 68, which `Instant` arithmetic takes without overflow: it is
+    /// never renewed.
+    pub fn from_ack(message: &Message) -> Result<Lease, Refused> {
         let opts = message.opts();
-        let server = match opts.get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(ip)) => *ip,
-            _ => message.siaddr(),
-        };
+        let server = server_of(message);
         let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
-            Some(DhcpOption::AddressLeaseTime(secs)) => u64::from(*secs),
-            _ => DEFAULT_LEASE.as_secs(),
+            Some(DhcpOption::AddressLeaseTime(0)) => return Err(Refused::ZeroLease),
+            Some(DhcpOption::AddressLeaseTime(secs)) => Some(*secs),
+            _ => None,
         };
-        let lease_time = Duration::from_secs(lease_secs);
-        // T1 and T2 default to 1/2 and 7/8 of the lease (RFC 2131 §4.4.5), in whole seconds
-        // as DHCP's own times are: the lease file keeps seconds, and a netd that reads it back
-        // must hold the same lease.
-        let t1 = match opts.get(OptionCode::Renewal) {
-            Some(DhcpOption::Renewal(secs)) => Duration::from_secs(u64::from(*secs)),
-            _ => Duration::from_secs(lease_secs / 2),
+        let lease_time = lease_secs.map_or(DEFAULT_LEASE, |s| Duration::from_secs(u64::from(s)));
+        let given = |code| match opts.get(code) {
+            Some(DhcpOption::Renewal(secs)) | Some(DhcpOption::Rebinding(secs)) => {
+                Some(Duration::from_secs(u64::from(*secs)))
+            }
+            _ => None,
         };
-        let t2 = match opts.get(OptionCode::Rebinding) {
-            Some(DhcpOption::Rebinding(secs)) => Duration::from_secs(u64::from(*secs)),
-            _ => Duration::from_secs(lease_secs * 7 / 8),
-        };
+        // The defaults in whole seconds, as DHCP's own times are: the lease file keeps
+        // seconds, and a netd that reads it back must hold the same lease.
+        let whole = lease_time.as_secs();
+        let t1 = given(OptionCode::Renewal)
+            .filter(|t1| !t1.is_zero() && *t1 <= lease_time)
+            .unwrap_or(Duration::from_secs(whole / 2));
+        let t2 = given(OptionCode::Rebinding)
+            .filter(|t2| *t2 >= t1 && *t2 <= lease_time)
+            .unwrap_or_else(|| Duration::from_secs(whole * 7 / 8).max(t1));
+        let addr = message.yiaddr();
+        if !is_host_address(addr) {
+            return Err(Refused::NotUnicast { addr });
+        }
         let prefix = match opts.get(OptionCode::SubnetMask) {
-            Some(DhcpOption::SubnetMask(mask)) => prefix_of(*mask),
-            _ => 24,
+            Some(DhcpOption::SubnetMask(mask)) => {
+                prefix_of(*mask).ok_or(Refused::Mask { mask: *mask })?
+            }
+            _ => classful_prefix(addr).ok_or(Refused::NotUnicast { addr })?,
         };
+        if is_network_or_broadcast(addr, prefix) {
+            return Err(Refused::NotHost { addr, prefix });
+        }
         let list = |code| match opts.get(code) {
             Some(DhcpOption::Router(ips)) | Some(DhcpOption::DomainNameServer(ips)) => ips.clone(),
             _ => Vec::new(),
@@ -109,10 +178,6 @@ impl Lease {
                 .collect(),
             _ => Vec::new(),
         };
-        let addr = message.yiaddr();
-        if addr.is_unspecified() {
-            return Err("the ACK grants no address".to_string());
-        }
         Ok(Lease {
             addr,
             prefix,
@@ -127,8 +192,8 @@ impl Lease {
             },
             classless_routes,
             lease_time,
-            t1: t1.min(lease_time),
-            t2: t2.min(lease_time).max(t1.min(lease_time)),
+            t1,
+            t2,
         })
     }
 
@@ -156,6 +221,12 @@ impl Lease {
         refused
     }
 
+    /// Drops an MTU below [`MIN_MTU`] (an MTU of 0 fails to apply; one of 68 leaves a host
+    /// that can barely talk) and returns it.
+    pub fn drop_small_mtu(&mut self) -> Option<u16> {
+        self.mtu.take_if(|mtu| *mtu < MIN_MTU)
+    }
+
     /// The routes to install: option 121's when present (RFC 3442: the router option is then
     /// ignored), else a default route via the first router.
     pub fn routes(&self) -> Vec<(Ipv4Addr, u8, Ipv4Addr)> {
@@ -174,6 +245,8 @@ impl Lease {
 mod tests {
     use super::*;
     use dhcproto::v4::{MessageType, Opcode};
+
+    const INFINITE_LEASE: u32 = u32::MAX;
 
     fn ack(options: Vec<DhcpOption>) -> Message {
         let mut message = Message::new(
@@ -317,5 +390,124 @@ mod tests {
             1,
             "longer than the kernel takes"
         );
+    }
+
+    /// Failed before: a lease time of 0 was applied, lost at once and asked for again, as
+    /// fast as the server answered.
+    #[test]
+    fn a_zero_lease_is_refused() {
+        assert_eq!(
+            Lease::from_ack(&ack(vec![DhcpOption::AddressLeaseTime(0)])),
+            Err(Refused::ZeroLease)
+        );
+    }
+
+    /// An infinite lease is held for 2^32-1 seconds, renewed after half of that, and the
+    /// renewal time fits an `Instant`.
+    #[test]
+    fn an_infinite_lease_never_renews_and_does_not_overflow() {
+        let lease =
+            Lease::from_ack(&ack(vec![DhcpOption::AddressLeaseTime(INFINITE_LEASE)])).unwrap();
+        assert_eq!(lease.lease_time, Duration::from_secs(u64::from(u32::MAX)));
+        assert_eq!(lease.t1, Duration::from_secs(u64::from(u32::MAX) / 2));
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(lease.lease_time).is_some());
+        assert!(lease.t2 >= lease.t1 && lease.t2 <= lease.lease_time);
+    }
+
+    /// Failed before: a T1 of 0 made netd renew at once, and again after every ACK.
+    #[test]
+    fn renewal_times_out_of_order_fall_back_to_the_defaults() {
+        let lease = Lease::from_ack(&ack(vec![
+            DhcpOption::AddressLeaseTime(16),
+            DhcpOption::Renewal(0),
+            DhcpOption::Rebinding(0),
+        ]))
+        .unwrap();
+        assert_eq!(lease.t1, Duration::from_secs(8));
+        assert_eq!(lease.t2, Duration::from_secs(14));
+        let lease = Lease::from_ack(&ack(vec![
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::Renewal(200),
+            DhcpOption::Rebinding(40),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (lease.t1, lease.t2),
+            (Duration::from_secs(50), Duration::from_secs(87))
+        );
+        let lease = Lease::from_ack(&ack(vec![
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::Renewal(60),
+            DhcpOption::Rebinding(40),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (lease.t1, lease.t2),
+            (Duration::from_secs(60), Duration::from_secs(87))
+        );
+    }
+
+    /// Without option 1 the address's class gives the prefix; without option 3 there is no
+    /// default route.
+    #[test]
+    fn a_lease_without_mask_or_router_takes_the_classful_prefix() {
+        let with = |addr: [u8; 4]| {
+            let mut message = ack(Vec::new());
+            message.set_yiaddr(Ipv4Addr::from(addr));
+            Lease::from_ack(&message)
+        };
+        assert_eq!(with([10, 0, 2, 15]).unwrap().prefix, 8);
+        assert_eq!(with([172, 16, 0, 9]).unwrap().prefix, 16);
+        let lease = with([192, 168, 77, 211]).unwrap();
+        assert_eq!(lease.prefix, 24);
+        assert!(lease.routes().is_empty());
+        for bad in [
+            [0, 0, 0, 0],
+            [0, 1, 2, 3],
+            [127, 0, 0, 1],
+            [224, 0, 0, 5],
+            [240, 0, 0, 1],
+            [255, 255, 255, 255],
+        ] {
+            assert_eq!(
+                with(bad),
+                Err(Refused::NotUnicast {
+                    addr: Ipv4Addr::from(bad)
+                })
+            );
+        }
+        assert_eq!(
+            with([192, 168, 77, 255]),
+            Err(Refused::NotHost {
+                addr: Ipv4Addr::new(192, 168, 77, 255),
+                prefix: 24
+            })
+        );
+    }
+
+    /// Failed before: a mask of 255.0.255.0 counted as a /16.
+    #[test]
+    fn a_mask_that_is_no_prefix_is_refused() {
+        for mask in [[255, 0, 255, 0], [0, 0, 0, 0], [0, 255, 255, 255]] {
+            let mask = Ipv4Addr::from(mask);
+            assert_eq!(
+                Lease::from_ack(&ack(vec![DhcpOption::SubnetMask(mask)])),
+                Err(Refused::Mask { mask })
+            );
+        }
+        let lease = Lease::from_ack(&ack(vec![DhcpOption::SubnetMask(Ipv4Addr::BROADCAST)]));
+        assert_eq!(lease.unwrap().prefix, 32);
+    }
+
+    /// Failed before: an MTU of 100 from the server was set on the link.
+    #[test]
+    fn an_mtu_below_576_is_dropped() {
+        let mut lease = Lease::from_ack(&ack(vec![DhcpOption::InterfaceMtu(100)])).unwrap();
+        assert_eq!(lease.drop_small_mtu(), Some(100));
+        assert_eq!(lease.mtu, None);
+        let mut lease = Lease::from_ack(&ack(vec![DhcpOption::InterfaceMtu(576)])).unwrap();
+        assert_eq!(lease.drop_small_mtu(), None);
+        assert_eq!(lease.mtu, Some(576));
     }
 }

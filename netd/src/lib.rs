@@ -9,6 +9,7 @@ pub mod dhcp;
 mod lease;
 mod links;
 mod netlink;
+mod reply;
 mod resolv;
 mod saved;
 mod state;
@@ -30,7 +31,10 @@ pub(crate) use berth_kmod::glob_match;
 /// What netd does with bytes from the network, for the fuzz targets in `fuzz/`.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::dhcp::decode;
+    /// A reply as netd takes it from the network: its raw bytes checked, then decoded.
+    pub fn decode(bytes: &[u8]) -> Option<dhcproto::v4::Message> {
+        crate::reply::parse(bytes).ok()
+    }
     pub use crate::lease::is_dns_name;
     pub use crate::saved::{decode as decode_saved, encode as encode_saved};
 }

@@ -1,6 +1,7 @@
 //! Reading berth's event lines (`berth event=KIND key=value ...`) off a guest's console.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use berth_qemu::Machine;
 
@@ -44,6 +45,40 @@ pub fn events(machine: &Machine, kind: &str, container: Option<&str>) -> Vec<Eve
         .filter(|e| e.kind == kind)
         .filter(|e| container.is_none_or(|c| e.get("container") == Some(c)))
         .collect()
+}
+
+/// Every console line that starts with `prefix`, as events.
+pub fn starting_with(machine: &Machine, prefix: &str) -> Vec<EventLine> {
+    machine
+        .console_lines()
+        .iter()
+        .filter(|l| l.text.starts_with(prefix))
+        .filter_map(|l| parse(&l.text))
+        .collect()
+}
+
+/// Waits until `count` lines start with `prefix`, for at most `within`; returns them. Panics
+/// (failing the test) with the console log's path otherwise.
+pub fn wait_count(
+    machine: &Machine,
+    prefix: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<EventLine> {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = starting_with(machine, prefix);
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} `{prefix}` lines within {within:?}; console: {}",
+            found.len(),
+            machine.console_log().display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Lines a container wrote, as the console shows them (`<name> | <line>`).

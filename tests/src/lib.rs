@@ -1,6 +1,7 @@
 //! Helpers for the integration tests: build the guest binaries and images the tests boot,
 //! and keep each test's evidence in `target/test-logs/<test>/`.
 
+pub mod dhcp_script;
 pub mod events;
 pub mod images;
 pub mod netns;

@@ -61,6 +61,18 @@ impl NetRig {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Builds `manifest` for x86_64 and boots it with one NIC, `mac`, on tap0 (no user
+    /// networking); waits for the ready line.
+    pub fn boot(&self, manifest: &str, dir: &Path, mac: &str) -> berth_qemu::Machine {
+        let arch = berth_arch::Arch::X86_64;
+        let image = crate::build_image(arch, manifest, dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = crate::machine_config(arch, &image, dir);
+        config.user_net = false;
+        config.netns = Some(self.path());
+        config.extra_args.extend(NetRig::nic_args(0, mac));
+        crate::start_to_ready(&config)
+    }
+
     /// QEMU arguments for a virtio NIC on tap `n` with `mac`.
     pub fn nic_args(n: usize, mac: &str) -> Vec<String> {
         vec![

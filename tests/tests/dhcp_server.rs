@@ -3,9 +3,8 @@
 //! back to discovery, option 121 routes and option 26 MTU are applied, and a netd killed
 //! mid-lease goes on renewing the lease it had.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use berth_arch::Arch;
 use berth_qemu::Machine;
 use berth_tests::netns::NetRig;
 use berth_tests::{events, wait_seen};
@@ -14,42 +13,17 @@ const MAC: &str = "52:54:00:77:00:01";
 
 /// Boots `manifest` with one NIC on the rig's tap0 (no user networking).
 fn boot_on_rig(rig: &NetRig, manifest: &str, dir: &std::path::Path) -> Machine {
-    let image =
-        berth_tests::build_image(Arch::X86_64, manifest, dir).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = berth_tests::machine_config(Arch::X86_64, &image, dir);
-    config.user_net = false;
-    config.netns = Some(rig.path());
-    config.extra_args.extend(NetRig::nic_args(0, MAC));
-    berth_tests::start_to_ready(&config)
+    rig.boot(manifest, dir, MAC)
 }
 
 /// Every console line that starts with `prefix`, as events.
 fn all(machine: &Machine, prefix: &str) -> Vec<events::EventLine> {
-    machine
-        .console_lines()
-        .iter()
-        .filter(|l| l.text.starts_with(prefix))
-        .filter_map(|l| events::parse(&l.text))
-        .collect()
+    events::starting_with(machine, prefix)
 }
 
 /// Waits until `count` lines start with `prefix`; returns them.
 fn wait_count(machine: &Machine, prefix: &str, count: usize) -> Vec<events::EventLine> {
-    let deadline = Instant::now() + berth_tests::LINE_TIMEOUT;
-    loop {
-        let found = all(machine, prefix);
-        if found.len() >= count {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {count} `{prefix}` lines within {:?}; console: {}",
-            found.len(),
-            berth_tests::LINE_TIMEOUT,
-            machine.console_log().display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    events::wait_count(machine, prefix, count, berth_tests::LINE_TIMEOUT)
 }
 
 /// A 2-minute lease (dnsmasq's shortest) renewed every 8 s, with a classless route and an
