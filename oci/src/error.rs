@@ -162,6 +162,17 @@ pub enum OciError {
     #[error("layer {diff_id}: more than {limit} bytes uncompressed, the most a layer may hold")]
     LayerTooLarge { diff_id: Digest, limit: u64 },
 
+    #[error(
+        "layer {diff_id}: unpacking stopped with {free} bytes free in {}, the reserve is {reserve} bytes: the layer inflates to more than the store has room for",
+        path.display()
+    )]
+    NoRoom {
+        diff_id: Digest,
+        path: PathBuf,
+        free: u64,
+        reserve: u64,
+    },
+
     #[error("layer {diff_id}: more than {limit} entries, the most a layer may hold")]
     TooManyEntries { diff_id: Digest, limit: u64 },
 

@@ -25,6 +25,7 @@ mod image;
 mod layout;
 mod mapped;
 mod nodes;
+mod room;
 mod store;
 mod unpack;
 
@@ -41,6 +42,7 @@ pub use image::{
 };
 pub use layout::{index_json, Image, Layout, INDEX_FILE, OCI_LAYOUT_FILE, OCI_LAYOUT_FILE_CONTENT};
 pub use mapped::MappedBlob;
+pub use room::{store_reserve, Room};
 pub use store::{layer_dir, unpack_layer_into_store, unpack_layer_into_store_with_limits};
 pub use unpack::{
     unpack_layer, unpack_layer_with_limits, LayerStats, UnpackLimits, MAX_LAYER_BYTES,

@@ -22,6 +22,7 @@ use tar::{Entry, EntryType, Header};
 use crate::digest::HashingReader;
 use crate::entry_path::{self, EntryRole};
 use crate::nodes::{self, DirError, NodeSpec};
+use crate::room::RoomGuard;
 use crate::{decompress, Digest, OciError};
 
 /// The most uncompressed bytes one layer may hold by default: 16 GiB. Docker and containerd
@@ -41,6 +42,8 @@ pub struct UnpackLimits {
     pub max_bytes: u64,
     /// Tar entries, whiteouts and pax headers included.
     pub max_entries: u64,
+    /// Stop when the destination's filesystem is down to its reserve ([`crate::store_reserve`]).
+    pub keep_reserve: bool,
 }
 
 impl Default for UnpackLimits {
@@ -48,6 +51,7 @@ impl Default for UnpackLimits {
         UnpackLimits {
             max_bytes: MAX_LAYER_BYTES,
             max_entries: MAX_LAYER_ENTRIES,
+            keep_reserve: true,
         }
     }
 }
@@ -112,7 +116,11 @@ fn unpack_stream(
         diff_id: diff_id.clone(),
         source,
     };
-    let mut hashed = HashingReader::new(Limited::new(stream, limits.max_bytes));
+    let mut hashed = HashingReader::new(RoomGuard::new(
+        Limited::new(stream, limits.max_bytes),
+        dest,
+        limits.keep_reserve,
+    ));
     let mut unpacker = Unpacker {
         diff_id,
         dest,
@@ -131,10 +139,18 @@ fn unpack_stream(
                 .map_err(read_error)
         });
     // Past the limit every read fails; whatever error that became, the limit is the cause.
-    if hashed.get_ref().exceeded {
+    if hashed.get_ref().get_ref().exceeded {
         return Err(OciError::LayerTooLarge {
             diff_id: diff_id.clone(),
             limit: limits.max_bytes,
+        });
+    }
+    if let Some(room) = hashed.get_ref().exhausted {
+        return Err(OciError::NoRoom {
+            diff_id: diff_id.clone(),
+            path: dest.to_path_buf(),
+            free: room.free,
+            reserve: room.reserve,
         });
     }
     result?;

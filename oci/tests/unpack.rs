@@ -415,6 +415,7 @@ fn limits(max_bytes: u64, max_entries: u64) -> UnpackLimits {
     UnpackLimits {
         max_bytes,
         max_entries,
+        keep_reserve: true,
     }
 }
 

@@ -34,12 +34,6 @@ const STALL_MIN_BYTES: u64 = 16 << 10;
 /// Test rigs only: the stall window in seconds, so a test of a trickling registry takes
 /// seconds, not minutes. Not for production use.
 pub const STALL_WINDOW_ENV: &str = "BERTH_PULL_STALL_WINDOW_SECS";
-/// Room left free on the store's filesystem after a blob: logs and the containers' own
-/// writes need some. At most this much, and at most a sixteenth of the filesystem, so a
-/// small store (a tmpfs in a 256 MiB guest) can still take small images.
-const STORE_RESERVE_BYTES: u64 = 64 << 20;
-/// The reserve as a share of the store's filesystem: one part in this many.
-const STORE_RESERVE_SHARE: u64 = 16;
 /// A progress event every this many bytes.
 const PROGRESS_STEP_BYTES: u64 = 16 << 20;
 /// A partial blob is synced to disk this often, so a power cut costs at most this much.
@@ -291,48 +285,21 @@ fn stall_window() -> Duration {
         .map_or(STALL_WINDOW, Duration::from_secs)
 }
 
-/// The room kept free on a store's filesystem of `total` bytes.
-fn store_reserve(total: u64) -> u64 {
-    STORE_RESERVE_BYTES.min(total / STORE_RESERVE_SHARE)
-}
-
 /// Refuses a blob larger than the store's filesystem has room for (a manifest may claim any
 /// size; the registry is not trusted to stop at a sane one), before a byte is downloaded.
 fn check_room(store: &Store, digest: &berth_oci::Digest, size: u64) -> Result<(), RegistryError> {
-    let Ok(stat) = nix::sys::statvfs::statvfs(store.root()) else {
+    let Some(room) = berth_oci::Room::at(store.root()) else {
         // No figure, no refusal: the download still stops at the claimed size.
         return Ok(());
     };
-    #[allow(clippy::useless_conversion, reason = "the field types differ by arch")]
-    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
-    #[allow(clippy::useless_conversion, reason = "the field types differ by arch")]
-    let total = u64::from(stat.blocks()).saturating_mul(u64::from(stat.fragment_size()));
-    let reserve = store_reserve(total);
-    if size.saturating_add(reserve) > free {
+    if !room.fits(size) {
         return Err(RegistryError::NoRoom {
             digest: digest.clone(),
             size,
-            free,
-            reserve,
+            free: room.free,
+            reserve: room.reserve,
             store: store.root().to_path_buf(),
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_large_store_keeps_the_full_reserve() {
-        assert_eq!(store_reserve(20 << 30), STORE_RESERVE_BYTES);
-    }
-
-    #[test]
-    fn a_small_store_keeps_a_sixteenth() {
-        // A 128 MiB tmpfs (a 256 MiB guest) must still take a 1.4 MiB image.
-        assert_eq!(store_reserve(128 << 20), 8 << 20);
-        assert_eq!(store_reserve(0), 0);
-    }
 }

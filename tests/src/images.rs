@@ -173,11 +173,58 @@ pub const CORRUPT_GZIP_LAYER: &[u8] = &[
 /// and fails there, sharing no layer with busybox. Returns the layout and the corrupt layer's diff_id. Rebuilt at every call,
 /// under `target/test-images/corrupt-layer-<arch>/`.
 pub fn corrupt_layer_layout(arch: Arch) -> Result<(PathBuf, berth_oci::Digest), String> {
+    single_layer_layout(arch, "corrupt-layer", CORRUPT_GZIP_LAYER)
+}
+
+/// The uncompressed size of [`bomb_layer_layout`]'s layer: far more than any test guest's
+/// memory, from about 2 MiB of gzip.
+pub const BOMB_INFLATED_BYTES: u64 = 2 << 30;
+
+/// An OCI layout tagged `1` holding busybox's config with one gzip layer that inflates to a
+/// tar of one file of [`BOMB_INFLATED_BYTES`] zeros: a decompression bomb, its digest and size
+/// right. Built with the host's `tar` and `gzip` (fast, and tools that are not berth's), once.
+pub fn bomb_layer_layout(arch: Arch) -> Result<(PathBuf, berth_oci::Digest), String> {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = target_dir().join("test-images").join("bomb-layer");
+    let blob_path = cache.join(format!("zeros-{BOMB_INFLATED_BYTES}.tar.gz"));
+    if !blob_path.exists() {
+        let _ = std::fs::remove_dir_all(&cache);
+        let content = cache.join("content");
+        std::fs::create_dir_all(&content).map_err(|e| format!("{}: {e}", content.display()))?;
+        let zeros = std::fs::File::create(content.join("zeros"))
+            .map_err(|e| format!("{}: {e}", content.display()))?;
+        // Sparse on the host; tar reads it as zeros.
+        zeros
+            .set_len(BOMB_INFLATED_BYTES)
+            .map_err(|e| format!("{}: {e}", content.display()))?;
+        let partial = cache.join("blob.partial");
+        run(Command::new("sh").arg("-c").arg(format!(
+            "tar -C '{}' -c zeros | gzip -9 > '{}'",
+            content.display(),
+            partial.display()
+        )))?;
+        std::fs::rename(&partial, &blob_path)
+            .map_err(|e| format!("{}: {e}", blob_path.display()))?;
+        let _ = std::fs::remove_dir_all(&content);
+    }
+    let blob = std::fs::read(&blob_path).map_err(|e| format!("{}: {e}", blob_path.display()))?;
+    single_layer_layout(arch, "bomb-layer", &blob)
+}
+
+/// An OCI layout tagged `1` with busybox's config and the one gzip layer `blob`, under
+/// `test-images/<name>-<arch>`, and the diff_id its config names (any: the tests that use
+/// these layers never inflate them to the end).
+fn single_layer_layout(
+    arch: Arch,
+    name: &str,
+    blob: &[u8],
+) -> Result<(PathBuf, berth_oci::Digest), String> {
     use berth_oci::{Descriptor, Digest, Layout, MEDIA_TYPE_IMAGE_MANIFEST};
     let source = busybox_layout(arch)?;
     let base = target_dir()
         .join("test-images")
-        .join(format!("corrupt-layer-{arch}"));
+        .join(format!("{name}-{arch}"));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
     let layout_dir = base.join("layout");
@@ -198,7 +245,7 @@ pub fn corrupt_layer_layout(arch: Arch) -> Result<(PathBuf, berth_oci::Digest), 
         platform: None,
     };
     // Any digest will do: the stream never inflates far enough to be compared with it.
-    let diff_id = Digest::sha256_of(b"the corrupt layer's stream");
+    let diff_id = Digest::sha256_of(format!("the {name}'s stream").as_bytes());
     let mut config = image.config.clone();
     config.rootfs.diff_ids = vec![diff_id.clone()];
     let config_bytes = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
@@ -210,8 +257,8 @@ pub fn corrupt_layer_layout(arch: Arch) -> Result<(PathBuf, berth_oci::Digest), 
     );
     manifest.layers = vec![descriptor(
         berth_oci::MEDIA_TYPE_LAYER_TAR_GZIP,
-        write_blob(CORRUPT_GZIP_LAYER)?,
-        CORRUPT_GZIP_LAYER.len(),
+        write_blob(blob)?,
+        blob.len(),
     )];
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     let manifest_descriptor = descriptor(
