@@ -92,11 +92,12 @@ target = "/mnt/missing"
 fstype = "ext4"
 
 # In the host's PID namespace, the five `sleep`s are orphaned to berth's init when their
-# subshells exit; once they end, nothing may be left as a zombie.
+# subshells exit; once they end, init must reap them: their /proc entries go (a zombie keeps
+# its entry), waited for up to 15 s rather than a fixed sleep.
 [containers.orphans]
 image = "busybox:1.35"
 pid = "host"
-command = ["sh", "-c", "for i in 1 2 3 4 5; do (sleep 1 &); done; sleep 4; echo zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}' | grep -c Z); echo swappiness=$(cat /proc/sys/vm/swappiness); echo hosts=$(grep -c node-7 /hostetc/hosts); echo machine_id_bytes=$(cat /hostetc/machine-id | wc -c)"]
+command = ["sh", "-c", "for i in 1 2 3 4 5; do (sleep 1 & echo $! >> /tmp/orphans); done; for i in $(seq 150); do left=0; for p in $(cat /tmp/orphans); do [ -e /proc/$p ] && left=$((left+1)); done; [ $left = 0 ] && break; sleep 0.1; done; echo orphans_left=$left; echo zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}' | grep -c Z); echo swappiness=$(cat /proc/sys/vm/swappiness); echo hosts=$(grep -c node-7 /hostetc/hosts); echo machine_id_bytes=$(cat /hostetc/machine-id | wc -c)"]
 volumes = ["/etc:/hostetc:ro"]
 
 [containers.needs-missing]
@@ -111,6 +112,10 @@ fn orphans_are_reaped_and_a_missing_disk_holds_back_only_its_users() {
     wait_line(&mut machine, r"^orphans \| machine_id_bytes=");
     let out = events::output(&machine, "orphans");
     let ctx = format!("console: {}", machine.console_log().display());
+    assert!(
+        out.contains(&"orphans_left=0".to_string()),
+        "{out:?}; {ctx}"
+    );
     assert!(out.contains(&"zombies=0".to_string()), "{out:?}; {ctx}");
     assert!(
         out.contains(&"swappiness=17".to_string()),
