@@ -141,6 +141,7 @@ pub fn build(
         images,
         extra_modules: Vec::new(),
         disk,
+        update_key: None,
     })
     .map_err(|e| format!("berth build {}: {e}", dir.display()))?;
     Ok(Built {

@@ -51,6 +51,7 @@ pub fn bench(arch: Arch, runs: usize, manifest: &Path) -> Result<KernelFigures, 
         images: Vec::new(),
         extra_modules: Vec::new(),
         disk: None,
+        update_key: None,
     };
     let debian = berth_image::build(&options(
         KernelChoice::DebianDefault {

@@ -195,6 +195,7 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
         images: Vec::new(),
         extra_modules: Vec::new(),
         disk: None,
+        update_key: None,
     })
     .map_err(|e| format!("berth build: {e}"))?;
     let trivial_initrd = trivial::build_initrd(arch, &dir).map_err(|e| e.to_string())?;

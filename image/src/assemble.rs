@@ -111,6 +111,8 @@ pub struct BuildOptions {
     pub extra_modules: Vec<String>,
     /// Also write a bootable GPT disk image (UEFI, two slots, a data partition).
     pub disk: Option<DiskOptions>,
+    /// Also write a signed update bundle (`update.berth`), signed with this secret key file.
+    pub update_key: Option<PathBuf>,
 }
 
 /// `--format raw|qcow2` and `--data-size`.
@@ -136,6 +138,19 @@ pub struct ImageMetadata {
     /// The disk image, when one was written (`disk.raw` or `disk.qcow2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
+    /// The image's version (`[update] version`, or `unversioned`).
+    #[serde(default = "unversioned")]
+    pub version: String,
+    /// The update bundle, when one was written (`update.berth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<String>,
+}
+
+/// The version of an image whose manifest names none.
+pub const UNVERSIONED: &str = "unversioned";
+
+fn unversioned() -> String {
+    UNVERSIONED.to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +186,8 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("update bundle: {0}")]
+    Update(#[from] berth_update::UpdateError),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -288,6 +305,17 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     // The manifest first: a bad one is refused before anything is downloaded or written.
     let manifest_text = String::from_utf8_lossy(&read(&options.manifest)?).into_owned();
     let manifest = Manifest::parse(&manifest_text, &options.manifest)?;
+    // The signing key next: a missing or wrong key is refused before minutes of work.
+    let update_key = options
+        .update_key
+        .as_deref()
+        .map(berth_update::SecretKey::read)
+        .transpose()?;
+    let version = manifest
+        .update
+        .version
+        .as_ref()
+        .map_or_else(unversioned, |v| v.to_string());
 
     // Images next: the manifest may only name images the store will hold.
     let mut initramfs = Initramfs::new();
@@ -523,6 +551,32 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         }
         None => None,
     };
+    let update = match &update_key {
+        Some(key) => {
+            let out = options.out.join(berth_update::BUNDLE_FILE);
+            let (kernel_part, initrd_part) =
+                (options.out.join("kernel"), options.out.join("initrd"));
+            berth_update::write_bundle(
+                &out,
+                &version,
+                options.arch.name(),
+                &kernel.release,
+                &[
+                    berth_update::PartSource {
+                        name: "kernel",
+                        path: &kernel_part,
+                    },
+                    berth_update::PartSource {
+                        name: "initrd",
+                        path: &initrd_part,
+                    },
+                ],
+                key,
+            )?;
+            Some(berth_update::BUNDLE_FILE.to_string())
+        }
+        None => None,
+    };
     let metadata = ImageMetadata {
         arch: options.arch.name().to_string(),
         kernel_release: kernel.release.clone(),
@@ -531,6 +585,8 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         modules: closure.into_iter().map(|(name, _)| name).collect(),
         images: image_names,
         disk,
+        version,
+        update,
     };
     let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
     write_atomically(&options.out.join(IMAGE_METADATA_FILE), &json)?;

@@ -1,7 +1,7 @@
 //! `berth`: build berth images and boot them. See the README for the commands and exit codes.
 
 use std::error::Error;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,13 +81,23 @@ enum Command {
         /// is present. Repeat for more.
         #[arg(long = "module", value_name = "NAME")]
         modules_extra: Vec<String>,
-        /// Also write a bootable GPT disk image for UEFI (`disk.raw` or `disk.qcow2`): an EFI
-        /// system partition with systemd-boot and boot slots A and B, and a data partition.
-        #[arg(long, value_enum)]
-        format: Option<DiskFormat>,
+        /// Also write a bootable GPT disk image for UEFI (`raw`: `disk.raw`, `qcow2`:
+        /// `disk.qcow2`): an EFI system partition with systemd-boot and boot slots A and B,
+        /// and a data partition; and/or (`update`) a signed update bundle `update.berth`,
+        /// which needs --sign-key. Repeat, or separate with commas.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        format: Vec<OutputFormat>,
+        /// The secret key (`berth key generate`) that signs the update bundle.
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<PathBuf>,
         /// The disk image's data partition, in MiB (grown to the disk's end at first boot).
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         data_size: u64,
+    },
+    /// Keys that sign update bundles.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// berth's own kernel.
     Kernel {
@@ -158,6 +168,28 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Make an Ed25519 key pair for update bundles: `update.key` (secret, mode 0600, for
+    /// `berth build --sign-key`) and `update.pub` (for a manifest's `[update] keys`).
+    Generate {
+        /// The directory to write both files into (created; existing keys are kept).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// What `berth build --format` writes beside the kernel and initrd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    /// A raw GPT disk image, `disk.raw`.
+    Raw,
+    /// A qcow2 disk image, `disk.qcow2`.
+    Qcow2,
+    /// A signed update bundle, `update.berth`.
+    Update,
+}
+
+#[derive(Debug, Subcommand)]
 enum KernelCommand {
     /// Build a kernel for a container host from Debian's linux-source-6.1 and berth's
     /// configuration fragment (kernel/*.config), cached; writes `vmlinuz`, `kernel.release` and
@@ -173,6 +205,27 @@ enum KernelCommand {
         #[arg(long, default_value = "x86_64")]
         arch: Arch,
     },
+}
+
+/// Writes a new key pair into `out`; returns the public key.
+fn generate_key(out: &Path) -> Result<berth_update::PublicKey, berth_update::UpdateError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| berth_update::UpdateError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let secret = berth_update::generate_key_pair()?;
+    let public = secret.public_key();
+    let public_path = out.join(berth_update::PUBLIC_KEY_FILE);
+    if public_path.exists() {
+        return Err(berth_update::UpdateError::Io {
+            path: public_path,
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        });
+    }
+    secret.write(&out.join(berth_update::SECRET_KEY_FILE))?;
+    std::fs::write(&public_path, format!("{public}\n")).map_err(io(&public_path))?;
+    Ok(public)
 }
 
 fn report(err: &dyn Error) {
@@ -210,8 +263,33 @@ fn main() -> ExitCode {
             images,
             modules_extra,
             format,
+            sign_key,
             data_size,
         } => {
+            let disk_formats: Vec<DiskFormat> = format
+                .iter()
+                .filter_map(|f| match f {
+                    OutputFormat::Raw => Some(DiskFormat::Raw),
+                    OutputFormat::Qcow2 => Some(DiskFormat::Qcow2),
+                    OutputFormat::Update => None,
+                })
+                .collect();
+            if disk_formats.len() > 1 {
+                eprintln!("berth: error: --format takes one disk format, raw or qcow2, not both");
+                return ExitCode::from(exit::FAILURE);
+            }
+            let wants_update = format.contains(&OutputFormat::Update);
+            if wants_update != sign_key.is_some() {
+                eprintln!(
+                    "berth: error: {}",
+                    if wants_update {
+                        "--format update needs --sign-key FILE (make one with `berth key generate --out DIR`)"
+                    } else {
+                        "--sign-key is for --format update"
+                    }
+                );
+                return ExitCode::from(exit::FAILURE);
+            }
             let kernel = match (kernel, modules) {
                 (Some(image), modules_dir) => KernelChoice::Paths { image, modules_dir },
                 _ => KernelChoice::DebianDefault {
@@ -229,10 +307,11 @@ fn main() -> ExitCode {
                 puller,
                 images,
                 extra_modules: modules_extra,
-                disk: format.map(|format| DiskOptions {
+                disk: disk_formats.first().map(|&format| DiskOptions {
                     format,
                     data_mib: data_size,
                 }),
+                update_key: sign_key,
             };
             match assemble::build(&options) {
                 Ok(metadata) => {
@@ -254,6 +333,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Key {
+            command: KeyCommand::Generate { out },
+        } => match generate_key(&out) {
+            Ok(public) => {
+                println!("{public}");
+                eprintln!(
+                    "berth: wrote {} (secret: keep it off the hosts) and {}; put the line above in a manifest's [update] keys",
+                    out.join(berth_update::SECRET_KEY_FILE).display(),
+                    out.join(berth_update::PUBLIC_KEY_FILE).display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                report(&err);
+                ExitCode::from(exit::FAILURE)
+            }
+        },
         Command::RunContainer {
             rootfs,
             name,

@@ -26,6 +26,7 @@ mod ports;
 mod registries;
 mod security;
 mod storage;
+mod update;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -56,6 +57,7 @@ pub use security::{
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
 };
 pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
+pub use update::{ImageVersion, Update, UpdateKey, DEFAULT_COMMIT_TIMEOUT};
 
 /// Where init reads the manifest inside the image.
 pub const MANIFEST_PATH: &str = "/etc/berth/manifest.toml";
@@ -83,6 +85,9 @@ pub struct Manifest {
     /// Settings per registry images are pulled from, by `HOST[:PORT]`.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// Which update bundles the host accepts, and how a new slot is committed.
+    #[serde(default)]
+    pub update: Update,
 }
 
 /// The `[boot]` table.

@@ -164,6 +164,7 @@ pub fn build_image_with_images(
         .collect(),
         extra_modules: Vec::new(),
         disk,
+        update_key: None,
     };
     berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
     Ok(out)

@@ -215,3 +215,70 @@ fn an_image_layout_for_the_wrong_arch_is_refused() {
         "{stderr}"
     );
 }
+
+/// `berth key generate` and `berth build --format update --sign-key`: the bundle holds the
+/// image's kernel and initrd, names the manifest's version, and is accepted with the key
+/// generated beside it and refused with any other.
+#[test]
+fn a_signed_update_bundle_is_built_with_a_generated_key() {
+    let dir = log_dir("cli-update-bundle");
+    let keys = dir.join("keys");
+    let generated = Command::new(berth_cli().unwrap_or_else(|e| panic!("{e}")))
+        .args(["key", "generate", "--out"])
+        .arg(&keys)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(generated.status.success(), "{generated:?}");
+    let public = String::from_utf8_lossy(&generated.stdout)
+        .trim()
+        .to_string();
+    assert!(public.starts_with("ed25519:"), "{public}");
+    let secret = keys.join(berth_update::SECRET_KEY_FILE);
+
+    // Without --sign-key, --format update is refused before anything is built.
+    let manifest =
+        format!("hostname = \"v2\"\n\n[update]\nversion = \"2.0\"\nkeys = [\"{public}\"]\n");
+    let unsigned = berth_build_with(&dir, &manifest, &["--format".into(), "update".into()]);
+    assert!(!unsigned.status.success());
+    assert!(
+        String::from_utf8_lossy(&unsigned.stderr).contains("--sign-key"),
+        "{unsigned:?}"
+    );
+
+    let built = berth_build_with(
+        &dir,
+        &manifest,
+        &[
+            "--format".into(),
+            "update".into(),
+            "--sign-key".into(),
+            secret.display().to_string(),
+        ],
+    );
+    assert!(built.status.success(), "{built:?}");
+    let image = dir.join("image");
+    let bundle =
+        std::fs::read(image.join(berth_update::BUNDLE_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let accepted = berth_update::PublicKey::parse(&public).unwrap_or_else(|e| panic!("{e}"));
+    let mut parts = Vec::new();
+    let verified = berth_update::read_bundle(&bundle[..], &[accepted], "x86_64", |part| {
+        parts.push(part.name.clone());
+        std::fs::File::create(dir.join(format!("read-{}", part.name)))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(verified.header.version, "2.0");
+    assert_eq!(parts, ["kernel", "initrd"]);
+    for part in ["kernel", "initrd"] {
+        let read =
+            std::fs::read(dir.join(format!("read-{part}"))).unwrap_or_else(|e| panic!("{e}"));
+        let built = std::fs::read(image.join(part)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read == built, "{part} differs from the image's");
+    }
+
+    let other = berth_update::generate_key_pair()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .public_key();
+    let refused =
+        berth_update::read_bundle(&bundle[..], &[other], "x86_64", |_| Ok(std::io::sink()));
+    assert!(refused.is_err(), "another key is refused");
+}

@@ -85,6 +85,7 @@ fn x86_64_docker_and_oci_archives_boot_without_a_network() {
         ],
         extra_modules: Vec::new(),
         disk: None,
+        update_key: None,
     };
     let metadata = berth_image::build(&options).unwrap_or_else(|e| panic!("berth build: {e}"));
     assert_eq!(metadata.images, [FROM_DOCKER, FROM_OCI]);
