@@ -102,6 +102,11 @@ pub enum Request {
     },
     Reboot,
     Poweroff,
+    /// Writes an update bundle (`berth build --format update`) into the boot slot that is
+    /// not running. The bundle follows the answer as `stdin` lines and `stdin_close`, as for
+    /// `exec -i`; the staging process' messages come as `stdout`/`stderr` lines, and its exit
+    /// code (0: staged, to boot at the next reboot) as `exit`.
+    Update,
     /// Runs `args` inside a running container: its namespaces, cgroup, user, capabilities
     /// and seccomp filter, its environment with `env` over it.
     Exec {

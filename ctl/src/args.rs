@@ -28,6 +28,8 @@ pub(crate) enum Verb {
     Apply { file: String },
     /// `exec`: the request, then the process' I/O until it exits.
     Exec(Exec),
+    /// `update FILE`: the bundle streamed after the answer, as `exec -i`'s stdin.
+    Update { file: String },
 }
 
 /// `exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]`.
@@ -47,7 +49,7 @@ pub const VERBS: &str = "\
 verbs: ps | inspect NAME | logs [-f] [--tail N] [--since DURATION] NAME | events [-f] [--tail N]
        | stats | top NAME | dmesg [--tail N] | start NAME | stop NAME | restart NAME
        | exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
-       | apply FILE | images | image ls | image prune | reboot | poweroff";
+       | apply FILE | update BUNDLE | images | image ls | image prune | reboot | poweroff";
 
 /// The synopsis, for `-h` and a bad command line.
 pub(crate) fn usage(program: &str) -> String {
@@ -137,6 +139,13 @@ pub(crate) fn parse(program: &str, args: Vec<String>) -> Result<Options, String>
         Some("dmesg") => Request::Dmesg { tail },
         Some("reboot") => Request::Reboot,
         Some("poweroff") => Request::Poweroff,
+        Some("update") => match words.as_slice() {
+            [_, file] => {
+                options.verb = Verb::Update { file: file.clone() };
+                return Ok(options);
+            }
+            _ => return Err("`update` takes one bundle file (update.berth)".to_string()),
+        },
         Some("apply") => match words.as_slice() {
             [_, file] => {
                 options.verb = Verb::Apply { file: file.clone() };

@@ -12,6 +12,7 @@
 //! berthctl start|stop|restart NAME
 //! berthctl exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
 //! berthctl apply FILE
+//! berthctl update BUNDLE                                           # berth build --format update's update.berth
 //! berthctl reboot|poweroff
 //! ```
 //!
@@ -144,6 +145,11 @@ pub fn run_with(program: &str, default_socket: &Path, args: Vec<String>, io: Io<
                     };
                     ask(&options, default_socket, request, stdout)
                 }
+                Verb::Update { file } => {
+                    let bundle = std::fs::File::open(&file)
+                        .map_err(|e| Failure::Input(format!("cannot read {file}: {e}")))?;
+                    run_update(program, &options, default_socket, bundle, stdout, stderr)
+                }
                 Verb::Exec(exec) => run_exec(
                     program,
                     &options,
@@ -203,6 +209,45 @@ fn ask(
             response.error.unwrap_or_else(|| "init refused".to_string()),
         ))
     }
+}
+
+/// `update`: the request, then the bundle up as stdin and the staging process' messages
+/// down, until its exit code, which becomes ours.
+fn run_update(
+    program: &str,
+    options: &Options,
+    default_socket: &Path,
+    bundle: std::fs::File,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let Answered {
+        response,
+        mut reader,
+        writer,
+        ..
+    } = connection::ask(
+        socket(options, default_socket),
+        Request::Update,
+        options.timeout,
+    )
+    .map_err(Failure::Connection)?;
+    if !response.ok {
+        return Err(Failure::Refused(
+            response.error.unwrap_or_else(|| "init refused".to_string()),
+        ));
+    }
+    let writer: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(writer));
+    let code = exec::relay(
+        program,
+        &mut reader,
+        writer,
+        Some(Box::new(bundle)),
+        stdout,
+        stderr,
+    )
+    .map_err(Failure::Refused)?;
+    Ok(u8::try_from(code).unwrap_or(exit::REFUSED))
 }
 
 /// `exec`: the request, then the process' I/O until its exit code, which becomes ours.

@@ -87,9 +87,13 @@ pub struct DiskLayout<'a> {
 }
 
 /// The loader entry of `slot`.
+/// A slot's loader entry. `sort-key` and `version` order the entries for systemd-boot: the
+/// highest version whose boot counter is not spent boots (init's `boot_entries` module says
+/// how updates use it); slot a starts as generation 1, slot b as 0.
 fn entry(slot: &str, cmdline: &str) -> String {
+    let generation = u8::from(slot == "a");
     format!(
-        "title berth (slot {})\nlinux /berth/{slot}/vmlinuz\ninitrd /berth/{slot}/initrd\noptions {cmdline} berth.slot={slot}\n",
+        "title berth (slot {})\nlinux /berth/{slot}/vmlinuz\ninitrd /berth/{slot}/initrd\noptions {cmdline} berth.slot={slot}\nsort-key berth\nversion {generation}\n",
         slot.to_uppercase()
     )
 }
@@ -132,10 +136,10 @@ fn write_esp(layout: &DiskLayout, systemd_boot: &Path, esp: &Path) -> Result<(),
         out.write_all(data).map_err(io(esp))
     };
     put(layout.arch.efi_removable_path(), &boot)?;
-    // No menu: the active slot boots at once; a key held at power-on still shows it.
+    // No menu: the newest good slot boots at once; a key held at power-on still shows it.
     put(
         "loader/loader.conf",
-        b"default berth-a.conf\ntimeout 0\nconsole-mode keep\n",
+        b"default berth-*\ntimeout 0\nconsole-mode keep\n",
     )?;
     for slot in SLOTS {
         put(&format!("berth/{slot}/vmlinuz"), &kernel)?;

@@ -28,6 +28,7 @@ use crate::services::Service;
 use crate::shutdown::{self, ShutdownAction};
 use crate::signals::{self, SignalAction};
 use crate::supervisor::{StreamId, Supervisor};
+use crate::update::{Trial, TrialStep};
 
 /// How long after boot init keeps looking for a power button that has not appeared yet
 /// (drivers may probe late, after deferred probing).
@@ -69,6 +70,8 @@ pub struct EventLoop {
     services: Vec<Service>,
     control: Control,
     shutting_down: Option<ShuttingDown>,
+    /// The booted slot's update trial, if it is on one.
+    trial: Trial,
 }
 
 impl EventLoop {
@@ -84,6 +87,7 @@ impl EventLoop {
             services: Vec::new(),
             control: Control::new(),
             shutting_down: None,
+            trial: Trial::start(params.slot.as_deref()),
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -237,6 +241,9 @@ impl EventLoop {
             request.get_or_insert(asked);
         }
         self.control.after_turn(self.supervisor.as_ref());
+        if let Some(asked) = self.advance_trial() {
+            request.get_or_insert(asked);
+        }
         // Whether or not the console slot was ready: this turn's lines leave now if they can
         // (a flush with nothing queued costs nothing).
         if let Some(lines) = logger::flush_console().filter(|lines| *lines > 0) {
@@ -301,6 +308,37 @@ impl EventLoop {
         }
     }
 
+    /// Blesses a slot on trial once the supervisor has proved it, or asks for a reboot when
+    /// its commit timeout has passed (systemd-boot then counts the try).
+    fn advance_trial(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        if !matches!(self.trial, Trial::Running { .. }) {
+            return None;
+        }
+        // No manifest loaded proves nothing: the trial runs out and the try is counted.
+        let unproven = self
+            .supervisor
+            .as_ref()
+            .map_or_else(|| vec!["manifest".to_string()], Supervisor::unproven);
+        match self.trial.step(unproven, Instant::now()) {
+            TrialStep::Nothing => None,
+            TrialStep::Bless(slot) => {
+                self.trial = self.trial.bless(slot);
+                None
+            }
+            TrialStep::Reboot { waiting_for } => {
+                if let Trial::Running { slot, .. } = self.trial {
+                    Event::new("update-commit-failed")
+                        .field("slot", slot)
+                        .field("reason", "commit-timeout")
+                        .field("waiting_for", waiting_for.join(","))
+                        .emit();
+                }
+                self.trial = Trial::Settled;
+                Some((ShutdownAction::Reboot, "update-commit-timeout"))
+            }
+        }
+    }
+
     /// Until the next timer: the power-button rescan while searching, the earliest restart.
     fn poll_timeout(&self, searching: bool) -> PollTimeout {
         let now = Instant::now();
@@ -312,6 +350,7 @@ impl EventLoop {
             .into_iter()
             .chain(self.services.iter().filter_map(Service::next_deadline))
             .chain(self.control.next_deadline())
+            .chain(self.trial.next_deadline())
             .chain(self.shutting_down.map(|s| s.until))
             .min()
             .map(|deadline| deadline.saturating_duration_since(now));
@@ -332,6 +371,16 @@ impl EventLoop {
         status: nix::sys::wait::WaitStatus,
         now: Instant,
     ) {
+        let commit_timeout = self
+            .supervisor
+            .as_ref()
+            .map_or(berth_manifest::DEFAULT_COMMIT_TIMEOUT, |s| {
+                s.update_settings().commit_timeout()
+            });
+        if let Some(next) = self.trial.on_exit(pid, now, commit_timeout) {
+            self.trial = next;
+            return;
+        }
         if self
             .services
             .iter_mut()

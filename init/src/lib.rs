@@ -19,6 +19,7 @@
 )]
 
 mod boot;
+mod boot_entries;
 mod clock;
 mod cmdline;
 mod coldplug;
@@ -42,6 +43,8 @@ mod shutdown;
 mod signals;
 mod storage;
 pub mod supervisor;
+mod update;
+pub mod update_helper;
 
 /// Runs PID 1. Never returns.
 pub fn run() -> ! {

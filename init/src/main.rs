@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     if name == Some("berthctl".as_ref()) {
         return berth_ctl::run_berthctl();
     }
+    if name == Some("berth-update".as_ref()) {
+        return berth_init::update_helper::run();
+    }
     if let Some(signal) = name.and_then(power_verb_signal) {
         return ask_init(signal);
     }

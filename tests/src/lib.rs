@@ -18,8 +18,8 @@ use std::time::Duration;
 use berth_arch::Arch;
 use berth_image::images::ImageSource;
 use berth_image::kernel::default_cache_dir;
-use berth_image::{BuildOptions, DiskOptions, KernelChoice};
-use berth_qemu::{Machine, MachineConfig};
+use berth_image::{BuildOptions, DiskFormat, DiskOptions, KernelChoice};
+use berth_qemu::{DiskBoot, Machine, MachineConfig};
 
 /// How long a guest may take to say it is ready. Generous: CI machines are shared and TCG
 /// speed varies; typical figures are 2 s (x86_64) and 2 to 7 s (aarch64).
@@ -142,13 +142,28 @@ pub fn build_image_with_images(
     disk: Option<DiskOptions>,
     extra_images: Vec<ImageSource>,
 ) -> Result<PathBuf, String> {
+    let options = build_options(arch, manifest, log_dir, kernel, disk, extra_images)?;
+    let out = options.out.clone();
+    berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
+    Ok(out)
+}
+
+/// What `berth build` is asked for a test image of `manifest` into `<log_dir>/image`: the
+/// guest binaries of this tree and the busybox test image beside `extra_images`.
+fn build_options(
+    arch: Arch,
+    manifest: &str,
+    log_dir: &Path,
+    kernel: Option<KernelChoice>,
+    disk: Option<DiskOptions>,
+    extra_images: Vec<ImageSource>,
+) -> Result<BuildOptions, String> {
     let manifest_path = log_dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
-    let out = log_dir.join("image");
-    let options = BuildOptions {
+    Ok(BuildOptions {
         arch,
         manifest: manifest_path,
-        out: out.clone(),
+        out: log_dir.join("image"),
         kernel: kernel.unwrap_or_else(|| KernelChoice::DebianDefault {
             cache_dir: default_cache_dir(),
         }),
@@ -165,9 +180,45 @@ pub fn build_image_with_images(
         extra_modules: Vec::new(),
         disk,
         update_key: None,
-    };
+    })
+}
+
+/// UEFI firmware under TCG takes its time before the kernel starts, aarch64's most.
+pub const DISK_READY_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The rig's configuration for booting `disk` (of `image`) through UEFI.
+pub fn disk_machine_config(
+    arch: Arch,
+    image: &Path,
+    disk: &Path,
+    format: DiskFormat,
+    log_dir: &Path,
+) -> MachineConfig {
+    let mut config = machine_config(arch, image, log_dir);
+    config.disk = Some(DiskBoot {
+        image: disk.to_path_buf(),
+        format: format.qemu_name().to_string(),
+    });
+    config
+}
+
+/// Boots a disk configuration and waits for `ready`, with the firmware's time allowed.
+pub fn boot_disk_to_ready(config: &MachineConfig) -> Machine {
+    start_to_ready_within(config, DISK_READY_TIMEOUT)
+}
+
+/// Builds `manifest` as an update bundle signed with the secret key file `key`, into
+/// `<log_dir>/image`; returns the bundle's path.
+pub fn build_update_bundle(
+    arch: Arch,
+    manifest: &str,
+    log_dir: &Path,
+    key: &Path,
+) -> Result<PathBuf, String> {
+    let mut options = build_options(arch, manifest, log_dir, None, None, Vec::new())?;
+    options.update_key = Some(key.to_path_buf());
     berth_image::build(&options).map_err(|err| format!("berth build: {err}"))?;
-    Ok(out)
+    Ok(options.out.join(berth_update::BUNDLE_FILE))
 }
 
 /// The rig configuration to boot an image built by [`build_image`].
@@ -195,9 +246,13 @@ pub fn boot_to_ready(arch: Arch, manifest: &str, test: &str) -> Machine {
 /// Starts a machine a test configured itself (extra NICs, a network namespace) and waits for
 /// the ready line; panics with the console log's path otherwise.
 pub fn start_to_ready(config: &MachineConfig) -> Machine {
+    start_to_ready_within(config, READY_TIMEOUT)
+}
+
+fn start_to_ready_within(config: &MachineConfig, timeout: Duration) -> Machine {
     let mut machine = Machine::start(config).unwrap_or_else(|e| panic!("{e}"));
     machine
-        .wait_for_line(&pattern(READY_PATTERN), READY_TIMEOUT)
+        .wait_for_line(&pattern(READY_PATTERN), timeout)
         .unwrap_or_else(|e| panic!("{e}"));
     machine
 }

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use berth_arch::Arch;
 use berth_image::{DiskFormat, DiskOptions};
-use berth_qemu::{DiskBoot, GuestExit, Machine, MachineConfig};
-use berth_tests::{events, wait_seen};
-
-/// UEFI firmware under TCG takes its time before the kernel starts, aarch64's most.
-const DISK_READY_TIMEOUT: Duration = Duration::from_secs(240);
+use berth_qemu::{GuestExit, Machine};
+use berth_tests::{
+    boot_disk_to_ready as boot_disk, disk_machine_config as disk_config, events, wait_seen,
+};
 
 fn build_disk(arch: Arch, manifest: &str, dir: &Path, format: DiskFormat) -> (PathBuf, PathBuf) {
     let image = berth_tests::build_image_with_disk(
@@ -26,32 +25,6 @@ fn build_disk(arch: Arch, manifest: &str, dir: &Path, format: DiskFormat) -> (Pa
     .unwrap_or_else(|e| panic!("{e}"));
     let disk = image.join(format.file_name());
     (image, disk)
-}
-
-fn disk_config(
-    arch: Arch,
-    image: &Path,
-    disk: &Path,
-    format: DiskFormat,
-    log_dir: &Path,
-) -> MachineConfig {
-    let mut config = berth_tests::machine_config(arch, image, log_dir);
-    config.disk = Some(DiskBoot {
-        image: disk.to_path_buf(),
-        format: format.qemu_name().to_string(),
-    });
-    config
-}
-
-fn boot_disk(config: &MachineConfig) -> Machine {
-    let mut machine = Machine::start(config).unwrap_or_else(|e| panic!("{e}"));
-    machine
-        .wait_for_line(
-            &berth_tests::pattern(berth_tests::READY_PATTERN),
-            DISK_READY_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    machine
 }
 
 const HELLO: &str = r#"

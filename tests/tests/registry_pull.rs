@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use berth_arch::Arch;
 use berth_image::{DiskFormat, DiskOptions};
 use berth_oci::Layout;
-use berth_qemu::{DiskBoot, Machine};
+use berth_qemu::Machine;
 use berth_tests::events::{self, EventLine};
 use berth_tests::images::{busybox_layout, BUSYBOX, BUSYBOX_TAG};
 use berth_tests::registry::{
@@ -30,8 +30,6 @@ const MIB: u64 = 1 << 20;
 
 /// How long a pull of the small test images may take in a guest, from boot.
 const PULL_TIMEOUT: Duration = Duration::from_secs(180);
-/// UEFI firmware under TCG takes its time before the kernel starts.
-const DISK_READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long the large image may take to arrive at the throttled rate and be unpacked.
 const LARGE_PULL_TIMEOUT: Duration = Duration::from_secs(420);
 /// The throttle of the killed-mid-way pull: slow enough that the kill comes mid-way.
@@ -892,19 +890,9 @@ fn resumes_after_reboot(arch: Arch, test: &str) {
     let disk = built.join(format.file_name());
     let boot = |n: u32| {
         let log = dir.join(format!("boot-{n}"));
-        let mut config = berth_tests::machine_config(arch, &built, &log);
-        config.disk = Some(DiskBoot {
-            image: disk.clone(),
-            format: format.qemu_name().to_string(),
-        });
-        let mut machine = Machine::start(&config).unwrap_or_else(|e| panic!("{e}"));
-        machine
-            .wait_for_line(
-                &berth_tests::pattern(berth_tests::READY_PATTERN),
-                DISK_READY_TIMEOUT,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        machine
+        berth_tests::boot_disk_to_ready(&berth_tests::disk_machine_config(
+            arch, &built, &disk, format, &log,
+        ))
     };
 
     let mut first = boot(1);

@@ -297,6 +297,7 @@ impl Control {
         if let Some(code) = crate::supervisor::policy::exit_code(status) {
             session.exec_exited(code);
         }
+        crate::update::on_exit(pid, status);
         true
     }
 
@@ -656,6 +657,22 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
             },
             Err(err) => Response::error(err),
         },
+        Request::Update => {
+            return match crate::update::start(supervisor.update_settings()) {
+                Ok((pid, process_io, relay_io)) => {
+                    drop(process_io);
+                    Answer {
+                        response: Response {
+                            pid: Some(pid.as_raw()),
+                            ..Response::ok()
+                        },
+                        shutdown: None,
+                        next: Next::Exec(relay_io.into_relay(pid, false)),
+                    }
+                }
+                Err(err) => Answer::done(Response::error(err)),
+            };
+        }
         Request::Exec {
             name,
             args,
@@ -691,7 +708,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
 }
 
 /// init's ends of an exec'd process' stdio.
-struct RelayIo {
+pub(crate) struct RelayIo {
     stdin: Option<OwnedFd>,
     stdout: OwnedFd,
     stderr: Option<OwnedFd>,
@@ -732,7 +749,7 @@ fn set_cloexec(fd: &OwnedFd) {
 
 /// The process' stdio and init's ends of it: a terminal, or pipes (stdin from /dev/null
 /// unless the client relays its own).
-fn exec_io(
+pub(crate) fn exec_io(
     interactive: bool,
     tty: bool,
     size: Option<berth_control::TtySize>,

@@ -80,6 +80,9 @@ struct Supervised {
     stop_detail: Option<String>,
     /// The next start is an operator's `restart`, which is not counted as a restart.
     operator_restart: bool,
+    /// Its health check has passed at least once since boot: what an update on trial waits
+    /// for before it is committed.
+    healthy_once: bool,
 }
 
 impl Supervised {
@@ -112,6 +115,7 @@ impl Supervised {
             stop_why: "",
             stop_detail: None,
             operator_restart: false,
+            healthy_once: false,
         }
     }
 
@@ -168,6 +172,33 @@ pub(super) fn millis(d: Duration) -> String {
 }
 
 impl Supervisor {
+    /// What an update on trial still waits for before it is committed: the containers with
+    /// a health check that have not yet been healthy, and `network-online` while a container
+    /// depends on it and the network is not online. Empty: the host has proved itself.
+    pub fn unproven(&self) -> Vec<String> {
+        let live = || self.containers.iter().filter(|c| !c.retiring);
+        let mut waiting: Vec<String> = live()
+            .filter(|c| c.config.healthcheck.is_some() && !c.healthy_once)
+            .map(|c| c.name().to_string())
+            .collect();
+        let needs_network = live().any(|c| {
+            c.config
+                .depends_on
+                .0
+                .iter()
+                .any(|(dependency, _)| dependency.get_ref() == NETWORK_ONLINE)
+        });
+        if needs_network && !marker_exists(NETWORK_ONLINE_MARKER) {
+            waiting.push(NETWORK_ONLINE.to_string());
+        }
+        waiting
+    }
+
+    /// The `[update]` settings in force (the last applied manifest's).
+    pub fn update_settings(&self) -> &berth_manifest::Update {
+        &self.host_settings.update
+    }
+
     /// Takes the manifest's containers; those with a volume under one of `failed_mounts` are
     /// held back (their data would land on the wrong filesystem).
     pub fn new(manifest: &Manifest, failed_mounts: &[PathBuf], images: ImageCache) -> Supervisor {
@@ -365,6 +396,9 @@ impl Supervisor {
             return;
         };
         let failing_streak = health.failing_streak;
+        if status == HealthStatus::Healthy {
+            c.healthy_once = true;
+        }
         Event::new("health")
             .field("container", c.name())
             .field("status", status.as_str())

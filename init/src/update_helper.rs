@@ -1,0 +1,266 @@
+//! `berth-update`: the processes init starts for updates, this binary under that name, so
+//! that the bundle, which is outside input until its signature is checked, is parsed here
+//! and never in PID 1, and the ESP's reads and writes, which may block on the disk, never
+//! stall the event loop. Each leaves its result in a file under /run for init.
+//!
+//! - `berth-update stage --slot S --key K...`: writes a verified bundle (on stdin, relayed
+//!   by init for `berthctl update`) into slot S, the one not running.
+//! - `berth-update check --slot S`: how the boot of slot S came about (`trial`,
+//!   `rolled-back FROM` or `committed`), read from the ESP's loader entries.
+//! - `berth-update bless --slot S`: commits slot S (its entry loses its boot counter).
+//!
+//! The order makes a cut at any point harmless: the parts are streamed into memory (/run)
+//! while the bundle is verified, and the ESP is not touched until the whole bundle is; then
+//! the parts go to temporary names in the inactive slot (synced) and are renamed over its
+//! files; last, the slot's loader entry is written with a boot counter and the next
+//! generation (see `boot_entries`). Until that last rename, the next boot is the running
+//! slot, unchanged.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use berth_blockdev::DeviceSpec;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::boot_entries::{boot_kind, BootKind};
+use crate::kmod::{self, KernelLoader, ModuleLoading};
+
+/// The ESP's GPT partition name, as `berth build --format` writes it.
+const ESP_PART_LABEL: &str = "berth-esp";
+/// Where the ESP is mounted while a slot is written.
+const ESP_MOUNT: &str = "/run/berth/update-esp";
+/// Where the bundle's parts wait, in memory, until the whole bundle is verified.
+const STAGING_DIR: &str = "/run/berth/update-staging";
+/// Tries systemd-boot gives a newly staged slot before it falls back to the other.
+pub const BOOT_TRIES: u32 = 3;
+
+/// What `stage` was asked: the slot to write and the keys to accept.
+#[derive(Debug)]
+struct StageArgs {
+    slot: char,
+    keys: Vec<berth_update::PublicKey>,
+}
+
+/// The `berth-update` program (see the module doc).
+pub fn run() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("stage") => run_stage(&args),
+        Some("check") => report(
+            crate::update::CHECK_FILE,
+            slot_arg(&args).and_then(check).map(|kind| match kind {
+                BootKind::Trial => "trial".to_string(),
+                BootKind::RolledBack { from } => format!("rolled-back {from}"),
+                BootKind::Committed => "committed".to_string(),
+            }),
+        ),
+        Some("bless") => report(
+            crate::update::BLESS_FILE,
+            slot_arg(&args)
+                .and_then(bless)
+                .map(|blessed| if blessed { "blessed" } else { "not-counted" }.to_string()),
+        ),
+        _ => {
+            eprintln!("usage: berth-update stage|check|bless --slot a|b [--key KEY]...");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Leaves `result` (or `failed REASON`) in `file` for init, and exits by it.
+fn report(file: &str, result: Result<String, String>) -> std::process::ExitCode {
+    match result {
+        Ok(text) => {
+            let _ = std::fs::write(file, format!("{text}\n"));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let _ = std::fs::write(file, format!("failed {}\n", err.replace('\n', " ")));
+            eprintln!("berth-update: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn slot_arg(args: &[String]) -> Result<char, String> {
+    match args {
+        [_, flag, slot] if flag == "--slot" && (slot == "a" || slot == "b") => {
+            Ok(if slot == "a" { 'a' } else { 'b' })
+        }
+        _ => Err("expected --slot a|b".to_string()),
+    }
+}
+
+fn check(slot: char) -> Result<BootKind, String> {
+    let esp = mount_esp(MsFlags::MS_RDONLY)?;
+    let kind = crate::boot_entries::read_entries(&esp).map(|e| boot_kind(&e, slot));
+    let _ = umount2(&esp, MntFlags::MNT_DETACH);
+    kind
+}
+
+fn bless(slot: char) -> Result<bool, String> {
+    let esp = mount_esp(MsFlags::empty())?;
+    let blessed = crate::boot_entries::bless(&esp, slot);
+    nix::unistd::sync();
+    let _ = umount2(&esp, MntFlags::MNT_DETACH);
+    blessed
+}
+
+fn run_stage(args: &[String]) -> std::process::ExitCode {
+    match parse_args(args).and_then(|a| stage(&a)) {
+        Ok(version) => {
+            let _ = std::fs::write(crate::update::RESULT_FILE, format!("staged {version}\n"));
+            println!("staged slot={} version={version}", slot_of(args));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let reason = err.replace('\n', " ");
+            let _ = std::fs::write(crate::update::RESULT_FILE, format!("refused {reason}\n"));
+            eprintln!("update refused: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn slot_of(args: &[String]) -> String {
+    parse_args(args)
+        .map(|a| a.slot.to_string())
+        .unwrap_or_default()
+}
+
+fn parse_args(args: &[String]) -> Result<StageArgs, String> {
+    let mut words = args.iter();
+    if words.next().map(String::as_str) != Some("stage") {
+        return Err("usage: berth-update stage --slot a|b --key KEY...".into());
+    }
+    let mut slot = None;
+    let mut keys = Vec::new();
+    while let Some(word) = words.next() {
+        let value = words
+            .next()
+            .ok_or_else(|| format!("{word} needs a value"))?;
+        match word.as_str() {
+            "--slot" => {
+                slot = match value.as_str() {
+                    "a" => Some('a'),
+                    "b" => Some('b'),
+                    other => return Err(format!("no slot `{other}`")),
+                }
+            }
+            "--key" => keys.push(berth_update::PublicKey::parse(value).map_err(|e| e.to_string())?),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(StageArgs {
+        slot: slot.ok_or("--slot is missing")?,
+        keys,
+    })
+}
+
+fn stage(args: &StageArgs) -> Result<String, String> {
+    if args.keys.is_empty() {
+        return Err("this host accepts no update: its manifest's [update] keys is empty".into());
+    }
+    // The bundle is verified whole into memory (/run) before the ESP is even mounted: a
+    // refused bundle leaves the ESP byte for byte as it was.
+    let staging = PathBuf::from(STAGING_DIR);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{STAGING_DIR}: {e}"))?;
+    let result = verify_into(&staging, args).and_then(|version| {
+        let esp = mount_esp(MsFlags::empty())?;
+        let written = install(&esp, &staging, args.slot);
+        nix::unistd::sync();
+        let _ = umount2(&esp, MntFlags::MNT_DETACH);
+        written.map(|()| version)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Reads the bundle from stdin into `staging`, verified; returns its version.
+fn verify_into(staging: &Path, args: &StageArgs) -> Result<String, String> {
+    let arch = std::env::consts::ARCH;
+    let stdin = io::stdin().lock();
+    let verified = berth_update::read_bundle(stdin, &args.keys, arch, |part| {
+        if file_of_part(&part.name).is_empty() {
+            return Err(io::Error::other(format!("unknown part `{}`", part.name)));
+        }
+        File::create(staging.join(file_of_part(&part.name)))
+    })
+    .map_err(|e| e.to_string())?;
+    for part in ["kernel", "initrd"] {
+        if !verified.header.parts.iter().any(|p| p.name == part) {
+            return Err(format!("the bundle has no `{part}`"));
+        }
+    }
+    Ok(verified.header.version)
+}
+
+/// Copies the verified parts into `slot` on the ESP (temporary names, synced, renamed), then
+/// makes the slot the one to try next.
+fn install(esp: &Path, staging: &Path, slot: char) -> Result<(), String> {
+    let slot_dir = esp.join("berth").join(slot.to_string());
+    std::fs::create_dir_all(&slot_dir).map_err(|e| format!("{}: {e}", slot_dir.display()))?;
+    for part in ["kernel", "initrd"] {
+        let file = file_of_part(part);
+        let temporary = slot_dir.join(format!("{file}.new"));
+        copy_synced(&staging.join(file), &temporary)?;
+    }
+    for part in ["kernel", "initrd"] {
+        let file = file_of_part(part);
+        let to = slot_dir.join(file);
+        std::fs::rename(slot_dir.join(format!("{file}.new")), &to)
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+    }
+    crate::boot_entries::stage_entry(esp, slot, BOOT_TRIES)
+}
+
+fn copy_synced(from: &Path, to: &Path) -> Result<(), String> {
+    let mut source = File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut target = File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    io::copy(&mut source, &mut target)
+        .and_then(|_| target.flush())
+        .and_then(|()| target.sync_all())
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok(())
+}
+
+/// Finds the ESP by its partition name and mounts it.
+fn mount_esp(read_only: MsFlags) -> Result<PathBuf, String> {
+    let spec = DeviceSpec::PartLabel(ESP_PART_LABEL.to_string());
+    let device = berth_blockdev::find(&spec, Path::new("/sys/class/block"), Path::new("/dev"))
+        .ok_or_else(|| {
+            format!("no partition named `{ESP_PART_LABEL}`: this host did not boot from a berth disk image")
+        })?;
+    load_vfat();
+    let target = PathBuf::from(ESP_MOUNT);
+    std::fs::create_dir_all(&target).map_err(|e| format!("{ESP_MOUNT}: {e}"))?;
+    mount(
+        Some(&device.node),
+        &target,
+        Some("vfat"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | read_only,
+        Some("umask=0077"),
+    )
+    .map_err(|e| format!("mount {} on {ESP_MOUNT}: {e}", device.node.display()))?;
+    Ok(target)
+}
+
+/// Loads vfat and its code pages when the kernel lacks them (nothing else mounts FAT).
+fn load_vfat() {
+    let Ok(index) = kmod::index_for_running_kernel() else {
+        return;
+    };
+    let mut loading = ModuleLoading::new(index, KernelLoader);
+    crate::coldplug::load_filesystem(&mut loading, "vfat");
+}
+
+/// The file a part becomes in its slot.
+fn file_of_part(name: &str) -> &'static str {
+    match name {
+        "kernel" => "vmlinuz",
+        "initrd" => "initrd",
+        _ => "",
+    }
+}

@@ -1,0 +1,234 @@
+//! Updates in place, the staging half: a host booted through UEFI from a v1 disk takes a
+//! signed v2 bundle over its control port (`berth ctl update`) into the slot it is not
+//! running, refuses bundles that are signed by another key, unsigned, truncated, tampered
+//! with or for the other arch (each with its reason, and the ESP byte for byte as it was),
+//! and after a power cycle boots v2 from slot b, with the data v1 wrote on the data partition.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use berth_arch::Arch;
+use berth_image::{DiskFormat, DiskOptions};
+use berth_qemu::{GuestExit, Machine};
+use berth_tests::{berth_ctl, berth_ctl_ok, events, log_dir, wait_seen};
+use sha2::{Digest, Sha256};
+
+fn manifest(version: &str, key: &str, container: &str) -> String {
+    format!(
+        r#"hostname = "host-v{version}"
+
+[update]
+version = "{version}"
+keys = ["{key}"]
+
+[containers.{container}]
+image = "busybox:1.35"
+volumes = ["data:/data"]
+command = ["sh", "-c", "echo seen=$(cat /data/mark 2>/dev/null || echo nothing); echo written-by-v{version} > /data/mark; sync; echo {container}-v{version}; exec sleep 100000"]
+"#
+    )
+}
+
+/// A key pair in `dir`: the secret key file and the public key line.
+fn key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let secret = berth_update::generate_key_pair().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join(format!("{name}.key"));
+    let _ = std::fs::remove_file(&path);
+    secret.write(&path).unwrap_or_else(|e| panic!("{e}"));
+    (path, secret.public_key().to_string())
+}
+
+/// SHA-256 of the disk's bytes before its second partition: the GPT and the whole ESP.
+fn esp_region_hash(disk: &Path) -> String {
+    let mut file = std::fs::File::open(disk).unwrap_or_else(|e| panic!("{e}"));
+    // The second GPT entry (LBA 2, 128 bytes each) holds the data partition's first LBA.
+    let mut first_lba = [0u8; 8];
+    file.seek(SeekFrom::Start(1024 + 128 + 32))
+        .and_then(|_| file.read_exact(&mut first_lba))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let end = u64::from_le_bytes(first_lba) * 512;
+    assert!(end > 1 << 20, "the data partition starts at {end}");
+    file.seek(SeekFrom::Start(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file.take(end), &mut hasher).unwrap_or_else(|e| panic!("{e}"));
+    format!("{:x}", hasher.finalize())
+}
+
+fn boot(arch: Arch, image: &Path, disk: &Path, log: &Path) -> (Machine, PathBuf) {
+    let mut config = berth_tests::disk_machine_config(arch, image, disk, DiskFormat::Raw, log);
+    let socket = log.join("control.sock");
+    config.control_socket = Some(socket.clone());
+    (berth_tests::boot_disk_to_ready(&config), socket)
+}
+
+/// `berth ctl update FILE`: its exit code and stderr.
+fn update(socket: &Path, bundle: &Path) -> (Option<i32>, String) {
+    let bundle = bundle.display().to_string();
+    let out = berth_ctl(socket, &["update", &bundle]);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn write_variant(from: &Path, to: &Path, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(from).unwrap_or_else(|e| panic!("{e}"));
+    change(&mut bytes);
+    std::fs::write(to, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    to.to_path_buf()
+}
+
+fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
+    let dir = log_dir(test);
+    let (key, public) = key_pair(&dir, "update");
+    let (other_key, _) = key_pair(&dir, "other");
+
+    let v1_dir = dir.join("v1");
+    std::fs::create_dir_all(&v1_dir).unwrap_or_else(|e| panic!("{e}"));
+    let image = berth_tests::build_image_with_disk(
+        arch,
+        &manifest("1", &public, "app"),
+        &v1_dir,
+        Some(DiskOptions {
+            format: DiskFormat::Raw,
+            data_mib: 256,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let disk = image.join(DiskFormat::Raw.file_name());
+    let bundle_for = |name: &str, arch: Arch, key: &Path| {
+        let out = dir.join(name);
+        std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
+        berth_tests::build_update_bundle(arch, &manifest("2", &public, "app2"), &out, key)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let good = bundle_for("v2", arch, &key);
+    let other_signer = bundle_for("v2-other-key", arch, &other_key);
+    let other_arch = bundle_for(
+        "v2-other-arch",
+        match arch {
+            Arch::X86_64 => Arch::Aarch64,
+            Arch::Aarch64 => Arch::X86_64,
+        },
+        &key,
+    );
+    let truncated = write_variant(&good, &dir.join("truncated.berth"), |b| {
+        b.truncate(b.len() / 2)
+    });
+    let tampered = write_variant(&good, &dir.join("tampered.berth"), |b| {
+        // A byte of the initrd, the last part: past the 1 KiB tar trailer and any padding.
+        let at = b.len() - 4096;
+        if let Some(byte) = b.get_mut(at) {
+            *byte ^= 0x55;
+        }
+    });
+    let unsigned = write_variant(&good, &dir.join("unsigned.berth"), |b| {
+        // bundle.json alone: its tar header, its data padded to 512, and the trailer.
+        let size = b
+            .get(124..135)
+            .map(|digits| {
+                digits
+                    .iter()
+                    .fold(0usize, |n, d| n * 8 + usize::from(d.saturating_sub(b'0')))
+            })
+            .unwrap_or(0);
+        b.truncate(512 + size.div_ceil(512) * 512);
+        b.extend_from_slice(&[0u8; 1024]);
+    });
+
+    let (mut first, socket) = boot(arch, &image, &disk, &dir.join("boot-1"));
+    let c1 = format!("console: {}", first.console_log().display());
+    wait_seen(&first, r"^app \| app-v1$");
+    let slot = wait_seen(&first, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=a"), "{slot}; {c1}");
+
+    // Every bad bundle is refused with its reason, and the ESP is left as it was.
+    let before = esp_region_hash(&disk);
+    for (bundle, reason) in [
+        (&other_signer, "not signed by a key this host accepts"),
+        (&other_arch, "this host is"),
+        (&truncated, "truncated"),
+        (&tampered, "part `initrd` does not match its digest"),
+        (&unsigned, "unsigned"),
+    ] {
+        let (code, said) = update(&socket, bundle);
+        assert_eq!(code, Some(1), "{}: {said}; {c1}", bundle.display());
+        assert!(
+            said.contains(reason),
+            "{}: `{reason}` in {said}; {c1}",
+            bundle.display()
+        );
+    }
+    assert_eq!(
+        esp_region_hash(&disk),
+        before,
+        "a refused bundle changed the ESP; {c1}"
+    );
+    let refused = events::events(&first, "update-refused", None);
+    assert_eq!(refused.len(), 5, "{c1}");
+
+    // The good one is staged into slot b, and the running host is not disturbed.
+    let (code, said) = update(&socket, &good);
+    assert_eq!(code, Some(0), "{said}; {c1}");
+    assert!(said.contains("staged slot=b version=2"), "{said}; {c1}");
+    let staged = wait_seen(&first, r"^berth event=update-staged ");
+    assert!(
+        staged.contains("slot=b") && staged.contains("version=2"),
+        "{staged}; {c1}"
+    );
+    assert_ne!(esp_region_hash(&disk), before, "the ESP took the update");
+    assert!(berth_ctl_ok(&socket, &["ps"]).contains("app"), "{c1}");
+
+    berth_ctl_ok(&socket, &["poweroff"]);
+    assert_eq!(
+        first
+            .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}")),
+        GuestExit::PowerOff,
+        "{c1}"
+    );
+
+    // The next boot is v2, from slot b, on trial, with v1's data; with no health check to
+    // wait for, it is committed at once.
+    let (mut second, socket) = boot(arch, &image, &disk, &dir.join("boot-2"));
+    let c2 = format!("console: {}", second.console_log().display());
+    let slot = wait_seen(&second, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=b"), "{slot}; {c2}");
+    wait_seen(&second, r"^app2 \| seen=written-by-v1$");
+    wait_seen(&second, r"^app2 \| app2-v2$");
+    let ready = wait_seen(&second, r"^berth event=ready ");
+    assert!(ready.contains("hostname=host-v2"), "{ready}; {c2}");
+    wait_seen(&second, r"^berth event=update-trial slot=b ");
+    wait_seen(&second, r"^berth event=update-committed slot=b ");
+    berth_ctl_ok(&socket, &["poweroff"]);
+    assert_eq!(
+        second
+            .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}")),
+        GuestExit::PowerOff,
+        "{c2}"
+    );
+
+    // Committed: slot b boots again, no longer on trial.
+    let (third, _) = boot(arch, &image, &disk, &dir.join("boot-3"));
+    let c3 = format!("console: {}", third.console_log().display());
+    let slot = wait_seen(&third, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=b"), "{slot}; {c3}");
+    wait_seen(&third, r"^app2 \| seen=written-by-v2$");
+    let checked = wait_seen(&third, r"^berth event=update-checked ");
+    assert!(checked.contains("result=committed"), "{checked}; {c3}");
+    assert!(
+        events::events(&third, "update-trial", None).is_empty(),
+        "a committed slot is not on trial; {c3}"
+    );
+}
+
+#[test]
+fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there() {
+    stages_and_boots_the_other_slot(Arch::X86_64, "update-stage");
+}
