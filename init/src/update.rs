@@ -282,7 +282,7 @@ impl Trial {
             }
             Trial::Blessing { pid: helper, slot } if helper == pid => {
                 let answer = read_result(BLESS_FILE);
-                if answer == "blessed" || answer == "not-counted" {
+                if answer == "blessed" {
                     Event::new("update-committed").field("slot", slot).emit();
                 } else {
                     Event::new("update-commit-failed")
