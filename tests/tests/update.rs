@@ -2,10 +2,12 @@
 //! signed v2 bundle over its control port (`berth ctl update`) into the slot it is not
 //! running, refuses bundles that are signed by another key, unsigned, truncated, tampered
 //! with or for the other arch (each with its reason, and the ESP byte for byte as it was),
-//! and after a power cycle boots v2 from slot b, with the data v1 wrote on the data partition.
+//! and after a power cycle boots v2 from slot b, with the data v1 wrote on the data partition,
+//! and commits it. An update that never proves itself rolls back by itself.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use berth_arch::Arch;
 use berth_image::{DiskFormat, DiskOptions};
@@ -14,20 +16,30 @@ use berth_tests::{berth_ctl, berth_ctl_ok, events, log_dir, wait_seen};
 use sha2::{Digest, Sha256};
 
 fn manifest(version: &str, key: &str, container: &str) -> String {
+    manifest_with(version, key, container, "")
+}
+
+/// [`manifest`] with `extra` lines in the container's table.
+fn manifest_with(version: &str, key: &str, container: &str, extra: &str) -> String {
     format!(
         r#"hostname = "host-v{version}"
 
 [update]
 version = "{version}"
 keys = ["{key}"]
+commit_timeout = "{COMMIT_TIMEOUT_SECS}s"
 
 [containers.{container}]
 image = "busybox:1.35"
 volumes = ["data:/data"]
 command = ["sh", "-c", "echo seen=$(cat /data/mark 2>/dev/null || echo nothing); echo written-by-v{version} > /data/mark; sync; echo {container}-v{version}; exec sleep 100000"]
+{extra}
 "#
     )
 }
+
+/// A trial's time to prove itself in these tests.
+const COMMIT_TIMEOUT_SECS: u64 = 10;
 
 /// A key pair in `dir`: the secret key file and the public key line.
 fn key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -226,6 +238,83 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
         events::events(&third, "update-trial", None).is_empty(),
         "a committed slot is not on trial; {c3}"
     );
+}
+
+/// A v2 whose container never becomes healthy: each boot of it reboots itself once
+/// `commit_timeout` has passed; after systemd-boot's three tries the host is back on v1 by
+/// itself, says so, and stays there with its data.
+fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
+    let dir = log_dir(test);
+    let (key, public) = key_pair(&dir, "update");
+    let v1_dir = dir.join("v1");
+    std::fs::create_dir_all(&v1_dir).unwrap_or_else(|e| panic!("{e}"));
+    let image = berth_tests::build_image_with_disk(
+        arch,
+        &manifest("1", &public, "app"),
+        &v1_dir,
+        Some(DiskOptions {
+            format: DiskFormat::Raw,
+            data_mib: 256,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let disk = image.join(DiskFormat::Raw.file_name());
+    let v2_dir = dir.join("v2");
+    std::fs::create_dir_all(&v2_dir).unwrap_or_else(|e| panic!("{e}"));
+    let sick = manifest_with(
+        "2",
+        &public,
+        "sick",
+        "healthcheck = { test = \"exit 1\", interval = \"1s\", retries = 1 }",
+    );
+    let bundle = berth_tests::build_update_bundle(arch, &sick, &v2_dir, &key)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let (mut first, socket) = boot(arch, &image, &disk, &dir.join("boot-1"));
+    let c1 = format!("console: {}", first.console_log().display());
+    wait_seen(&first, r"^app \| app-v1$");
+    let (code, said) = update(&socket, &bundle);
+    assert_eq!(code, Some(0), "{said}; {c1}");
+    berth_ctl_ok(&socket, &["poweroff"]);
+    first
+        .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Three tries of slot b, each ended by init when the commit timeout passes.
+    for n in 2..=4 {
+        let (mut trying, _) = boot(arch, &image, &disk, &dir.join(format!("boot-{n}")));
+        let c = format!("console: {}", trying.console_log().display());
+        let slot = wait_seen(&trying, r"^berth event=boot-slot ");
+        assert!(slot.contains("slot=b"), "try {n}: {slot}; {c}");
+        wait_seen(&trying, r"^berth event=update-trial slot=b ");
+        let exit = trying
+            .wait_exit(Duration::from_secs(COMMIT_TIMEOUT_SECS) + berth_tests::SHUTDOWN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(exit, GuestExit::Reboot, "try {n}; {c}");
+        let failed = wait_seen(&trying, r"^berth event=update-commit-failed ");
+        assert!(
+            failed.contains("reason=commit-timeout") && failed.contains("waiting_for=sick"),
+            "try {n}: {failed}; {c}"
+        );
+    }
+
+    // The tries are spent: systemd-boot boots slot a, and init says why.
+    let (back, _) = boot(arch, &image, &disk, &dir.join("boot-5"));
+    let c5 = format!("console: {}", back.console_log().display());
+    let slot = wait_seen(&back, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=a"), "{slot}; {c5}");
+    let rolled_back = wait_seen(&back, r"^berth event=update-rolled-back ");
+    assert!(
+        rolled_back.contains("from=b to=a reason=boot-tries-spent"),
+        "{rolled_back}; {c5}"
+    );
+    wait_seen(&back, r"^app \| seen=written-by-v2$");
+    wait_seen(&back, r"^app \| app-v1$");
+}
+
+#[test]
+fn an_unhealthy_update_rolls_back_by_itself_x86_64() {
+    an_unhealthy_update_rolls_back_by_itself(Arch::X86_64, "update-rollback");
 }
 
 #[test]
