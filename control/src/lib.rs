@@ -107,6 +107,12 @@ pub enum Request {
     /// `exec -i`; the staging process' messages come as `stdout`/`stderr` lines, and its exit
     /// code (0: staged, to boot at the next reboot) as `exit`.
     Update,
+    /// Both boot slots, their image versions and states (`committed`, `on-trial`, `failed`),
+    /// newest first, the running one marked: lines as `stdout`, then `exit`.
+    Version,
+    /// Makes the slot that is not running the next to boot (committed); `reboot` then
+    /// starts it. Its message as `stdout`/`stderr`, then `exit`.
+    Rollback,
     /// Runs `args` inside a running container: its namespaces, cgroup, user, capabilities
     /// and seccomp filter, its environment with `env` over it.
     Exec {

@@ -30,6 +30,8 @@ pub(crate) enum Verb {
     Exec(Exec),
     /// `update FILE`: the bundle streamed after the answer, as `exec -i`'s stdin.
     Update { file: String },
+    /// `version`, `rollback`: a request whose answer is a process' output, as `exec`'s.
+    Relayed(Request),
 }
 
 /// `exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]`.
@@ -49,7 +51,8 @@ pub const VERBS: &str = "\
 verbs: ps | inspect NAME | logs [-f] [--tail N] [--since DURATION] NAME | events [-f] [--tail N]
        | stats | top NAME | dmesg [--tail N] | start NAME | stop NAME | restart NAME
        | exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
-       | apply FILE | update BUNDLE | images | image ls | image prune | reboot | poweroff";
+       | apply FILE | update BUNDLE | version | rollback | images | image ls | image prune
+       | reboot | poweroff";
 
 /// The synopsis, for `-h` and a bad command line.
 pub(crate) fn usage(program: &str) -> String {
@@ -139,6 +142,14 @@ pub(crate) fn parse(program: &str, args: Vec<String>) -> Result<Options, String>
         Some("dmesg") => Request::Dmesg { tail },
         Some("reboot") => Request::Reboot,
         Some("poweroff") => Request::Poweroff,
+        Some("version") if words.len() == 1 => {
+            options.verb = Verb::Relayed(Request::Version);
+            return Ok(options);
+        }
+        Some("rollback") if words.len() == 1 => {
+            options.verb = Verb::Relayed(Request::Rollback);
+            return Ok(options);
+        }
         Some("update") => match words.as_slice() {
             [_, file] => {
                 options.verb = Verb::Update { file: file.clone() };

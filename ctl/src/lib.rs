@@ -13,6 +13,7 @@
 //! berthctl exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
 //! berthctl apply FILE
 //! berthctl update BUNDLE                                           # berth build --format update's update.berth
+//! berthctl version | rollback                                      # the boot slots; the other slot next
 //! berthctl reboot|poweroff
 //! ```
 //!
@@ -148,8 +149,22 @@ pub fn run_with(program: &str, default_socket: &Path, args: Vec<String>, io: Io<
                 Verb::Update { file } => {
                     let bundle = std::fs::File::open(&file)
                         .map_err(|e| Failure::Input(format!("cannot read {file}: {e}")))?;
-                    run_update(program, &options, default_socket, bundle, stdout, stderr)
+                    let bundle: Box<dyn Read + Send> = Box::new(bundle);
+                    run_relayed(
+                        program,
+                        &options,
+                        default_socket,
+                        Request::Update,
+                        (Some(bundle), &mut *stdout, &mut *stderr),
+                    )
                 }
+                Verb::Relayed(request) => run_relayed(
+                    program,
+                    &options,
+                    default_socket,
+                    request,
+                    (None, &mut *stdout, &mut *stderr),
+                ),
                 Verb::Exec(exec) => run_exec(
                     program,
                     &options,
@@ -211,42 +226,31 @@ fn ask(
     }
 }
 
-/// `update`: the request, then the bundle up as stdin and the staging process' messages
-/// down, until its exit code, which becomes ours.
-fn run_update(
+/// The output of a process init starts for `request` (`update`, `version`, `rollback`),
+/// with `input` streamed up as its stdin (`update`'s bundle), until its exit code, which
+/// becomes ours.
+fn run_relayed(
     program: &str,
     options: &Options,
     default_socket: &Path,
-    bundle: std::fs::File,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
+    request: Request,
+    (input, stdout, stderr): (Option<Box<dyn Read + Send>>, &mut dyn Write, &mut dyn Write),
 ) -> Result<u8, Failure> {
     let Answered {
         response,
         mut reader,
         writer,
         ..
-    } = connection::ask(
-        socket(options, default_socket),
-        Request::Update,
-        options.timeout,
-    )
-    .map_err(Failure::Connection)?;
+    } = connection::ask(socket(options, default_socket), request, options.timeout)
+        .map_err(Failure::Connection)?;
     if !response.ok {
         return Err(Failure::Refused(
             response.error.unwrap_or_else(|| "init refused".to_string()),
         ));
     }
     let writer: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(writer));
-    let code = exec::relay(
-        program,
-        &mut reader,
-        writer,
-        Some(Box::new(bundle)),
-        stdout,
-        stderr,
-    )
-    .map_err(Failure::Refused)?;
+    let code = exec::relay(program, &mut reader, writer, input, stdout, stderr)
+        .map_err(Failure::Refused)?;
     Ok(u8::try_from(code).unwrap_or(exit::REFUSED))
 }
 

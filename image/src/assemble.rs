@@ -545,6 +545,7 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
                 cmdline: disk_cmdline(options.arch),
                 data_mib: disk.data_mib,
                 format: disk.format,
+                version: &version,
             };
             let path = write_disk(&layout, &cache_dir, &options.out)?;
             path.file_name().map(|n| n.to_string_lossy().into_owned())

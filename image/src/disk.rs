@@ -84,16 +84,17 @@ pub struct DiskLayout<'a> {
     pub cmdline: String,
     pub data_mib: u64,
     pub format: DiskFormat,
+    /// The image's version, recorded in both slots' entries (`# berth-version`).
+    pub version: &'a str,
 }
 
-/// The loader entry of `slot`.
 /// A slot's loader entry. `sort-key` and `version` order the entries for systemd-boot: the
 /// highest version whose boot counter is not spent boots (init's `boot_entries` module says
 /// how updates use it); slot a starts as generation 1, slot b as 0.
-fn entry(slot: &str, cmdline: &str) -> String {
+fn entry(slot: &str, cmdline: &str, version: &str) -> String {
     let generation = u8::from(slot == "a");
     format!(
-        "title berth (slot {})\nlinux /berth/{slot}/vmlinuz\ninitrd /berth/{slot}/initrd\noptions {cmdline} berth.slot={slot}\nsort-key berth\nversion {generation}\n",
+        "title berth (slot {})\nlinux /berth/{slot}/vmlinuz\ninitrd /berth/{slot}/initrd\noptions {cmdline} berth.slot={slot}\nsort-key berth\nversion {generation}\n# berth-version {version}\n",
         slot.to_uppercase()
     )
 }
@@ -146,7 +147,7 @@ fn write_esp(layout: &DiskLayout, systemd_boot: &Path, esp: &Path) -> Result<(),
         put(&format!("berth/{slot}/initrd"), &initrd)?;
         put(
             &format!("loader/entries/berth-{slot}.conf"),
-            entry(slot, &layout.cmdline).as_bytes(),
+            entry(slot, &layout.cmdline, layout.version).as_bytes(),
         )?;
     }
     put("berth/active", b"a\n")?;

@@ -81,15 +81,32 @@ pub fn generation_of(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `template` (an entry's text) with `sort-key berth` and `version generation`, whatever it
-/// held of them before.
-pub fn with_generation(template: &str, generation: u64) -> String {
+/// The image version an entry records (`# berth-version V`, a comment to systemd-boot).
+pub fn image_version_of(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(IMAGE_VERSION_LINE))
+        .map(str::trim)
+}
+
+const IMAGE_VERSION_LINE: &str = "# berth-version ";
+
+/// `template` (an entry's text) with `sort-key berth`, `version generation` and, when given,
+/// the image version, whatever it held of them before.
+pub fn with_generation(template: &str, generation: u64, image_version: Option<&str>) -> String {
+    let image_version = image_version.or_else(|| image_version_of(template));
     let mut text: String = template
         .lines()
-        .filter(|l| !l.starts_with("version ") && !l.starts_with("sort-key "))
+        .filter(|l| {
+            !l.starts_with("version ")
+                && !l.starts_with("sort-key ")
+                && !l.starts_with(IMAGE_VERSION_LINE)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     text.push_str(&format!("sort-key berth\nversion {generation}\n"));
+    if let Some(version) = image_version {
+        text.push_str(&format!("{IMAGE_VERSION_LINE}{version}\n"));
+    }
     text
 }
 
@@ -138,7 +155,7 @@ pub fn read_entries(esp: &Path) -> Result<Vec<Entry>, String> {
 /// Makes `slot` the one systemd-boot tries next, `tries` times: its entry (whatever counter
 /// it had) is replaced by `berth-<slot>+<tries>.conf` with the next generation, and
 /// loader.conf names no fixed entry. The slot's files must already be in place.
-pub fn stage_entry(esp: &Path, slot: char, tries: u32) -> Result<(), String> {
+pub fn stage_entry(esp: &Path, slot: char, tries: u32, image_version: &str) -> Result<(), String> {
     let entries = read_entries(esp)?;
     let next = entries.iter().map(Entry::generation).max().unwrap_or(0) + 1;
     let template = entries
@@ -156,7 +173,10 @@ pub fn stage_entry(esp: &Path, slot: char, tries: u32) -> Result<(), String> {
     let dir = esp.join("loader").join("entries");
     // Not `.conf` and starting with `.`: systemd-boot skips it if a cut leaves it there.
     let temporary = dir.join(format!(".berth-{slot}.new"));
-    write_synced(&temporary, with_generation(&template, next).as_bytes())?;
+    write_synced(
+        &temporary,
+        with_generation(&template, next, Some(image_version)).as_bytes(),
+    )?;
     for old in entries.iter().filter(|e| e.name.slot == slot) {
         std::fs::remove_file(&old.path).map_err(|e| format!("{}: {e}", old.path.display()))?;
     }
@@ -210,6 +230,60 @@ pub fn bless(esp: &Path, slot: char) -> Result<bool, String> {
         .join(format!("berth-{slot}.conf"));
     std::fs::rename(&counted.path, &blessed).map_err(|e| format!("{}: {e}", blessed.display()))?;
     Ok(true)
+}
+
+/// `berthctl rollback`: makes `slot` (the one not running) the newest, committed, so the
+/// next boot starts it. Refused for a slot whose tries were spent: it never proved itself.
+pub fn roll_back_to(esp: &Path, slot: char) -> Result<(), String> {
+    let entries = read_entries(esp)?;
+    let target = entries
+        .iter()
+        .find(|e| e.name.slot == slot)
+        .ok_or_else(|| format!("slot {slot} has no loader entry"))?;
+    if target.name.is_bad() {
+        return Err(format!(
+            "slot {slot} failed its boot tries: rolling back to it would boot a failed update"
+        ));
+    }
+    let next = entries.iter().map(Entry::generation).max().unwrap_or(0) + 1;
+    let dir = esp.join("loader").join("entries");
+    let temporary = dir.join(format!(".berth-{slot}.new"));
+    write_synced(
+        &temporary,
+        with_generation(&target.text, next, None).as_bytes(),
+    )?;
+    std::fs::remove_file(&target.path).map_err(|e| format!("{}: {e}", target.path.display()))?;
+    let committed = dir.join(format!("berth-{slot}.conf"));
+    std::fs::rename(&temporary, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
+    write_loader_conf(esp)
+}
+
+/// `berthctl version`: a line per slot, the running one marked, newest first (the order
+/// systemd-boot tries them in, a failed slot last).
+pub fn describe(entries: &[Entry], running: char) -> Vec<String> {
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by_key(|e| (e.name.is_bad(), std::cmp::Reverse(e.generation())));
+    sorted
+        .iter()
+        .map(|e| {
+            let state = match (e.name.tries_left, e.name.is_bad()) {
+                (_, true) => "failed".to_string(),
+                (Some(left), false) => format!("on-trial tries_left={left}"),
+                (None, _) => "committed".to_string(),
+            };
+            format!(
+                "slot={} version={} generation={} state={state}{}",
+                e.name.slot,
+                image_version_of(&e.text).unwrap_or("unknown"),
+                e.generation(),
+                if e.name.slot == running {
+                    " running"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect()
 }
 
 /// Rewrites loader.conf as [`LOADER_CONF`] when it says anything else (an image from before
@@ -266,9 +340,17 @@ mod tests {
     #[test]
     fn a_generation_replaces_the_old_one() {
         let text = "title berth (slot A)\nlinux /berth/a/vmlinuz\nversion 4\nsort-key x\n";
-        let staged = with_generation(text, 5);
+        let staged = with_generation(text, 5, Some("2.0"));
+        assert_eq!(image_version_of(&staged), Some("2.0"));
+        assert_eq!(
+            image_version_of(&with_generation(&staged, 6, None)),
+            Some("2.0")
+        );
         assert_eq!(generation_of(&staged), 5);
-        assert_eq!(staged.matches("version").count(), 1);
+        assert_eq!(
+            staged.lines().filter(|l| l.starts_with("version ")).count(),
+            1
+        );
         assert!(staged.contains("sort-key berth\n"));
         assert_eq!(generation_of("title old\n"), 0);
     }
@@ -321,7 +403,7 @@ mod tests {
         )
         .unwrap();
 
-        stage_entry(&esp, 'b', 3).unwrap();
+        stage_entry(&esp, 'b', 3, "2.0").unwrap();
 
         let found = read_entries(&esp).unwrap();
         let names: Vec<String> = found
@@ -339,6 +421,19 @@ mod tests {
         assert!(bless(&esp, 'b').unwrap());
         assert!(entries.join("berth-b.conf").exists());
         assert!(!bless(&esp, 'b').unwrap(), "blessed once");
+        assert_eq!(
+            describe(&read_entries(&esp).unwrap(), 'b'),
+            [
+                "slot=b version=2.0 generation=2 state=committed running",
+                "slot=a version=unknown generation=1 state=committed"
+            ]
+        );
+
+        roll_back_to(&esp, 'a').unwrap();
+        let after = read_entries(&esp).unwrap();
+        let a = after.iter().find(|e| e.name.slot == 'a').unwrap();
+        assert_eq!(a.generation(), 3);
+        assert_eq!(boot_kind(&after, 'a'), BootKind::Committed);
         let _ = std::fs::remove_dir_all(&esp);
     }
 }

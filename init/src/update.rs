@@ -36,14 +36,7 @@ pub fn start(settings: &berth_manifest::Update) -> Result<(Pid, ExecIo, RelayIo)
     if STAGING.load(Ordering::Relaxed) != 0 {
         return Err("busy: another update is being staged".to_string());
     }
-    let (params, _) = crate::cmdline::read();
-    let booted = match params.slot.as_deref() {
-        Some("a") => 'a',
-        Some("b") => 'b',
-        _ => {
-            return Err("this host did not boot from a berth disk image (no berth.slot= on its command line): there is no slot to update".to_string())
-        }
-    };
+    let booted = booted_slot()?;
     if settings.keys.is_empty() {
         return Err(
             "this host accepts no update: its manifest's [update] keys is empty".to_string(),
@@ -70,6 +63,41 @@ pub fn start(settings: &berth_manifest::Update) -> Result<(Pid, ExecIo, RelayIo)
         .field("slot", target)
         .field("pid", pid)
         .emit();
+    Ok((pid, process, relay))
+}
+
+/// The slot the boot loader started, from `berth.slot=`.
+fn booted_slot() -> Result<char, String> {
+    match crate::cmdline::read().0.slot.as_deref() {
+        Some("a") => Ok('a'),
+        Some("b") => Ok('b'),
+        _ => Err("this host did not boot from a berth disk image (no berth.slot= on its command line): it has no boot slots".to_string()),
+    }
+}
+
+/// `berthctl version` and `berthctl rollback`: `berth-update version` (for the running slot)
+/// or `rollback` (to the other), its output relayed to the client as `exec`'s is.
+pub fn start_relayed(rollback: bool) -> Result<(Pid, ExecIo, RelayIo), String> {
+    if STAGING.load(Ordering::Relaxed) != 0 {
+        return Err("busy: an update is being staged".to_string());
+    }
+    let booted = booted_slot()?;
+    let (subcommand, slot) = if rollback {
+        ("rollback", crate::boot_entries::other_slot(booted))
+    } else {
+        ("version", booted)
+    };
+    let (process, relay) = exec_io(false, false, None)?;
+    let child = helper_command(&[subcommand, "--slot", &slot.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(clone(&process.stdout)?))
+        .stderr(Stdio::from(clone(&process.stderr)?))
+        .spawn()
+        .map_err(|e| format!("cannot start berth-update {subcommand}: {e}"))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    if rollback {
+        Event::new("update-rollback-asked").field("to", slot).emit();
+    }
     Ok((pid, process, relay))
 }
 

@@ -8,6 +8,10 @@
 //! - `berth-update check --slot S`: how the boot of slot S came about (`trial`,
 //!   `rolled-back FROM` or `committed`), read from the ESP's loader entries.
 //! - `berth-update bless --slot S`: commits slot S (its entry loses its boot counter).
+//! - `berth-update version --slot S`: both slots, their image versions and states, S
+//!   marked running (`berthctl version`).
+//! - `berth-update rollback --slot S`: makes slot S, the one not running, the next to boot
+//!   (`berthctl rollback`).
 //!
 //! The order makes a cut at any point harmless: the parts are streamed into memory (/run)
 //! while the bundle is verified, and the ESP is not touched until the whole bundle is; then
@@ -55,6 +59,28 @@ pub fn run() -> std::process::ExitCode {
                 BootKind::Committed => "committed".to_string(),
             }),
         ),
+        Some("version") => match slot_arg(&args).and_then(describe) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Some("rollback") => match slot_arg(&args).and_then(roll_back) {
+            Ok(slot) => {
+                println!("slot {slot} boots next: `berthctl reboot` to start it");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("rollback refused: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Some("bless") => report(
             crate::update::BLESS_FILE,
             slot_arg(&args)
@@ -62,7 +88,9 @@ pub fn run() -> std::process::ExitCode {
                 .map(|blessed| if blessed { "blessed" } else { "not-counted" }.to_string()),
         ),
         _ => {
-            eprintln!("usage: berth-update stage|check|bless --slot a|b [--key KEY]...");
+            eprintln!(
+                "usage: berth-update stage|check|bless|version|rollback --slot a|b [--key KEY]..."
+            );
             std::process::ExitCode::from(2)
         }
     }
@@ -97,6 +125,22 @@ fn check(slot: char) -> Result<BootKind, String> {
     let kind = crate::boot_entries::read_entries(&esp).map(|e| boot_kind(&e, slot));
     let _ = umount2(&esp, MntFlags::MNT_DETACH);
     kind
+}
+
+fn describe(running: char) -> Result<Vec<String>, String> {
+    let esp = mount_esp(MsFlags::MS_RDONLY)?;
+    let lines = crate::boot_entries::read_entries(&esp)
+        .map(|entries| crate::boot_entries::describe(&entries, running));
+    let _ = umount2(&esp, MntFlags::MNT_DETACH);
+    lines
+}
+
+fn roll_back(slot: char) -> Result<char, String> {
+    let esp = mount_esp(MsFlags::empty())?;
+    let done = crate::boot_entries::roll_back_to(&esp, slot);
+    nix::unistd::sync();
+    let _ = umount2(&esp, MntFlags::MNT_DETACH);
+    done.map(|()| slot)
 }
 
 fn bless(slot: char) -> Result<bool, String> {
@@ -169,7 +213,7 @@ fn stage(args: &StageArgs) -> Result<String, String> {
     std::fs::create_dir_all(&staging).map_err(|e| format!("{STAGING_DIR}: {e}"))?;
     let result = verify_into(&staging, args).and_then(|version| {
         let esp = mount_esp(MsFlags::empty())?;
-        let written = install(&esp, &staging, args.slot);
+        let written = install(&esp, &staging, args.slot, &version);
         nix::unistd::sync();
         let _ = umount2(&esp, MntFlags::MNT_DETACH);
         written.map(|()| version)
@@ -199,7 +243,7 @@ fn verify_into(staging: &Path, args: &StageArgs) -> Result<String, String> {
 
 /// Copies the verified parts into `slot` on the ESP (temporary names, synced, renamed), then
 /// makes the slot the one to try next.
-fn install(esp: &Path, staging: &Path, slot: char) -> Result<(), String> {
+fn install(esp: &Path, staging: &Path, slot: char, version: &str) -> Result<(), String> {
     let slot_dir = esp.join("berth").join(slot.to_string());
     std::fs::create_dir_all(&slot_dir).map_err(|e| format!("{}: {e}", slot_dir.display()))?;
     for part in ["kernel", "initrd"] {
@@ -213,7 +257,7 @@ fn install(esp: &Path, staging: &Path, slot: char) -> Result<(), String> {
         std::fs::rename(slot_dir.join(format!("{file}.new")), &to)
             .map_err(|e| format!("{}: {e}", to.display()))?;
     }
-    crate::boot_entries::stage_entry(esp, slot, BOOT_TRIES)
+    crate::boot_entries::stage_entry(esp, slot, BOOT_TRIES, version)
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), String> {

@@ -227,7 +227,7 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
     );
 
     // Committed: slot b boots again, no longer on trial.
-    let (third, _) = boot(arch, &image, &disk, &dir.join("boot-3"));
+    let (mut third, socket) = boot(arch, &image, &disk, &dir.join("boot-3"));
     let c3 = format!("console: {}", third.console_log().display());
     let slot = wait_seen(&third, r"^berth event=boot-slot ");
     assert!(slot.contains("slot=b"), "{slot}; {c3}");
@@ -238,6 +238,30 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
         events::events(&third, "update-trial", None).is_empty(),
         "a committed slot is not on trial; {c3}"
     );
+
+    // `version` shows both slots; `rollback` makes slot a the next boot, by hand.
+    let version = berth_ctl_ok(&socket, &["version"]);
+    assert_eq!(
+        version.lines().collect::<Vec<_>>(),
+        [
+            "slot=b version=2 generation=2 state=committed running",
+            "slot=a version=1 generation=1 state=committed"
+        ],
+        "{c3}"
+    );
+    let rolled = berth_ctl_ok(&socket, &["rollback"]);
+    assert!(rolled.contains("slot a boots next"), "{rolled}; {c3}");
+    berth_ctl_ok(&socket, &["poweroff"]);
+    third
+        .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (fourth, _) = boot(arch, &image, &disk, &dir.join("boot-4"));
+    let c4 = format!("console: {}", fourth.console_log().display());
+    let slot = wait_seen(&fourth, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=a"), "{slot}; {c4}");
+    wait_seen(&fourth, r"^app \| seen=written-by-v2$");
+    let checked = wait_seen(&fourth, r"^berth event=update-checked ");
+    assert!(checked.contains("result=committed"), "{checked}; {c4}");
 }
 
 /// A v2 whose container never becomes healthy: each boot of it reboots itself once

@@ -657,22 +657,11 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
             },
             Err(err) => Response::error(err),
         },
-        Request::Update => {
-            return match crate::update::start(supervisor.update_settings()) {
-                Ok((pid, process_io, relay_io)) => {
-                    drop(process_io);
-                    Answer {
-                        response: Response {
-                            pid: Some(pid.as_raw()),
-                            ..Response::ok()
-                        },
-                        shutdown: None,
-                        next: Next::Exec(relay_io.into_relay(pid, false)),
-                    }
-                }
-                Err(err) => Answer::done(Response::error(err)),
-            };
+        Request::Version | Request::Rollback => {
+            let rollback = request == Request::Rollback;
+            return relayed(crate::update::start_relayed(rollback));
         }
+        Request::Update => return relayed(crate::update::start(supervisor.update_settings())),
         Request::Exec {
             name,
             args,
@@ -705,6 +694,26 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
         }
     };
     Answer::done(response)
+}
+
+/// The answer for a process init started to serve a request (`update`, `version`,
+/// `rollback`): its PID, then its output relayed as `exec`'s.
+fn relayed(started: Result<(Pid, ExecIo, RelayIo), String>) -> Answer {
+    match started {
+        Ok((pid, process_io, relay_io)) => {
+            // The process holds its ends; ours close so that its exit ends the relay.
+            drop(process_io);
+            Answer {
+                response: Response {
+                    pid: Some(pid.as_raw()),
+                    ..Response::ok()
+                },
+                shutdown: None,
+                next: Next::Exec(relay_io.into_relay(pid, false)),
+            }
+        }
+        Err(err) => Answer::done(Response::error(err)),
+    }
 }
 
 /// init's ends of an exec'd process' stdio.
