@@ -264,7 +264,8 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
     assert!(checked.contains("result=committed"), "{checked}; {c4}");
 }
 
-/// A v2 whose container never becomes healthy: each boot of it reboots itself once
+/// QEMU killed while a bundle streams in leaves slot a as it was, and a new `update` then
+/// succeeds. That v2's container never becomes healthy: each boot of it reboots itself once
 /// `commit_timeout` has passed; after systemd-boot's three tries the host is back on v1 by
 /// itself, says so, and stays there with its data.
 fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
@@ -294,8 +295,31 @@ fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
     let bundle = berth_tests::build_update_bundle(arch, &sick, &v2_dir, &key)
         .unwrap_or_else(|e| panic!("{e}"));
 
+    // QEMU killed while a bundle streams in: the next boot is slot a, unchanged.
+    let (mut cut, socket) = boot(arch, &image, &disk, &dir.join("boot-0"));
+    let c0 = format!("console: {}", cut.console_log().display());
+    let bundle_arg = bundle.display().to_string();
+    let mut streaming = berth_tests::berth_ctl_command(&socket, &["update", &bundle_arg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_seen(&cut, r"^berth event=update-staging ");
+    std::thread::sleep(Duration::from_secs(1));
+    cut.kill();
+    let _ = streaming.kill();
+    let _ = streaming.wait();
+    assert!(
+        events::events(&cut, "update-staged", None).is_empty(),
+        "staged before the cut; {c0}"
+    );
+
     let (mut first, socket) = boot(arch, &image, &disk, &dir.join("boot-1"));
     let c1 = format!("console: {}", first.console_log().display());
+    let slot = wait_seen(&first, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=a"), "{slot}; {c1}");
+    let checked = wait_seen(&first, r"^berth event=update-checked ");
+    assert!(checked.contains("result=committed"), "{checked}; {c1}");
     wait_seen(&first, r"^app \| app-v1$");
     let (code, said) = update(&socket, &bundle);
     assert_eq!(code, Some(0), "{said}; {c1}");
