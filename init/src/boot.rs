@@ -17,8 +17,8 @@ use crate::mounts::{self, SystemMounter};
 use crate::services::{self, Service};
 use crate::supervisor::Supervisor;
 use crate::{
-    clock, cmdline, config_source, data_partition, host_setup, logger, metadata, root_switch,
-    signals, storage,
+    clock, clock_floor, cmdline, config_source, data_partition, host_setup, logger, metadata,
+    root_switch, signals, storage,
 };
 
 /// Module lists the image builder writes (power-button drivers and the like), in
@@ -52,6 +52,9 @@ pub fn boot_and_serve() -> ! {
     if let Some(err) = root_switch_error {
         log::error!("cannot move the root off the initramfs ({err}); containers cannot start");
     }
+    // Before anything stamps a time on state (logs, the machine-id's neighbours, TLS checks
+    // by berth-pull): a clock years behind is put at the image's build time.
+    clock_floor::apply();
 
     // Signals are blocked and read through a signalfd before anything can send one.
     let signal_fd = open_signal_fd();

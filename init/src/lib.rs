@@ -20,6 +20,7 @@
 
 mod boot;
 mod clock;
+mod clock_floor;
 mod cmdline;
 mod coldplug;
 mod config_source;

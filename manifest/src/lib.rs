@@ -59,6 +59,9 @@ pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
 
 /// Where init reads the manifest inside the image.
 pub const MANIFEST_PATH: &str = "/etc/berth/manifest.toml";
+/// Where `berth build` records when the image was built (seconds since the Unix epoch, in
+/// decimal): init's clock floor, the earliest time the host's clock may read.
+pub const BUILD_TIME_PATH: &str = "/etc/berth/build-time";
 
 /// The whole manifest.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
