@@ -50,6 +50,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ixgbe",
     "r8169",
     "tg3",
+    // Hardware watchdogs init arms and feeds ([watchdog]): QEMU's (PCI, both arches).
+    "i6300esb",
     // Containers and their networks.
     "overlay",
     "bridge",

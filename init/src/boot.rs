@@ -16,6 +16,7 @@ use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
 use crate::services::{self, Service};
 use crate::supervisor::Supervisor;
+use crate::watchdog::Watchdog;
 use crate::{
     clock, clock_floor, cmdline, config_source, data_partition, host_setup, logger, metadata,
     root_switch, signals, storage,
@@ -186,6 +187,20 @@ pub fn boot_and_serve() -> ! {
     }
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     event_loop.adopt_service(netd);
+    // Armed only now, right before the loop that feeds it first turns; a host whose
+    // manifest was refused still has its loop, and the default settings.
+    let watchdog_settings = manifest
+        .as_ref()
+        .map(|m| m.watchdog.clone())
+        .unwrap_or_default();
+    match Watchdog::arm(&watchdog_settings, !params.test_watchdog_nofeed) {
+        Ok(Some(watchdog)) => event_loop.feed_watchdog(watchdog),
+        Ok(None) => {}
+        Err(err) => {
+            log::error!("{err}");
+            Event::new("watchdog-failed").field("error", err).emit();
+        }
+    }
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")

@@ -28,6 +28,7 @@ use crate::services::Service;
 use crate::shutdown::{self, ShutdownAction};
 use crate::signals::{self, SignalAction};
 use crate::supervisor::{StreamId, Supervisor};
+use crate::watchdog::Watchdog;
 
 /// How long after boot init keeps looking for a power button that has not appeared yet
 /// (drivers may probe late, after deferred probing).
@@ -69,6 +70,8 @@ pub struct EventLoop {
     services: Vec<Service>,
     control: Control,
     shutting_down: Option<ShuttingDown>,
+    /// The armed hardware watchdog, fed on its own deadline every turn.
+    watchdog: Option<Watchdog>,
 }
 
 impl EventLoop {
@@ -84,6 +87,7 @@ impl EventLoop {
             services: Vec::new(),
             control: Control::new(),
             shutting_down: None,
+            watchdog: None,
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -104,6 +108,11 @@ impl EventLoop {
     /// Takes a started service (netd) that the loop restarts whenever it exits.
     pub fn adopt_service(&mut self, service: Service) {
         self.services.push(service);
+    }
+
+    /// Takes the armed watchdog: the loop feeds it until the shutdown disarms it.
+    pub fn feed_watchdog(&mut self, watchdog: Watchdog) {
+        self.watchdog = Some(watchdog);
     }
 
     /// Hands the containers to the loop; they start on its first turn.
@@ -135,8 +144,14 @@ impl EventLoop {
                         );
                     }
                     let timeout = self.shutdown_timeout;
+                    let watchdog = self.watchdog.take();
                     drop(self);
-                    shutdown::shutdown(shutting_down.action, shutting_down.started, timeout)
+                    shutdown::shutdown(
+                        shutting_down.action,
+                        shutting_down.started,
+                        timeout,
+                        watchdog,
+                    )
                 }
             }
         }
@@ -167,6 +182,10 @@ impl EventLoop {
 
     /// One wait for events and their handling; `Some` when the host must shut down.
     fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        // First: a turn that panics below has fed it all the same.
+        if let Some(watchdog) = self.watchdog.as_mut() {
+            watchdog.tick(Instant::now());
+        }
         for service in &mut self.services {
             service.tick(Instant::now());
         }
@@ -313,6 +332,7 @@ impl EventLoop {
             .chain(self.services.iter().filter_map(Service::next_deadline))
             .chain(self.control.next_deadline())
             .chain(self.shutting_down.map(|s| s.until))
+            .chain(self.watchdog.as_ref().and_then(Watchdog::next_deadline))
             .min()
             .map(|deadline| deadline.saturating_duration_since(now));
         match rescan.into_iter().chain(restart).min() {

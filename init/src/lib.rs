@@ -43,6 +43,7 @@ mod shutdown;
 mod signals;
 mod storage;
 pub mod supervisor;
+mod watchdog;
 
 /// Runs PID 1. Never returns.
 pub fn run() -> ! {
