@@ -26,6 +26,7 @@ mod ports;
 mod registries;
 mod security;
 mod storage;
+mod time;
 mod validate;
 mod watchdog;
 
@@ -57,6 +58,7 @@ pub use security::{
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
 };
 pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
+pub use time::{TimeServer, TimeSettings, DEFAULT_TIME_SERVERS, NTP_PORT, TIME_SYNCED};
 pub use watchdog::{
     WatchdogSettings, WatchdogTimeout, DEFAULT_WATCHDOG_DEVICE, DEFAULT_WATCHDOG_TIMEOUT,
 };
@@ -90,6 +92,9 @@ pub struct Manifest {
     /// Settings per registry images are pulled from, by `HOST[:PORT]`.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// The NTP servers netd asks.
+    #[serde(default)]
+    pub time: TimeSettings,
     /// The hardware watchdog init arms and feeds.
     #[serde(default)]
     pub watchdog: WatchdogSettings,
