@@ -89,10 +89,14 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(network, !hostname_given, time_servers)) {
+    let outcome = runtime.block_on(serve(network, !hostname_given, time_servers));
+    // Without waiting for blocking work still under way: a name lookup for an NTP server
+    // (getaddrinfo, in tokio's blocking pool) may take the resolver's whole timeout, and
+    // neither the exit at shutdown nor a reload must wait for it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(Outcome::Terminated) => ExitCode::SUCCESS,
         Ok(Outcome::Reload) => {
-            drop(runtime);
             // A fresh netd on the new manifest, in this process (init keeps supervising the
             // same PID); the leases saved under /run are resumed, not released.
             let err = std::os::unix::process::CommandExt::exec(
