@@ -113,6 +113,13 @@ pub fn shutdown(
             signal_all_and_wait(Signal::SIGKILL, KILL_GRACE, &mut watchdog)
         });
     }
+    // The RTC keeps the network's time for the next boot; a clock never set from the network
+    // is not written back (it is the RTC's own time, or the floor).
+    if std::path::Path::new(crate::supervisor::TIME_SYNCED_MARKER).exists() {
+        if let Err(err) = berth_netd::rtc::write_system_time() {
+            log::warn!("shutdown: cannot write the time back to the RTC: {err}");
+        }
+    }
     phase("sync", nix::unistd::sync);
     let (unmounted, kept) = phase("unmount", crate::mounts::unmount_all);
     for mount in &kept {

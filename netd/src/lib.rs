@@ -11,6 +11,7 @@ mod links;
 mod netlink;
 mod reply;
 mod resolv;
+pub mod rtc;
 mod saved;
 mod sntp;
 mod state;

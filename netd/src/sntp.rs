@@ -360,6 +360,10 @@ async fn sync_once(servers: &[TimeServer], first: bool) -> Result<(), String> {
             .field("stratum", sample.stratum)
             .field("correction", how),
     );
+    // The next boot starts near this time, network or not.
+    if let Err(err) = crate::rtc::write_system_time() {
+        emit(Event::new("rtc-write-failed").field("error", err));
+    }
     Ok(())
 }
 

@@ -92,7 +92,7 @@ servers = [{}]
 [containers.clock]
 image = "busybox:1.35"
 depends_on = ["time-synced"]
-command = ["sh", "-c", "for i in $(seq 15); do echo now=$(date +%s); usleep 200000; done"]
+command = ["sh", "-c", "for i in $(seq 15); do echo now=$(date +%s); usleep 200000; done; echo rtc=$(cat /sys/class/rtc/rtc0/since_epoch) now=$(date +%s)"]
 "#,
         servers.join(", ")
     )
@@ -154,9 +154,11 @@ fn guest_clock_error(machine: &berth_qemu::Machine, started: SystemTime) -> f64 
 /// A guest whose RTC reads 2001 is raised to the floor; its NTP server is not up yet, so
 /// netd says `time-sync-failed` and the container that depends on `time-synced` waits;
 /// once chrony serves on the test machine, netd's retry sets the clock to the true time
-/// within a second (`time-synced`) and the container starts. Seen failing with netd's clock
+/// within a second (`time-synced`), writes it back to the RTC, and the container starts.
+/// Seen failing with netd's clock
 /// correction removed (`correct` returning without setting the clock): the container read
-/// the build time, seconds behind.
+/// the build time, seconds behind; and with the RTC write after a sync removed: the RTC
+/// still read 2001.
 fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch) {
     let test = format!("time-chrony-{arch}");
     let chrony_dir = log_dir(&format!("{test}-chrony"));
@@ -199,6 +201,19 @@ fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch) {
     assert!(
         (-1.0..1.0).contains(&error),
         "the guest's clock is {error:.3} s from the true time; {ctx}"
+    );
+    // netd wrote the synced time back to the RTC, which read 2001.
+    let rtc_line = events::output(&machine, "clock")
+        .into_iter()
+        .find(|line| line.starts_with("rtc="))
+        .unwrap_or_else(|| panic!("no rtc= line; {ctx}"));
+    let numbers: Vec<u64> = rtc_line
+        .split(' ')
+        .filter_map(|field| field.split_once('=').and_then(|(_, v)| v.parse().ok()))
+        .collect();
+    assert!(
+        matches!(numbers.as_slice(), [rtc, now] if rtc.abs_diff(*now) <= 2),
+        "the RTC was set to the synced time: {rtc_line}; {ctx}"
     );
 }
 
