@@ -296,6 +296,16 @@ pub struct Envelope {
     pub request: Request,
 }
 
+/// The hardware watchdog init feeds, as `ps` shows it above the containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchdogStatus {
+    pub device: String,
+    /// The timeout the driver accepted, in seconds.
+    pub timeout_s: u64,
+    /// False only under the test parameter `berth.test_watchdog_nofeed=1`.
+    pub feeding: bool,
+}
+
 /// One container, as `ps` and `inspect` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
@@ -342,6 +352,9 @@ pub struct Response {
     pub images: Option<Vec<ImageInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<PruneReport>,
+    /// With `ps`: the armed hardware watchdog, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<WatchdogStatus>,
 }
 
 impl Response {

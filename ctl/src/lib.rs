@@ -36,7 +36,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use berth_control::{
-    Changes, ContainerStats, ContainerStatus, ImageInfo, PruneReport, Request, Response, StreamLine,
+    Changes, ContainerStats, ContainerStatus, ImageInfo, PruneReport, Request, Response,
+    StreamLine, WatchdogStatus,
 };
 
 pub use crate::args::VERBS;
@@ -342,6 +343,9 @@ fn print_response(
     if json {
         write!(out, "{raw}")
     } else if let Some(containers) = &response.containers {
+        if let Some(watchdog) = &response.watchdog {
+            print_watchdog(watchdog, out)?;
+        }
         print_table(containers, out)
     } else if let Some(stats) = &response.stats {
         print_stats(stats, out)
@@ -364,6 +368,22 @@ fn duration(seconds: u64) -> String {
         s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
         s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// The line above `ps`'s table on a host with an armed watchdog (none without one, so the
+/// table of such hosts reads as before).
+fn print_watchdog(watchdog: &WatchdogStatus, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "watchdog: {} timeout {}s {}",
+        watchdog.device,
+        watchdog.timeout_s,
+        if watchdog.feeding {
+            "fed"
+        } else {
+            "NOT FED (berth.test_watchdog_nofeed)"
+        }
+    )
 }
 
 /// `ps` and `inspect`. Columns only ever go at the end, so scripts that count them keep

@@ -378,6 +378,33 @@ fn ps_shows_health_as_the_last_column() {
 }
 
 #[test]
+fn ps_names_an_armed_watchdog_above_the_table() {
+    let dir = TempDir::new();
+    let socket = dir.0.join("control.sock");
+    let server = fake_init(&socket, |envelope, _, writer| {
+        let response = Response {
+            id: envelope.id,
+            watchdog: Some(berth_control::WatchdogStatus {
+                device: "/dev/watchdog0".to_string(),
+                timeout_s: 5,
+                feeding: true,
+            }),
+            ..Response::containers(Vec::new())
+        };
+        writer
+            .write_all(berth_control::to_line(&response).as_bytes())
+            .unwrap();
+    });
+    let run = run_client(&socket, &["ps"], b"");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().next(),
+        Some("watchdog: /dev/watchdog0 timeout 5s fed")
+    );
+    server.join().unwrap();
+}
+
+#[test]
 fn logs_since_goes_into_the_request_and_json_prints_the_raw_line() {
     let dir = TempDir::new();
     let socket = dir.0.join("control.sock");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use berth_arch::Arch;
 use berth_kmod::{module_name_of, IndexError, ModuleIndex};
-use berth_manifest::{Manifest, ManifestError, MANIFEST_PATH};
+use berth_manifest::{Manifest, ManifestError, BUILD_TIME_PATH, MANIFEST_PATH};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{write_disk, DiskError, DiskFormat, DiskLayout, DATA_NAME};
@@ -50,6 +50,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ixgbe",
     "r8169",
     "tg3",
+    // Hardware watchdogs init arms and feeds ([watchdog]): QEMU's (PCI, both arches).
+    "i6300esb",
     // Containers and their networks.
     "overlay",
     "bridge",
@@ -450,6 +452,11 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         .file("/init", 0o755, init)
         .file(MANIFEST_PATH, 0o644, manifest_text.into_bytes())
         .file(
+            BUILD_TIME_PATH,
+            0o644,
+            format!("{}\n", build_time()).into_bytes(),
+        )
+        .file(
             IMAGE_MODULES_LOAD,
             0o644,
             format!(
@@ -602,6 +609,20 @@ pub fn disk_cmdline(arch: Arch) -> String {
         "console=tty0 console={} panic=-1 quiet berth.data=PARTLABEL={DATA_NAME}",
         arch.console_device()
     )
+}
+
+/// When the image is built, in seconds since the Unix epoch: `SOURCE_DATE_EPOCH` when set
+/// (reproducible builds give the same bytes from the same inputs), else now. Init never lets
+/// the host's clock read earlier than this.
+fn build_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs())
+        })
 }
 
 /// Reads `image.json` from a built image directory.

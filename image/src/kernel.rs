@@ -80,15 +80,22 @@ impl Kernel {
 
     /// The default Debian kernel for `arch`, fetched into `cache_dir` on first use.
     pub fn debian_default(arch: Arch, cache_dir: &Path) -> Result<Kernel, KernelError> {
-        let package = resolve_versioned_package(arch)?;
+        Kernel::debian(arch, arch.default_kernel_package(), cache_dir)
+    }
+
+    /// The Debian kernel behind `metapackage` (`linux-image-amd64`, whose drivers include
+    /// some the cloud kernel lacks, such as the i6300esb watchdog), fetched into
+    /// `cache_dir` on first use.
+    pub fn debian(arch: Arch, metapackage: &str, cache_dir: &Path) -> Result<Kernel, KernelError> {
+        let package = resolve_versioned_package(arch, metapackage)?;
         fetch_debian_package(arch, &package, cache_dir)
     }
 }
 
-/// The versioned package behind the arch's kernel metapackage
+/// The versioned package behind a kernel metapackage
 /// (`linux-image-cloud-amd64` → `linux-image-6.1.0-56-cloud-amd64`).
-fn resolve_versioned_package(arch: Arch) -> Result<String, KernelError> {
-    let meta = format!("{}:{}", arch.default_kernel_package(), arch.debian_arch());
+fn resolve_versioned_package(arch: Arch, metapackage: &str) -> Result<String, KernelError> {
+    let meta = format!("{metapackage}:{}", arch.debian_arch());
     let output =
         debian::run_tool(Command::new("apt-cache").args(["depends", "--important", &meta]))?;
     output

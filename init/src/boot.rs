@@ -16,9 +16,10 @@ use crate::kmod::{self, KernelLoader, ModuleLoading};
 use crate::mounts::{self, SystemMounter};
 use crate::services::{self, Service};
 use crate::supervisor::Supervisor;
+use crate::watchdog::Watchdog;
 use crate::{
-    clock, cmdline, config_source, data_partition, host_setup, logger, metadata, root_switch,
-    signals, storage,
+    clock, clock_floor, cmdline, config_source, data_partition, host_setup, logger, metadata,
+    root_switch, signals, storage,
 };
 
 /// Module lists the image builder writes (power-button drivers and the like), in
@@ -52,6 +53,9 @@ pub fn boot_and_serve() -> ! {
     if let Some(err) = root_switch_error {
         log::error!("cannot move the root off the initramfs ({err}); containers cannot start");
     }
+    // Before anything stamps a time on state (logs, the machine-id's neighbours, TLS checks
+    // by berth-pull): a clock years behind is put at the image's build time.
+    clock_floor::apply();
 
     // Signals are blocked and read through a signalfd before anything can send one.
     let signal_fd = open_signal_fd();
@@ -183,6 +187,20 @@ pub fn boot_and_serve() -> ! {
     }
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     event_loop.adopt_service(netd);
+    // Armed only now, right before the loop that feeds it first turns; a host whose
+    // manifest was refused still has its loop, and the default settings.
+    let watchdog_settings = manifest
+        .as_ref()
+        .map(|m| m.watchdog.clone())
+        .unwrap_or_default();
+    match Watchdog::arm(&watchdog_settings, !params.test_watchdog_nofeed) {
+        Ok(Some(watchdog)) => event_loop.feed_watchdog(watchdog),
+        Ok(None) => {}
+        Err(err) => {
+            log::error!("{err}");
+            Event::new("watchdog-failed").field("error", err).emit();
+        }
+    }
     let now = clock::since_kernel_start();
     match &manifest {
         Ok(_) => Event::new("ready")

@@ -38,6 +38,9 @@ pub struct BootParams {
     /// `berth.metadata=ec2`: ask the EC2 metadata service for the manifest even when DMI does
     /// not say this is an EC2 instance.
     pub metadata_ec2: bool,
+    /// `berth.test_watchdog_nofeed=1`, for tests only: arm the hardware watchdog and never
+    /// feed it, so a test can see the machine reset.
+    pub test_watchdog_nofeed: bool,
 }
 
 impl Default for BootParams {
@@ -50,6 +53,7 @@ impl Default for BootParams {
             data: None,
             slot: None,
             metadata_ec2: false,
+            test_watchdog_nofeed: false,
         }
     }
 }
@@ -78,6 +82,10 @@ pub fn parse(cmdline: &str) -> (BootParams, Vec<String>) {
                 .is_ok(),
             "metadata" if value == "ec2" => {
                 params.metadata_ec2 = true;
+                true
+            }
+            "test_watchdog_nofeed" if value == "1" => {
+                params.test_watchdog_nofeed = true;
                 true
             }
             "slot" if !value.is_empty() => {
@@ -125,12 +133,13 @@ mod tests {
     fn berth_parameters_override_defaults_and_others_are_left_alone() {
         let (params, warnings) = parse(
             "console=ttyS0 quiet berth.manifest=/etc/berth/other.toml berth.log_level=debug \
-             berth.shutdown_timeout=2s berth.power_button=reboot",
+             berth.shutdown_timeout=2s berth.power_button=reboot berth.test_watchdog_nofeed=1",
         );
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(params.manifest, PathBuf::from("/etc/berth/other.toml"));
         assert_eq!(params.log_level, LevelFilter::Debug);
         assert_eq!(params.shutdown_timeout, Duration::from_secs(2));
+        assert!(params.test_watchdog_nofeed);
         assert_eq!(
             params.power_button,
             ButtonAction::Shutdown(ShutdownAction::Reboot)

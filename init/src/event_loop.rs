@@ -29,6 +29,7 @@ use crate::shutdown::{self, ShutdownAction};
 use crate::signals::{self, SignalAction};
 use crate::supervisor::{StreamId, Supervisor};
 use crate::update::{Trial, TrialStep};
+use crate::watchdog::Watchdog;
 
 /// How long after boot init keeps looking for a power button that has not appeared yet
 /// (drivers may probe late, after deferred probing).
@@ -72,6 +73,8 @@ pub struct EventLoop {
     shutting_down: Option<ShuttingDown>,
     /// The booted slot's update trial, if it is on one.
     trial: Trial,
+    /// The armed hardware watchdog, fed on its own deadline every turn.
+    watchdog: Option<Watchdog>,
 }
 
 impl EventLoop {
@@ -88,6 +91,7 @@ impl EventLoop {
             control: Control::new(),
             shutting_down: None,
             trial: Trial::start(params.slot.as_deref()),
+            watchdog: None,
         };
         event_loop.look_for_power_buttons();
         event_loop
@@ -108,6 +112,11 @@ impl EventLoop {
     /// Takes a started service (netd) that the loop restarts whenever it exits.
     pub fn adopt_service(&mut self, service: Service) {
         self.services.push(service);
+    }
+
+    /// Takes the armed watchdog: the loop feeds it until the shutdown disarms it.
+    pub fn feed_watchdog(&mut self, watchdog: Watchdog) {
+        self.watchdog = Some(watchdog);
     }
 
     /// Hands the containers to the loop; they start on its first turn.
@@ -139,8 +148,14 @@ impl EventLoop {
                         );
                     }
                     let timeout = self.shutdown_timeout;
+                    let watchdog = self.watchdog.take();
                     drop(self);
-                    shutdown::shutdown(shutting_down.action, shutting_down.started, timeout)
+                    shutdown::shutdown(
+                        shutting_down.action,
+                        shutting_down.started,
+                        timeout,
+                        watchdog,
+                    )
                 }
             }
         }
@@ -171,6 +186,10 @@ impl EventLoop {
 
     /// One wait for events and their handling; `Some` when the host must shut down.
     fn turn(&mut self) -> Option<(ShutdownAction, &'static str)> {
+        // First: a turn that panics below has fed it all the same.
+        if let Some(watchdog) = self.watchdog.as_mut() {
+            watchdog.tick(Instant::now());
+        }
         for service in &mut self.services {
             service.tick(Instant::now());
         }
@@ -352,6 +371,7 @@ impl EventLoop {
             .chain(self.control.next_deadline())
             .chain(self.trial.next_deadline())
             .chain(self.shutting_down.map(|s| s.until))
+            .chain(self.watchdog.as_ref().and_then(Watchdog::next_deadline))
             .min()
             .map(|deadline| deadline.saturating_duration_since(now));
         match rescan.into_iter().chain(restart).min() {

@@ -21,6 +21,7 @@
 mod boot;
 mod boot_entries;
 mod clock;
+mod clock_floor;
 mod cmdline;
 mod coldplug;
 mod config_source;
@@ -45,6 +46,7 @@ mod storage;
 pub mod supervisor;
 mod update;
 pub mod update_helper;
+mod watchdog;
 
 /// Runs PID 1. Never returns.
 pub fn run() -> ! {

@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::event::Event;
+use crate::watchdog::Watchdog;
 
 /// How long to wait for SIGKILLed processes to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -53,7 +54,8 @@ pub fn reap_exited() -> bool {
 
 /// Sends `signal` to every process but PID 1 and waits, reaping, until none is left or
 /// `grace` runs out. Returns whether processes remain.
-fn signal_all_and_wait(signal: Signal, grace: Duration) -> bool {
+/// The watchdog, when armed, is fed while it waits.
+fn signal_all_and_wait(signal: Signal, grace: Duration, watchdog: &mut Option<Watchdog>) -> bool {
     match kill(Pid::from_raw(-1), signal) {
         // ESRCH: there was nobody to signal.
         Err(Errno::ESRCH) => return false,
@@ -62,6 +64,9 @@ fn signal_all_and_wait(signal: Signal, grace: Duration) -> bool {
     }
     let deadline = Instant::now() + grace;
     loop {
+        if let Some(watchdog) = watchdog.as_mut() {
+            watchdog.tick(Instant::now());
+        }
         if !reap_exited() {
             return false;
         }
@@ -92,13 +97,28 @@ pub fn announce(action: ShutdownAction, reason: &str) {
 
 /// Runs the rest of the shutdown sequence and hands the machine to the kernel. Never
 /// returns: if the kernel refuses, PID 1 stays alive and idle rather than exit (which would
-/// panic the kernel).
-pub fn shutdown(action: ShutdownAction, started: Instant, terminate_grace: Duration) -> ! {
+/// panic the kernel). The watchdog is fed through the phases, so a shutdown that hangs is
+/// still reset, and disarmed just before the end, so a halted host is not.
+pub fn shutdown(
+    action: ShutdownAction,
+    started: Instant,
+    terminate_grace: Duration,
+    mut watchdog: Option<Watchdog>,
+) -> ! {
     let survivors = phase("terminate", || {
-        signal_all_and_wait(Signal::SIGTERM, terminate_grace)
+        signal_all_and_wait(Signal::SIGTERM, terminate_grace, &mut watchdog)
     });
     if survivors {
-        phase("kill", || signal_all_and_wait(Signal::SIGKILL, KILL_GRACE));
+        phase("kill", || {
+            signal_all_and_wait(Signal::SIGKILL, KILL_GRACE, &mut watchdog)
+        });
+    }
+    // The RTC keeps the network's time for the next boot; a clock never set from the network
+    // is not written back (it is the RTC's own time, or the floor).
+    if std::path::Path::new(crate::supervisor::TIME_SYNCED_MARKER).exists() {
+        if let Err(err) = berth_netd::rtc::write_system_time() {
+            log::warn!("shutdown: cannot write the time back to the RTC: {err}");
+        }
     }
     phase("sync", nix::unistd::sync);
     let (unmounted, kept) = phase("unmount", crate::mounts::unmount_all);
@@ -106,6 +126,9 @@ pub fn shutdown(action: ShutdownAction, started: Instant, terminate_grace: Durat
         log::warn!("shutdown: could not unmount {mount}");
     }
     nix::unistd::sync();
+    if let Some(watchdog) = watchdog {
+        watchdog.disarm();
+    }
     Event::new("shutdown-complete")
         .field("action", action)
         .field("unmounted", unmounted)

@@ -26,8 +26,10 @@ mod ports;
 mod registries;
 mod security;
 mod storage;
+mod time;
 mod update;
 mod validate;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -57,10 +59,17 @@ pub use security::{
     CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, ULIMIT_NAMES,
 };
 pub use storage::{Device, MountEntry, MountOptions, SysctlKey, SysctlValue};
+pub use time::{TimeServer, TimeSettings, DEFAULT_TIME_SERVERS, NTP_PORT, TIME_SYNCED};
 pub use update::{ImageVersion, Update, UpdateKey, DEFAULT_COMMIT_TIMEOUT};
+pub use watchdog::{
+    WatchdogSettings, WatchdogTimeout, DEFAULT_WATCHDOG_DEVICE, DEFAULT_WATCHDOG_TIMEOUT,
+};
 
 /// Where init reads the manifest inside the image.
 pub const MANIFEST_PATH: &str = "/etc/berth/manifest.toml";
+/// Where `berth build` records when the image was built (seconds since the Unix epoch, in
+/// decimal): init's clock floor, the earliest time the host's clock may read.
+pub const BUILD_TIME_PATH: &str = "/etc/berth/build-time";
 
 /// The whole manifest.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -88,6 +97,12 @@ pub struct Manifest {
     /// Which update bundles the host accepts, and how a new slot is committed.
     #[serde(default)]
     pub update: Update,
+    /// The NTP servers netd asks.
+    #[serde(default)]
+    pub time: TimeSettings,
+    /// The hardware watchdog init arms and feeds.
+    #[serde(default)]
+    pub watchdog: WatchdogSettings,
 }
 
 /// The `[boot]` table.
@@ -421,6 +436,34 @@ environment = ["A=1", "B=two=2"]
         let manifest = parse(good).unwrap();
         let w = &manifest.containers[&ContainerName::new("w").unwrap()];
         assert_eq!(w.devices[0].permissions, "rw");
+    }
+
+    #[test]
+    fn watchdog_settings_and_their_errors() {
+        let manifest = parse("").unwrap();
+        assert_eq!(manifest.watchdog.timeout(), DEFAULT_WATCHDOG_TIMEOUT);
+        assert_eq!(manifest.watchdog.device, None);
+        let manifest = parse("[watchdog]\ndevice = \"/dev/watchdog1\"\ntimeout = 5\n").unwrap();
+        assert_eq!(
+            manifest.watchdog.timeout(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            manifest.watchdog.device,
+            Some(AbsolutePath("/dev/watchdog1".to_string()))
+        );
+        let err = parse("[watchdog]\ntimeout = 0\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("m.toml:2:11: watchdog.timeout: 0 is not a watchdog timeout"),
+            "{err}"
+        );
+        let err = parse("[watchdog]\ndevice = \"watchdog0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:2:10: watchdog.device: `watchdog0` must be an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub(crate) fn dependencies(
         for (position, (dependency, condition)) in container.depends_on.0.iter().enumerate() {
             let field = format!("containers.{}.depends_on[{position}]", name.as_str());
             let wanted = dependency.get_ref();
-            if wanted == crate::NETWORK_ONLINE {
+            if wanted == crate::NETWORK_ONLINE || wanted == crate::TIME_SYNCED {
                 continue;
             }
             let target = ContainerName::new(wanted)
@@ -241,7 +241,7 @@ fn edges(manifest: &Manifest) -> BTreeMap<&str, Vec<&str>> {
                 .0
                 .iter()
                 .map(|(d, _)| d.get_ref().as_str())
-                .filter(|d| *d != crate::NETWORK_ONLINE)
+                .filter(|d| *d != crate::NETWORK_ONLINE && *d != crate::TIME_SYNCED)
                 .collect();
             (name.as_str(), deps)
         })

@@ -11,7 +11,9 @@ mod links;
 mod netlink;
 mod reply;
 mod resolv;
+pub mod rtc;
 mod saved;
+mod sntp;
 mod state;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -47,9 +49,9 @@ pub(crate) fn emit(event: Event) {
     println!("{}", event.finish());
 }
 
-/// The network section and whether the manifest names the host. A manifest that does not
+/// The network section, whether the manifest names the host, and the NTP servers. A manifest that does not
 /// parse leaves the defaults (DHCP everywhere): a bad manifest never takes the network down.
-fn read_config() -> (Option<Network>, bool) {
+fn read_config() -> (Option<Network>, bool, Vec<berth_manifest::TimeServer>) {
     let mut args = std::env::args().skip(1);
     let mut path = PathBuf::from(DEFAULT_MANIFEST);
     while let Some(arg) = args.next() {
@@ -60,16 +62,24 @@ fn read_config() -> (Option<Network>, bool) {
         }
     }
     match Manifest::load(&path) {
-        Ok(manifest) => (manifest.network, manifest.hostname.is_some()),
+        Ok(manifest) => (
+            manifest.network,
+            manifest.hostname.is_some(),
+            manifest.time.servers(),
+        ),
         Err(err) => {
             emit(Event::new("network-config-invalid").field("error", err));
-            (None, false)
+            (
+                None,
+                false,
+                berth_manifest::TimeSettings::default().servers(),
+            )
         }
     }
 }
 
 pub fn run() -> ExitCode {
-    let (network, hostname_given) = read_config();
+    let (network, hostname_given, time_servers) = read_config();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,10 +90,14 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(network, !hostname_given)) {
+    let outcome = runtime.block_on(serve(network, !hostname_given, time_servers));
+    // Without waiting for blocking work still under way: a name lookup for an NTP server
+    // (getaddrinfo, in tokio's blocking pool) may take the resolver's whole timeout, and
+    // neither the exit at shutdown nor a reload must wait for it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(Outcome::Terminated) => ExitCode::SUCCESS,
         Ok(Outcome::Reload) => {
-            drop(runtime);
             // A fresh netd on the new manifest, in this process (init keeps supervising the
             // same PID); the leases saved under /run are resumed, not released.
             let err = std::os::unix::process::CommandExt::exec(
@@ -206,6 +220,7 @@ enum Outcome {
 async fn serve(
     network: Option<Network>,
     hostname_from_dhcp: bool,
+    time_servers: Vec<berth_manifest::TimeServer>,
 ) -> Result<Outcome, NetlinkError> {
     let netlink = Netlink::connect()?;
     netlink.loopback_up().await?;
@@ -288,6 +303,10 @@ async fn serve(
     }
     // No required link (or none at all): online at once.
     shared.check_online();
+    // Network time once the network is online; its own task, so a silent server holds up
+    // nothing else.
+    let time = tokio::spawn(sntp::run(time_servers));
+    clients.push(time);
     let reload = tokio::select! {
         _ = terminate.recv() => false,
         _ = hangup.recv() => true,

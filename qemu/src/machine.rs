@@ -592,6 +592,11 @@ impl Machine {
         }
     }
 
+    /// Every QMP event QEMU sent so far (`WATCHDOG`, `SHUTDOWN`, ...), in order.
+    pub fn qmp_events(&self) -> Vec<serde_json::Value> {
+        self.qmp.events()
+    }
+
     /// Sends a QMP command.
     pub fn qmp(
         &mut self,

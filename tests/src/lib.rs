@@ -5,6 +5,7 @@ pub mod dhcp_script;
 pub mod events;
 pub mod images;
 pub mod netns;
+pub mod ntp;
 pub mod registry;
 
 use std::collections::HashMap;

@@ -570,7 +570,10 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
         ));
     };
     let response = match request {
-        Request::Ps => Response::containers(supervisor.statuses()),
+        Request::Ps => Response {
+            watchdog: crate::watchdog::status(),
+            ..Response::containers(supervisor.statuses())
+        },
         Request::Inspect { name } => {
             let found: Vec<_> = supervisor
                 .statuses()

@@ -1,11 +1,11 @@
 //! What a waiting container waits for: `depends_on` (Compose's conditions and
 //! `network-online`), and, after an `apply` changed it, the end of its previous run.
 
-use berth_manifest::{Condition, NETWORK_ONLINE};
+use berth_manifest::{Condition, NETWORK_ONLINE, TIME_SYNCED};
 
 use super::health::HealthStatus;
 use super::lifecycle::State;
-use super::{marker_exists, Supervisor, NETWORK_ONLINE_MARKER};
+use super::{marker_exists, Supervisor, NETWORK_ONLINE_MARKER, TIME_SYNCED_MARKER};
 use crate::event::Event;
 
 pub(super) enum Dependencies {
@@ -31,6 +31,12 @@ impl Supervisor {
             if dependency.get_ref() == NETWORK_ONLINE {
                 if !marker_exists(NETWORK_ONLINE_MARKER) {
                     return Dependencies::Pending(NETWORK_ONLINE.to_string());
+                }
+                continue;
+            }
+            if dependency.get_ref() == TIME_SYNCED {
+                if !marker_exists(TIME_SYNCED_MARKER) {
+                    return Dependencies::Pending(TIME_SYNCED.to_string());
                 }
                 continue;
             }

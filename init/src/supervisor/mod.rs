@@ -30,7 +30,9 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_manifest::{Container, ContainerName, Manifest, RestartPolicy, Userns, NETWORK_ONLINE};
+use berth_manifest::{
+    Container, ContainerName, Manifest, RestartPolicy, Userns, NETWORK_ONLINE, TIME_SYNCED,
+};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -48,6 +50,8 @@ use pulls::Pulls;
 
 /// netd creates this file once every required link is configured.
 pub const NETWORK_ONLINE_MARKER: &str = "/run/berth/network-online";
+/// netd writes this once its SNTP client first set the clock (`time-synced`).
+pub const TIME_SYNCED_MARKER: &str = "/run/berth/time-synced";
 /// How often containers waiting for the network (or an image) look for it.
 const NETWORK_POLL: Duration = Duration::from_millis(200);
 
@@ -552,11 +556,9 @@ impl Supervisor {
             && self.containers.iter().any(|c| {
                 c.state == State::Waiting
                     && (c.pulling
-                        || c.config
-                            .depends_on
-                            .0
-                            .iter()
-                            .any(|(d, _)| d.get_ref() == NETWORK_ONLINE))
+                        || c.config.depends_on.0.iter().any(|(d, _)| {
+                            d.get_ref() == NETWORK_ONLINE || d.get_ref() == TIME_SYNCED
+                        }))
             });
         self.containers
             .iter()
