@@ -66,7 +66,12 @@ fn ps(socket: &str) -> (String, Duration) {
     let answer = match connect(socket) {
         Ok(mut stream) => match stream.write_all(request_line(Request::Ps).as_bytes()) {
             Ok(()) => first_answer(&stream),
-            Err(err) => format!("write:{err}"),
+            // A busy init answers and closes before it reads the request: the write fails
+            // with EPIPE, and the answer waits to be read (as berthctl reads it).
+            Err(err) => match first_answer(&stream) {
+                answer if answer.starts_with("error:") => answer,
+                _ => format!("write:{err}"),
+            },
         },
         Err(err) => format!("connect:{err}"),
     };
