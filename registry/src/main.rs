@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let command = match parse_args(&args) {
         Ok(command) => command,
         Err(message) => {
-            eprintln!("berth-pull: {message}\n{USAGE}");
+            say(&format!("{message}\n{USAGE}"));
             print_line(&failure(&message));
             return ExitCode::from(EXIT_USAGE);
         }
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             let message = error.to_string();
-            eprintln!("berth-pull: {message}");
+            say(&message);
             print_line(&failure(&message));
             ExitCode::from(EXIT_FAILED)
         }
@@ -133,7 +133,7 @@ fn run_pull(args: PullArgs) -> Result<berth_registry::PullReport, RegistryError>
         ..ClientConfig::default()
     })?;
     let name = args.name.unwrap_or_else(|| args.reference.clone());
-    eprintln!("berth-pull: {reference} as {name} for {}", args.arch);
+    say(&format!("{reference} as {name} for {}", args.arch));
     pull(
         &mut client,
         &args.store,
@@ -183,7 +183,14 @@ fn print_event(event: Event) {
             attempt + 1
         ),
     };
-    eprintln!("berth-pull: {line}");
+    say(&line);
+}
+
+/// One line on stderr, which is the guest's console: written whole in one call, so that
+/// init's own console lines cannot land in the middle of it (`eprintln!` writes its pieces
+/// one by one to an unbuffered stderr).
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("berth-pull: {line}\n").as_bytes());
 }
 
 fn mib(bytes: u64) -> String {
