@@ -358,6 +358,18 @@ environment = ["A=1", "B=two=2"]
     }
 
     #[test]
+    fn time_synced_with_network_time_off_is_refused() {
+        let err = parse(
+            "[time]\nservers = []\n[containers.a]\nimage = \"x:1\"\ndepends_on = [\"time-synced\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:5:15: containers.a.depends_on[0]: `time-synced` never comes: `[time] servers = []` turns network time off"
+        );
+    }
+
+    #[test]
     fn dependency_cycles_are_refused() {
         let err = parse(
             "[containers.a]\nimage = \"x:1\"\ndepends_on = [\"b\"]\n\

@@ -13,15 +13,27 @@ pub const NTP_PORT: u16 = 123;
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeSettings {
-    /// `HOST`, `HOST:PORT` or `[IPV6]:PORT`; [`DEFAULT_TIME_SERVERS`] when unset.
+    /// `HOST`, `HOST:PORT` or `[IPV6]:PORT`. Unset: the servers the network offers (DHCP
+    /// option 42, the cloud platform's), else [`DEFAULT_TIME_SERVERS`]. Empty: no network
+    /// time at all.
     pub servers: Option<Vec<TimeServer>>,
 }
 
 impl TimeSettings {
-    /// The servers to ask: the manifest's, else the default pool.
-    pub fn servers(&self) -> Vec<TimeServer> {
+    /// Whether netd keeps the clock from the network at all (`servers = []` says no).
+    pub fn enabled(&self) -> bool {
+        self.servers
+            .as_ref()
+            .is_none_or(|servers| !servers.is_empty())
+    }
+
+    /// The servers to ask in one round: the manifest's when it lists any; else those the
+    /// network offered (`offered`: DHCP option 42's, the platform's), and the default pool
+    /// when it offered none.
+    pub fn servers_for_round(&self, offered: &[TimeServer]) -> Vec<TimeServer> {
         match &self.servers {
-            Some(servers) => servers.clone(),
+            Some(listed) => listed.clone(),
+            None if !offered.is_empty() => offered.to_vec(),
             None => DEFAULT_TIME_SERVERS
                 .iter()
                 .map(|host| TimeServer {
@@ -125,5 +137,28 @@ mod tests {
         assert!(TimeServer::parse("").is_err());
         assert!(TimeServer::parse("[fd00::1").is_err());
         assert_eq!(server("fd00::1", 123).to_string(), "[fd00::1]:123");
+    }
+
+    #[test]
+    fn listed_servers_win_offered_ones_come_next_and_the_pool_last() {
+        let offered = vec![TimeServer::parse("192.0.2.1").unwrap()];
+        let listed = TimeSettings {
+            servers: Some(vec![TimeServer::parse("time.example").unwrap()]),
+        };
+        assert_eq!(
+            listed.servers_for_round(&offered),
+            listed.servers.clone().unwrap()
+        );
+        let unset = TimeSettings::default();
+        assert!(unset.enabled());
+        assert_eq!(unset.servers_for_round(&offered), offered);
+        assert_eq!(
+            unset.servers_for_round(&[]),
+            [TimeServer::parse("pool.ntp.org").unwrap()]
+        );
+        let off = TimeSettings {
+            servers: Some(Vec::new()),
+        };
+        assert!(!off.enabled());
     }
 }

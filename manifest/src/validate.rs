@@ -160,6 +160,16 @@ pub(crate) fn dependencies(
         for (position, (dependency, condition)) in container.depends_on.0.iter().enumerate() {
             let field = format!("containers.{}.depends_on[{position}]", name.as_str());
             let wanted = dependency.get_ref();
+            if wanted == crate::TIME_SYNCED && !manifest.time.enabled() {
+                return Err(ManifestError::at(
+                    origin,
+                    text,
+                    dependency.span(),
+                    &field,
+                    "`time-synced` never comes: `[time] servers = []` turns network time off"
+                        .to_string(),
+                ));
+            }
             if wanted == crate::NETWORK_ONLINE || wanted == crate::TIME_SYNCED {
                 continue;
             }

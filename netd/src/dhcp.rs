@@ -55,8 +55,8 @@ const MAX_REFUSALS_REPORTED: u32 = 8;
 /// After an error that is not the server's answer (a socket or netlink failure): soon, since
 /// such errors are mostly the link or its firewall settling at boot.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
-/// The options netd asks for: subnet, router, DNS, hostname, domain, MTU, lease time, T1, T2
-/// and classless static routes.
+/// The options netd asks for: subnet, router, DNS, hostname, domain, MTU, lease time, T1, T2,
+/// classless static routes and NTP servers.
 pub(crate) const REQUESTED: &[OptionCode] = &[
     OptionCode::SubnetMask,
     OptionCode::Router,
@@ -68,6 +68,7 @@ pub(crate) const REQUESTED: &[OptionCode] = &[
     OptionCode::Renewal,
     OptionCode::Rebinding,
     OptionCode::ClasslessStaticRoute,
+    OptionCode::NtpServers,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,7 @@ pub enum DhcpError {
 
 /// How the server answered a REQUEST.
 enum Reply {
-    Ack(Lease),
+    Ack(Box<Lease>),
     Nak,
 }
 
@@ -340,7 +341,7 @@ impl Client {
             match Lease::from_ack(&reply) {
                 Ok(mut lease) => {
                     self.drop_invalid_options(&mut lease);
-                    return Ok(Some(Reply::Ack(lease)));
+                    return Ok(Some(Reply::Ack(Box::new(lease))));
                 }
                 Err(reason) => self.refused(name, &reason),
             }
@@ -451,7 +452,8 @@ impl Client {
                 .field("dns", join(&lease.dns))
                 .field("routes", routes.join(","))
                 .field("mtu", lease.mtu.map_or(String::new(), |m| m.to_string()))
-                .field("lease", format!("{}s", lease.lease_time.as_secs())),
+                .field("lease", format!("{}s", lease.lease_time.as_secs()))
+                .field("ntp", join(&lease.ntp)),
         );
     }
 
@@ -520,7 +522,7 @@ impl Client {
             .request(socket, selecting, Instant::now() + FIRST_RETRANSMIT)
             .await?
         {
-            Some(Reply::Ack(lease)) => lease,
+            Some(Reply::Ack(lease)) => *lease,
             Some(Reply::Nak) => {
                 self.nak("requesting");
                 return Ok(None);
@@ -564,7 +566,7 @@ impl Client {
                     .request(socket, kind, now + wait.max(Duration::from_millis(500)))
                     .await?
                 {
-                    Some(Reply::Ack(new)) => break Some(new),
+                    Some(Reply::Ack(new)) => break Some(*new),
                     Some(Reply::Nak) => {
                         self.nak("renewing");
                         break None;

@@ -16,6 +16,8 @@ pub struct Lease {
     pub server: Ipv4Addr,
     pub routers: Vec<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// Option 42, at most [`MAX_NTP_SERVERS`] usable unicast addresses.
+    pub ntp: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub hostname: Option<String>,
     /// Option 26.
@@ -27,6 +29,10 @@ pub struct Lease {
     pub t1: Duration,
     pub t2: Duration,
 }
+
+/// NTP servers kept from one lease: the SNTP client asks each of them every round, so a
+/// server listing hundreds must not make netd send hundreds of packets.
+pub const MAX_NTP_SERVERS: usize = 4;
 
 /// The longest DNS name, in text without its trailing dot (RFC 1035 §2.3.4, RFC 2181 §11).
 const MAX_NAME: usize = 253;
@@ -164,7 +170,9 @@ impl Lease {
             return Err(Refused::NotHost { addr, prefix });
         }
         let list = |code| match opts.get(code) {
-            Some(DhcpOption::Router(ips)) | Some(DhcpOption::DomainNameServer(ips)) => ips.clone(),
+            Some(DhcpOption::Router(ips))
+            | Some(DhcpOption::DomainNameServer(ips))
+            | Some(DhcpOption::NtpServers(ips)) => ips.clone(),
             _ => Vec::new(),
         };
         let text = |code| match opts.get(code) {
@@ -184,6 +192,7 @@ impl Lease {
             server,
             routers: list(OptionCode::Router),
             dns: list(OptionCode::DomainNameServer),
+            ntp: usable_ntp_servers(&list(OptionCode::NtpServers)),
             domain: text(OptionCode::DomainName),
             hostname: text(OptionCode::Hostname),
             mtu: match opts.get(OptionCode::InterfaceMtu) {
@@ -240,6 +249,23 @@ impl Lease {
     }
 }
 
+/// The addresses of option 42 worth asking: unicast ones (not 0.0.0.0, broadcast, multicast
+/// or loopback, which a server has no business naming), without repeats, the first
+/// [`MAX_NTP_SERVERS`].
+pub fn usable_ntp_servers(offered: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    let mut usable: Vec<Ipv4Addr> = Vec::new();
+    for addr in offered {
+        let unicast = !(addr.is_unspecified()
+            || addr.is_broadcast()
+            || addr.is_multicast()
+            || addr.is_loopback());
+        if unicast && !usable.contains(addr) && usable.len() < MAX_NTP_SERVERS {
+            usable.push(*addr);
+        }
+    }
+    usable
+}
+
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
@@ -285,6 +311,29 @@ mod tests {
         assert_eq!(
             lease.routes(),
             [(Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::new(10, 0, 2, 2))]
+        );
+    }
+
+    #[test]
+    fn ntp_servers_are_kept_unicast_once_and_at_most_four() {
+        let lease = Lease::from_ack(&ack(vec![DhcpOption::NtpServers(vec![
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(255, 255, 255, 255),
+            Ipv4Addr::new(224, 0, 1, 1),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(192, 0, 2, 2),
+            Ipv4Addr::new(192, 0, 2, 3),
+            Ipv4Addr::new(192, 0, 2, 4),
+            Ipv4Addr::new(192, 0, 2, 5),
+        ])]))
+        .unwrap();
+        assert_eq!(
+            lease.ntp,
+            (1..=4)
+                .map(|n| Ipv4Addr::new(192, 0, 2, n))
+                .collect::<Vec<_>>()
         );
     }
 

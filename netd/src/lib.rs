@@ -9,6 +9,7 @@ pub mod dhcp;
 mod lease;
 mod links;
 mod netlink;
+mod platform;
 mod reply;
 mod resolv;
 pub mod rtc;
@@ -51,7 +52,7 @@ pub(crate) fn emit(event: Event) {
 
 /// The network section, whether the manifest names the host, and the NTP servers. A manifest that does not
 /// parse leaves the defaults (DHCP everywhere): a bad manifest never takes the network down.
-fn read_config() -> (Option<Network>, bool, Vec<berth_manifest::TimeServer>) {
+fn read_config() -> (Option<Network>, bool, berth_manifest::TimeSettings) {
     let mut args = std::env::args().skip(1);
     let mut path = PathBuf::from(DEFAULT_MANIFEST);
     while let Some(arg) = args.next() {
@@ -62,24 +63,16 @@ fn read_config() -> (Option<Network>, bool, Vec<berth_manifest::TimeServer>) {
         }
     }
     match Manifest::load(&path) {
-        Ok(manifest) => (
-            manifest.network,
-            manifest.hostname.is_some(),
-            manifest.time.servers(),
-        ),
+        Ok(manifest) => (manifest.network, manifest.hostname.is_some(), manifest.time),
         Err(err) => {
             emit(Event::new("network-config-invalid").field("error", err));
-            (
-                None,
-                false,
-                berth_manifest::TimeSettings::default().servers(),
-            )
+            (None, false, berth_manifest::TimeSettings::default())
         }
     }
 }
 
 pub fn run() -> ExitCode {
-    let (network, hostname_given, time_servers) = read_config();
+    let (network, hostname_given, time) = read_config();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,7 +83,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve(network, !hostname_given, time_servers));
+    let outcome = runtime.block_on(serve(network, !hostname_given, time));
     // Without waiting for blocking work still under way: a name lookup for an NTP server
     // (getaddrinfo, in tokio's blocking pool) may take the resolver's whole timeout, and
     // neither the exit at shutdown nor a reload must wait for it.
@@ -220,7 +213,7 @@ enum Outcome {
 async fn serve(
     network: Option<Network>,
     hostname_from_dhcp: bool,
-    time_servers: Vec<berth_manifest::TimeServer>,
+    time: berth_manifest::TimeSettings,
 ) -> Result<Outcome, NetlinkError> {
     let netlink = Netlink::connect()?;
     netlink.loopback_up().await?;
@@ -305,7 +298,7 @@ async fn serve(
     shared.check_online();
     // Network time once the network is online; its own task, so a silent server holds up
     // nothing else.
-    let time = tokio::spawn(sntp::run(time_servers));
+    let time = tokio::spawn(sntp::run(time, Arc::clone(&shared)));
     clients.push(time);
     let reload = tokio::select! {
         _ = terminate.recv() => false,

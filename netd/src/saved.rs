@@ -48,6 +48,7 @@ pub fn encode(lease: &Lease, acquired: Duration) -> String {
     let _ = writeln!(text, "server={}", lease.server);
     let _ = writeln!(text, "routers={}", join(&lease.routers));
     let _ = writeln!(text, "dns={}", join(&lease.dns));
+    let _ = writeln!(text, "ntp={}", join(&lease.ntp));
     let _ = writeln!(text, "domain={}", lease.domain.clone().unwrap_or_default());
     let _ = writeln!(
         text,
@@ -92,6 +93,9 @@ pub fn decode(text: &str) -> Option<(Lease, Duration)> {
         server: get("server")?.parse().ok()?,
         routers: list(get("routers")?)?,
         dns: list(get("dns")?)?,
+        // Absent from files written before option 42 was read; the list is checked again
+        // because the file is as untrusted as the server it came from.
+        ntp: crate::lease::usable_ntp_servers(&list(get("ntp").unwrap_or_default())?),
         domain: text_field("domain"),
         hostname: text_field("hostname"),
         mtu: match get("mtu")? {
@@ -144,6 +148,7 @@ mod tests {
             server: Ipv4Addr::new(192, 168, 77, 1),
             routers: vec![Ipv4Addr::new(192, 168, 77, 1)],
             dns: vec![Ipv4Addr::new(192, 168, 77, 1), Ipv4Addr::new(192, 0, 2, 53)],
+            ntp: vec![Ipv4Addr::new(192, 168, 77, 1)],
             domain: Some("example.internal".to_string()),
             hostname: None,
             mtu: Some(1400),

@@ -10,10 +10,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use berth_event::Event;
-use berth_manifest::TimeServer;
+use berth_manifest::{TimeServer, TimeSettings, NTP_PORT};
 
 use crate::emit;
+use crate::state::Shared;
 
 /// netd writes this once the clock was first set; init's `depends_on = ["time-synced"]`
 /// waits for it.
@@ -367,15 +370,40 @@ async fn sync_once(servers: &[TimeServer], first: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The servers the network offers this round: option 42 of every lease held, then the
+/// platform's, each once.
+fn offered(shared: &Shared, platform: Option<&TimeServer>) -> Vec<TimeServer> {
+    let mut offered: Vec<TimeServer> = Vec::new();
+    let from_leases = shared.leases().into_iter().flat_map(|(_, lease)| lease.ntp);
+    for addr in from_leases {
+        let server = TimeServer {
+            host: addr.to_string(),
+            port: NTP_PORT,
+        };
+        if !offered.contains(&server) {
+            offered.push(server);
+        }
+    }
+    offered.extend(platform.filter(|p| !offered.contains(p)).cloned());
+    offered
+}
+
 /// Keeps the clock: waits for the network, syncs, and syncs again every [`RESYNC`]; a
-/// failed round is `time-sync-failed` and retried with backoff.
-pub async fn run(servers: Vec<TimeServer>) {
+/// failed round is `time-sync-failed` and retried with backoff. Each round asks the servers
+/// [`TimeSettings::servers_for_round`] chooses, so a lease that comes or goes with its
+/// option 42 is followed. `servers = []`: nothing at all.
+pub async fn run(settings: TimeSettings, shared: Arc<Shared>) {
+    if !settings.enabled() {
+        return;
+    }
+    let platform = crate::platform::time_server();
     while !std::path::Path::new(NETWORK_ONLINE_MARKER).exists() {
         tokio::time::sleep(NETWORK_POLL).await;
     }
     let mut first = !std::path::Path::new(TIME_SYNCED_MARKER).exists();
     let mut retry = RETRY_FIRST;
     loop {
+        let servers = settings.servers_for_round(&offered(&shared, platform.as_ref()));
         match sync_once(&servers, first).await {
             Ok(()) => {
                 first = false;

@@ -122,37 +122,69 @@ pub enum Answer {
 pub fn scripted_server(answer: Answer) -> Result<u16, String> {
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    std::thread::spawn(move || serve(&socket, answer));
+    Ok(port)
+}
+
+/// Serves `answer` on `addr` inside the network namespace `netns` (a file such as
+/// `/run/netns/NAME`), from a thread that enters it (`setns` moves only the calling thread)
+/// and lives as long as the test process.
+pub fn scripted_server_in_netns(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+    answer: Answer,
+) -> Result<(), String> {
+    let namespace = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+    let (bound, outcome) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::spawn(move || {
-        let mut request = [0u8; 512];
-        while let Ok((length, from)) = socket.recv_from(&mut request) {
-            if length < 48 {
-                continue;
+        let socket = nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns: {e}"))
+            .and_then(|()| UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}")));
+        match socket {
+            Ok(socket) => {
+                let _ = bound.send(Ok(()));
+                serve(&socket, answer);
             }
-            let year = Duration::from_secs(365 * 86_400);
-            let now = SystemTime::now();
-            let (stratum, time) = match answer {
-                Answer::Honest => (2, now),
-                Answer::KissOfDeath => (0, now),
-                Answer::YearsAhead(years) => (2, now + year * u32::try_from(years).unwrap_or(1)),
-                Answer::YearsBehind(years) => (2, now - year * u32::try_from(years).unwrap_or(1)),
-            };
-            let mut reply = [0u8; 48];
-            reply[0] = 0x24; // LI 0, version 4, mode 4 (server)
-            reply[1] = stratum;
-            reply[2] = 6;
-            reply[3] = 0xec;
-            if answer == Answer::KissOfDeath {
-                reply[12..16].copy_from_slice(b"RATE");
-            } else {
-                reply[12..16].copy_from_slice(b"TEST");
+            Err(err) => {
+                let _ = bound.send(Err(err));
             }
-            reply[16..24].copy_from_slice(&ntp_timestamp(time));
-            // Origin: the client's transmit time, as RFC 5905 asks.
-            reply[24..32].copy_from_slice(&request[40..48]);
-            reply[32..40].copy_from_slice(&ntp_timestamp(time));
-            reply[40..48].copy_from_slice(&ntp_timestamp(time));
-            let _ = socket.send_to(&reply, from);
         }
     });
-    Ok(port)
+    outcome
+        .recv_timeout(CHRONY_READY)
+        .map_err(|e| format!("the NTP server thread did not start: {e}"))?
+}
+
+/// Answers every request on `socket` with `answer`, until the socket fails.
+fn serve(socket: &UdpSocket, answer: Answer) {
+    let mut request = [0u8; 512];
+    while let Ok((length, from)) = socket.recv_from(&mut request) {
+        if length < 48 {
+            continue;
+        }
+        let year = Duration::from_secs(365 * 86_400);
+        let now = SystemTime::now();
+        let (stratum, time) = match answer {
+            Answer::Honest => (2, now),
+            Answer::KissOfDeath => (0, now),
+            Answer::YearsAhead(years) => (2, now + year * u32::try_from(years).unwrap_or(1)),
+            Answer::YearsBehind(years) => (2, now - year * u32::try_from(years).unwrap_or(1)),
+        };
+        let mut reply = [0u8; 48];
+        reply[0] = 0x24; // LI 0, version 4, mode 4 (server)
+        reply[1] = stratum;
+        reply[2] = 6;
+        reply[3] = 0xec;
+        if answer == Answer::KissOfDeath {
+            reply[12..16].copy_from_slice(b"RATE");
+        } else {
+            reply[12..16].copy_from_slice(b"TEST");
+        }
+        reply[16..24].copy_from_slice(&ntp_timestamp(time));
+        // Origin: the client's transmit time, as RFC 5905 asks.
+        reply[24..32].copy_from_slice(&request[40..48]);
+        reply[32..40].copy_from_slice(&ntp_timestamp(time));
+        reply[40..48].copy_from_slice(&ntp_timestamp(time));
+        let _ = socket.send_to(&reply, from);
+    }
 }

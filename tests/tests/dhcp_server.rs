@@ -1,7 +1,7 @@
 //! netd's DHCP client against a real server: Debian's dnsmasq in a network namespace, wired to
 //! the guest by a tap device. Short leases renew before they expire, a NAK sends the client
-//! back to discovery, option 121 routes and option 26 MTU are applied, and a netd killed
-//! mid-lease goes on renewing the lease it had.
+//! back to discovery, option 121 routes and option 26 MTU are applied, option 42's NTP server
+//! sets the clock, and a netd killed mid-lease goes on renewing the lease it had.
 
 use std::time::Duration;
 
@@ -40,7 +40,15 @@ fn short_leases_renew_options_apply_and_a_killed_netd_keeps_renewing() {
         "--dhcp-option=option:mtu,1400",
         "--dhcp-option=121,10.99.0.0/16,192.168.77.254",
         "--dhcp-option=option:dns-server,192.168.77.1",
+        "--dhcp-option=option:ntp-server,192.168.77.1",
     ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The NTP server option 42 names, inside the rig: with no `[time] servers` netd asks it.
+    berth_tests::ntp::scripted_server_in_netns(
+        &rig.path(),
+        (std::net::Ipv4Addr::new(192, 168, 77, 1), 123).into(),
+        berth_tests::ntp::Answer::Honest,
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let manifest = r#"
 [containers.show]
@@ -70,6 +78,12 @@ command = ["sh", "-c", "ip -4 route show | sed 's/^/route:/'; echo mtu=$(cat /sy
         bound.get("routes"),
         Some("10.99.0.0/16>192.168.77.254"),
         "option 121 replaces the router option; {c}"
+    );
+    assert_eq!(bound.get("ntp"), Some("192.168.77.1"), "option 42; {c}");
+    let synced = wait_seen(&machine, r"^berth event=time-synced ");
+    assert!(
+        synced.contains("server=192.168.77.1:123 "),
+        "the time came from option 42's server: {synced}; {c}"
     );
     wait_seen(&machine, r"^show \| renewed-before-kill$");
     let out = events::output(&machine, "show");
