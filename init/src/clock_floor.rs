@@ -7,6 +7,7 @@
 //! build-time epoch. Network time, when it comes, corrects the rest.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_manifest::BUILD_TIME_PATH;
@@ -29,6 +30,15 @@ pub enum ClockFloorError {
     ReadClock(nix::Error),
     #[error("cannot set the clock (CLOCK_REALTIME) to {seconds}: {source}")]
     SetClock { seconds: u64, source: nix::Error },
+}
+
+/// Set once the floor raised the clock at this boot: the clock is then only the image's
+/// build time, which pulls wait on network time for (see [`raised`]).
+static RAISED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the floor raised the clock at this boot.
+pub fn raised() -> bool {
+    RAISED.load(Ordering::Relaxed)
 }
 
 /// Where the clock must go: the floor when `now` is earlier, else nothing to do.
@@ -75,6 +85,7 @@ fn apply_from(path: &Path) -> Result<(), ClockFloorError> {
                 source,
             },
         )?;
+        RAISED.store(true, Ordering::Relaxed);
         Event::new("clock-floor")
             .field("was", now.as_secs())
             .field("floor", target.as_secs())

@@ -11,8 +11,9 @@
 )]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use berth_registry::{
     gc, pull, usage, Arch, AuthFile, Client, ClientConfig, Event, Reference, RegistryError,
@@ -21,7 +22,8 @@ use serde::Serialize;
 
 const USAGE: &str = "\
 usage: berth-pull --store DIR --arch x86_64|aarch64 [--insecure HOST[:PORT]]... [--ca FILE]...
-                  [--no-bundled-roots] [--auth-file FILE] [--name NAME] REFERENCE
+                  [--no-bundled-roots] [--auth-file FILE] [--name NAME]
+                  [--wait-for-time FILE] REFERENCE
        berth-pull gc --store DIR [--keep REF...]...
        berth-pull usage --store DIR
 
@@ -30,6 +32,8 @@ usage: berth-pull --store DIR --arch x86_64|aarch64 [--insecure HOST[:PORT]]... 
   --no-bundled-roots      trust only the --ca certificates, not Mozilla's built-in roots
   --auth-file FILE        credentials, as Docker's config.json holds them (\"auths\")
   --name NAME             the name to store the image under (default: REFERENCE as given)
+  --wait-for-time FILE    first wait (30 s at most) until FILE exists: init passes netd's
+                          time-synced marker when the clock is only the image's build time
   --keep REF...           the names gc keeps; every other image and unused blob goes";
 
 const EXIT_FAILED: u8 = 1;
@@ -59,6 +63,8 @@ struct PullArgs {
     bundled_roots: bool,
     auth_file: Option<PathBuf>,
     name: Option<String>,
+    /// A file whose existence says the clock has been set from the network.
+    wait_for_time: Option<PathBuf>,
     reference: String,
 }
 
@@ -119,8 +125,43 @@ fn serialize(value: &impl Serialize) -> String {
     })
 }
 
+/// The longest a pull waits for network time before it goes on with the clock it has.
+const TIME_WAIT: Duration = Duration::from_secs(30);
+const TIME_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until `marker` exists, [`TIME_WAIT`] at most, saying so: a clock at the image's build
+/// time may be months behind, and a registry's certificate issued since then would look not
+/// yet valid. A clock still unset after the wait is a risk to name, not a reason to give up.
+fn wait_for_time(marker: &Path) {
+    if marker.exists() {
+        return;
+    }
+    say(&format!(
+        "the clock is only the image's build time: waiting up to {} s for network time",
+        TIME_WAIT.as_secs()
+    ));
+    let started = Instant::now();
+    while !marker.exists() {
+        if started.elapsed() >= TIME_WAIT {
+            say(&format!(
+                "no network time after {} s: pulling anyway; certificates newer than the image may be refused",
+                TIME_WAIT.as_secs()
+            ));
+            return;
+        }
+        std::thread::sleep(TIME_POLL);
+    }
+    say(&format!(
+        "network time came after {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+}
+
 fn run_pull(args: PullArgs) -> Result<berth_registry::PullReport, RegistryError> {
     let reference = Reference::parse(&args.reference)?;
+    if let Some(marker) = &args.wait_for_time {
+        wait_for_time(marker);
+    }
     let auth = match &args.auth_file {
         Some(path) => AuthFile::load(path)?,
         None => AuthFile::default(),
@@ -268,6 +309,7 @@ fn parse_pull(args: &[String]) -> Result<Command, String> {
     let mut bundled_roots = true;
     let mut auth_file = None;
     let mut name = None;
+    let mut wait_for_time = None;
     let mut reference = None;
     while let Some((flag, inline)) = args.next() {
         match flag {
@@ -285,6 +327,7 @@ fn parse_pull(args: &[String]) -> Result<Command, String> {
             "--no-bundled-roots" => bundled_roots = false,
             "--auth-file" => auth_file = Some(PathBuf::from(args.value(flag, inline)?)),
             "--name" => name = Some(args.value(flag, inline)?.to_string()),
+            "--wait-for-time" => wait_for_time = Some(PathBuf::from(args.value(flag, inline)?)),
             other if other.starts_with('-') => return Err(format!("unknown option `{other}`")),
             positional => {
                 if let Some(first) = &reference {
@@ -304,6 +347,7 @@ fn parse_pull(args: &[String]) -> Result<Command, String> {
         bundled_roots,
         auth_file,
         name,
+        wait_for_time,
         reference: reference.ok_or("REFERENCE is required")?,
     }))
 }

@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_arch::Arch;
 use berth_tests::events;
+use berth_tests::images::{busybox_layout, BUSYBOX, BUSYBOX_TAG};
 use berth_tests::ntp::{scripted_server, Answer, Chrony};
+use berth_tests::registry::{push, Registry};
 use berth_tests::{build_image, log_dir, machine_config, start_to_ready, wait_line, wait_seen};
 
 /// A container that prints the guest's clock once it runs.
@@ -159,11 +161,27 @@ fn guest_clock_error(machine: &berth_qemu::Machine, started: SystemTime) -> f64 
 /// correction removed (`correct` returning without setting the clock): the container read
 /// the build time, seconds behind; and with the RTC write after a sync removed: the RTC
 /// still read 2001.
-fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch) {
+///
+/// With `pull`, a container's image comes from a registry on the test machine: its pull,
+/// started while the clock is only the floor, waits for network time first (berth-pull's
+/// `--wait-for-time`). Seen failing with `time_args` in init's `pulls.rs` returning nothing:
+/// the image was pulled before `time-synced`, and no waiting line.
+fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch, pull: bool) {
     let test = format!("time-chrony-{arch}");
     let chrony_dir = log_dir(&format!("{test}-chrony"));
     let port = berth_tests::ntp::free_udp_port().unwrap_or_else(|e| panic!("{e}"));
-    let manifest = synced_clock_probe(&[format!("10.0.2.2:{port}")]);
+    let mut manifest = synced_clock_probe(&[format!("10.0.2.2:{port}")]);
+    let registry = pull.then(|| {
+        let registry = Registry::start(&log_dir(&format!("{test}-registry")));
+        let layout = busybox_layout(arch).unwrap_or_else(|e| panic!("{e}"));
+        push(&layout, BUSYBOX_TAG, &registry.host_addr(), BUSYBOX);
+        let guest = registry.guest_addr();
+        manifest.push_str(&format!(
+            "\n[registries.\"{guest}\"]\ninsecure = true\n\n[containers.pulled]\n\
+             image = \"{guest}/{BUSYBOX}\"\ncommand = [\"echo\", \"pulled-runs\"]\n"
+        ));
+        registry
+    });
     let (mut machine, started) = boot_in_2001(arch, &test, &manifest);
     let ctx = format!("console: {}", machine.console_log().display());
     wait_seen(
@@ -184,6 +202,21 @@ fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch) {
     );
     wait_line(&mut machine, r"^berth event=started container=clock ");
     wait_line(&mut machine, r"^berth event=exited container=clock ");
+    if let Some(registry) = &registry {
+        wait_seen(&machine, r"^pulled \| pulled-runs$");
+        let console = machine.console_text();
+        let position = |needle: &str| console.find(needle).unwrap_or(usize::MAX);
+        let waiting = position("berth-pull: the clock is only the image's build time: waiting");
+        let came = position("berth-pull: network time came after");
+        let synced = position("berth event=time-synced ");
+        let pulled = position("berth event=image-pulled ");
+        assert!(
+            waiting < synced && synced < came && came < pulled && pulled < usize::MAX,
+            "the pull waited for network time: waiting at {waiting}, time-synced at {synced}, \
+             came at {came}, image-pulled at {pulled}; {ctx}; registry log: {}",
+            registry.log().display()
+        );
+    }
     let console = machine.console_text();
     let position = |needle: &str| console.find(needle).unwrap_or(usize::MAX);
     assert!(
@@ -219,12 +252,12 @@ fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch) {
 
 #[test]
 fn x86_64_chrony_sets_the_clock_and_time_synced_gates_a_container() {
-    chrony_sets_the_clock_and_time_synced_gates_a_container(Arch::X86_64);
+    chrony_sets_the_clock_and_time_synced_gates_a_container(Arch::X86_64, true);
 }
 
 #[test]
 fn aarch64_chrony_sets_the_clock_and_time_synced_gates_a_container() {
-    chrony_sets_the_clock_and_time_synced_gates_a_container(Arch::Aarch64);
+    chrony_sets_the_clock_and_time_synced_gates_a_container(Arch::Aarch64, false);
 }
 
 /// Servers that answer nonsense are refused, each with its reason, and the clock is set

@@ -67,6 +67,8 @@ pub struct Pulls {
     failed: HashMap<String, Failed>,
     done: HashSet<String>,
     registries: BTreeMap<String, RegistrySettings>,
+    /// The manifest keeps network time (`[time] servers` is not empty).
+    network_time: bool,
 }
 
 /// The arch berth-pull chooses from an image index: this init's own.
@@ -82,13 +84,31 @@ impl Pulls {
     pub fn new(manifest: &Manifest) -> Pulls {
         Pulls {
             registries: manifest.registries.clone(),
+            network_time: manifest.time.enabled(),
             ..Pulls::default()
         }
     }
 
-    /// Takes an applied manifest's registry settings.
+    /// Takes an applied manifest's registry and time settings.
     pub fn adopt(&mut self, manifest: &Manifest) {
         self.registries = manifest.registries.clone();
+        self.network_time = manifest.time.enabled();
+    }
+
+    /// `--wait-for-time` while the clock is only the floor and network time may still come;
+    /// berth-pull does the waiting (bounded), never init.
+    fn time_args(&self) -> Vec<String> {
+        if self.network_time
+            && crate::clock_floor::raised()
+            && !super::marker_exists(super::TIME_SYNCED_MARKER)
+        {
+            vec![
+                "--wait-for-time".to_string(),
+                super::TIME_SYNCED_MARKER.to_string(),
+            ]
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn state(&self, reference: &str) -> PullState {
@@ -131,6 +151,7 @@ impl Pulls {
         command
             .args(["--store", PULLED_STORE, "--arch", arch()])
             .args(self.registry_args(reference)?)
+            .args(self.time_args())
             .arg(reference)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::from(write));
