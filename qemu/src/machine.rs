@@ -73,6 +73,10 @@ pub struct MachineConfig {
     /// the guest bytes on its console line (XOFF and XON, say). QEMU waits for the rig to
     /// connect before it starts the guest, so no line is lost.
     pub serial_socket: bool,
+    /// Let a guest reboot restart the guest inside the same QEMU (no `-no-reboot`), so that
+    /// what QEMU keeps across a reset (the RTC, the disks) is seen by the next boot; the
+    /// console goes on in the same log. Off: a reboot ends QEMU, as the rig's exits expect.
+    pub reboot_in_place: bool,
 }
 
 impl MachineConfig {
@@ -93,6 +97,7 @@ impl MachineConfig {
             control_socket: None,
             default_cpu_model: false,
             serial_socket: false,
+            reboot_in_place: false,
         }
     }
 
@@ -165,12 +170,14 @@ impl MachineConfig {
                 "-no-user-config",
                 "-display",
                 "none",
-                "-no-reboot",
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", qmp_socket.display()),
             ]
             .map(str::to_string),
         );
+        if !self.reboot_in_place {
+            args.push("-no-reboot".to_string());
+        }
         args.extend(serial);
         args.extend(self.boot_args());
         if self.user_net {

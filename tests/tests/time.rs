@@ -260,6 +260,71 @@ fn aarch64_chrony_sets_the_clock_and_time_synced_gates_a_container() {
     chrony_sets_the_clock_and_time_synced_gates_a_container(Arch::Aarch64, false);
 }
 
+/// The RTC keeps the network's time across a reboot: init writes it back at shutdown. The
+/// guest syncs from chrony, then a container with `CAP_SYS_TIME` and `/dev/rtc0` sets the RTC
+/// back to 2001 (the system clock stays right); after `berthctl reboot` in the same QEMU (the
+/// RTC survives the reset) the kernel reads the RTC, and no `clock-floor` is needed. Seen
+/// failing with the RTC write in init's `shutdown.rs` removed: the second boot read 2001 and
+/// the floor raised the clock again.
+#[test]
+fn x86_64_the_rtc_is_written_back_at_shutdown() {
+    let arch = Arch::X86_64;
+    let test = "time-rtc-shutdown";
+    let dir = log_dir(test);
+    let chrony_dir = log_dir(&format!("{test}-chrony"));
+    let port = berth_tests::ntp::free_udp_port().unwrap_or_else(|e| panic!("{e}"));
+    let chrony = Chrony::start(&chrony_dir, port).unwrap_or_else(|e| panic!("{e}"));
+    let manifest = format!(
+        r#"
+[time]
+servers = ["10.0.2.2:{}"]
+
+[containers.rtcback]
+image = "busybox:1.35"
+depends_on = ["time-synced"]
+restart = "no"
+cap_add = ["SYS_TIME"]
+devices = ["/dev/rtc0"]
+command = ["sh", "-c", "sleep 2; now=$(date +%s); date -s @{YEAR_2001} >/dev/null && hwclock -w -u -f /dev/rtc0 && date -s @$((now + 2)) >/dev/null && echo rtc=$(cat /sys/class/rtc/rtc0/since_epoch)"]
+"#,
+        chrony.port
+    );
+    let image = build_image(arch, &manifest, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.join("control.sock");
+    let mut config = machine_config(arch, &image, &dir);
+    config
+        .extra_args
+        .extend(["-rtc".to_string(), "base=2001-01-01".to_string()]);
+    config.control_socket = Some(socket.clone());
+    config.reboot_in_place = true;
+    let machine = start_to_ready(&config);
+    let ctx = format!("console: {}", machine.console_log().display());
+    wait_seen(&machine, r"^berth event=time-synced ");
+    let set_back = wait_seen(&machine, r"^rtcback \| rtc=");
+    let rtc: u64 = set_back
+        .trim_start_matches("rtcback | rtc=")
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{set_back}: {e}; {ctx}"));
+    assert!(
+        rtc.abs_diff(YEAR_2001) < 10,
+        "the container set the RTC back: {set_back}; {ctx}"
+    );
+    berth_tests::berth_ctl_ok(&socket, &["reboot"]);
+    events::wait_count(&machine, "berth event=ready ", 2, Duration::from_secs(180));
+    let floors = events::starting_with(&machine, "berth event=clock-floor ").len();
+    assert_eq!(
+        floors, 1,
+        "only the first boot needed the floor: init wrote the synced time to the RTC at \
+         shutdown; {ctx}"
+    );
+    let shutdown = machine.console_text();
+    assert!(
+        shutdown.contains("berth event=shutdown-complete action=reboot"),
+        "{ctx}"
+    );
+}
+
 /// Servers that answer nonsense are refused, each with its reason, and the clock is set
 /// from the honest ones, which agree. Seen failing with the stratum-0 and floor checks of
 /// netd's `check_reply` removed: no `kiss-of-death` refusal (that reply, honest in its time,
