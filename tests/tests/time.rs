@@ -103,6 +103,18 @@ command = ["sh", "-c", "for i in $(seq 15); do echo now=$(date +%s); usleep 2000
 /// Boots `manifest` with its RTC in 2001; returns the machine and the wall time QEMU started
 /// at, against which console lines' `at` are placed.
 fn boot_in_2001(arch: Arch, test: &str, manifest: &str) -> (berth_qemu::Machine, SystemTime) {
+    let (machine, started, _) = boot_in_2001_with(arch, test, manifest, false);
+    (machine, started)
+}
+
+/// As [`boot_in_2001`]; with `reboots`, the guest also has a control socket (returned) and a
+/// reboot restarts it in the same QEMU, its RTC kept.
+fn boot_in_2001_with(
+    arch: Arch,
+    test: &str,
+    manifest: &str,
+    reboots: bool,
+) -> (berth_qemu::Machine, SystemTime, std::path::PathBuf) {
     let dir = log_dir(test);
     let image = build_image(arch, manifest, &dir).unwrap_or_else(|e| panic!("{e}"));
     let mut config = machine_config(arch, &image, &dir);
@@ -110,7 +122,12 @@ fn boot_in_2001(arch: Arch, test: &str, manifest: &str) -> (berth_qemu::Machine,
         .extra_args
         .extend(["-rtc".to_string(), "base=2001-01-01".to_string()]);
     let started = SystemTime::now();
-    (start_to_ready(&config), started)
+    let socket = dir.join("control.sock");
+    if reboots {
+        config.control_socket = Some(socket.clone());
+        config.reboot_in_place = true;
+    }
+    (start_to_ready(&config), started, socket)
 }
 
 /// How far the guest's clock is from the test machine's, in seconds, from the container's
@@ -162,16 +179,36 @@ fn guest_clock_error(machine: &berth_qemu::Machine, started: SystemTime) -> f64 
 /// the build time, seconds behind; and with the RTC write after a sync removed: the RTC
 /// still read 2001.
 ///
-/// With `pull`, a container's image comes from a registry on the test machine: its pull,
-/// started while the clock is only the floor, waits for network time first (berth-pull's
-/// `--wait-for-time`). Seen failing with `time_args` in init's `pulls.rs` returning nothing:
-/// the image was pulled before `time-synced`, and no waiting line.
-fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch, pull: bool) {
+/// With `extras` (one arch is enough for these, and each boot costs the suite):
+/// - a container's image comes from a registry on the test machine: its pull, started while
+///   the clock is only the floor, waits for network time first (berth-pull's
+///   `--wait-for-time`). Seen failing with `time_args` in init's `pulls.rs` returning
+///   nothing: the image was pulled before `time-synced`, and no waiting line.
+/// - init writes the synced time back to the RTC at shutdown: once the clock container is
+///   done, a container with `CAP_SYS_TIME` and `/dev/rtc0` sets the RTC back to 2001 (the
+///   system clock stays right); after `berthctl reboot` in the same QEMU (the RTC survives
+///   the reset) the kernel reads the RTC, and no second `clock-floor` is needed. Seen
+///   failing with the RTC write in init's `shutdown.rs` removed: the second boot read 2001
+///   and the floor raised the clock again.
+fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch, extras: bool) {
     let test = format!("time-chrony-{arch}");
     let chrony_dir = log_dir(&format!("{test}-chrony"));
     let port = berth_tests::ntp::free_udp_port().unwrap_or_else(|e| panic!("{e}"));
     let mut manifest = synced_clock_probe(&[format!("10.0.2.2:{port}")]);
-    let registry = pull.then(|| {
+    if extras {
+        manifest.push_str(&format!(
+            r#"
+[containers.rtcback]
+image = "busybox:1.35"
+depends_on = {{ clock = {{ condition = "service_completed_successfully" }} }}
+restart = "no"
+cap_add = ["SYS_TIME"]
+devices = ["/dev/rtc0"]
+command = ["sh", "-c", "now=$(date +%s); date -s @{YEAR_2001} >/dev/null && hwclock -w -u -f /dev/rtc0 && date -s @$((now + 1)) >/dev/null && echo rtc=$(cat /sys/class/rtc/rtc0/since_epoch)"]
+"#
+        ));
+    }
+    let registry = extras.then(|| {
         let registry = Registry::start(&log_dir(&format!("{test}-registry")));
         let layout = busybox_layout(arch).unwrap_or_else(|e| panic!("{e}"));
         push(&layout, BUSYBOX_TAG, &registry.host_addr(), BUSYBOX);
@@ -182,7 +219,7 @@ fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch, pull: boo
         ));
         registry
     });
-    let (mut machine, started) = boot_in_2001(arch, &test, &manifest);
+    let (mut machine, started, socket) = boot_in_2001_with(arch, &test, &manifest, extras);
     let ctx = format!("console: {}", machine.console_log().display());
     wait_seen(
         &machine,
@@ -248,6 +285,32 @@ fn chrony_sets_the_clock_and_time_synced_gates_a_container(arch: Arch, pull: boo
         matches!(numbers.as_slice(), [rtc, now] if rtc.abs_diff(*now) <= 2),
         "the RTC was set to the synced time: {rtc_line}; {ctx}"
     );
+    if extras {
+        let set_back = wait_seen(&machine, r"^rtcback \| rtc=");
+        let rtc: u64 = set_back
+            .trim_start_matches("rtcback | rtc=")
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{set_back}: {e}; {ctx}"));
+        assert!(
+            rtc.abs_diff(YEAR_2001) < 10,
+            "the container set the RTC back: {set_back}; {ctx}"
+        );
+        berth_tests::berth_ctl_ok(&socket, &["reboot"]);
+        events::wait_count(&machine, "berth event=ready ", 2, Duration::from_secs(180));
+        assert!(
+            machine
+                .console_text()
+                .contains("berth event=shutdown-complete action=reboot"),
+            "{ctx}"
+        );
+        assert_eq!(
+            events::starting_with(&machine, "berth event=clock-floor ").len(),
+            1,
+            "only the first boot needed the floor: init wrote the synced time to the RTC at \
+             shutdown; {ctx}"
+        );
+    }
 }
 
 #[test]
@@ -258,71 +321,6 @@ fn x86_64_chrony_sets_the_clock_and_time_synced_gates_a_container() {
 #[test]
 fn aarch64_chrony_sets_the_clock_and_time_synced_gates_a_container() {
     chrony_sets_the_clock_and_time_synced_gates_a_container(Arch::Aarch64, false);
-}
-
-/// The RTC keeps the network's time across a reboot: init writes it back at shutdown. The
-/// guest syncs from chrony, then a container with `CAP_SYS_TIME` and `/dev/rtc0` sets the RTC
-/// back to 2001 (the system clock stays right); after `berthctl reboot` in the same QEMU (the
-/// RTC survives the reset) the kernel reads the RTC, and no `clock-floor` is needed. Seen
-/// failing with the RTC write in init's `shutdown.rs` removed: the second boot read 2001 and
-/// the floor raised the clock again.
-#[test]
-fn x86_64_the_rtc_is_written_back_at_shutdown() {
-    let arch = Arch::X86_64;
-    let test = "time-rtc-shutdown";
-    let dir = log_dir(test);
-    let chrony_dir = log_dir(&format!("{test}-chrony"));
-    let port = berth_tests::ntp::free_udp_port().unwrap_or_else(|e| panic!("{e}"));
-    let chrony = Chrony::start(&chrony_dir, port).unwrap_or_else(|e| panic!("{e}"));
-    let manifest = format!(
-        r#"
-[time]
-servers = ["10.0.2.2:{}"]
-
-[containers.rtcback]
-image = "busybox:1.35"
-depends_on = ["time-synced"]
-restart = "no"
-cap_add = ["SYS_TIME"]
-devices = ["/dev/rtc0"]
-command = ["sh", "-c", "sleep 2; now=$(date +%s); date -s @{YEAR_2001} >/dev/null && hwclock -w -u -f /dev/rtc0 && date -s @$((now + 2)) >/dev/null && echo rtc=$(cat /sys/class/rtc/rtc0/since_epoch)"]
-"#,
-        chrony.port
-    );
-    let image = build_image(arch, &manifest, &dir).unwrap_or_else(|e| panic!("{e}"));
-    let socket = dir.join("control.sock");
-    let mut config = machine_config(arch, &image, &dir);
-    config
-        .extra_args
-        .extend(["-rtc".to_string(), "base=2001-01-01".to_string()]);
-    config.control_socket = Some(socket.clone());
-    config.reboot_in_place = true;
-    let machine = start_to_ready(&config);
-    let ctx = format!("console: {}", machine.console_log().display());
-    wait_seen(&machine, r"^berth event=time-synced ");
-    let set_back = wait_seen(&machine, r"^rtcback \| rtc=");
-    let rtc: u64 = set_back
-        .trim_start_matches("rtcback | rtc=")
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{set_back}: {e}; {ctx}"));
-    assert!(
-        rtc.abs_diff(YEAR_2001) < 10,
-        "the container set the RTC back: {set_back}; {ctx}"
-    );
-    berth_tests::berth_ctl_ok(&socket, &["reboot"]);
-    events::wait_count(&machine, "berth event=ready ", 2, Duration::from_secs(180));
-    let floors = events::starting_with(&machine, "berth event=clock-floor ").len();
-    assert_eq!(
-        floors, 1,
-        "only the first boot needed the floor: init wrote the synced time to the RTC at \
-         shutdown; {ctx}"
-    );
-    let shutdown = machine.console_text();
-    assert!(
-        shutdown.contains("berth event=shutdown-complete action=reboot"),
-        "{ctx}"
-    );
 }
 
 /// Servers that answer nonsense are refused, each with its reason, and the clock is set
