@@ -325,6 +325,9 @@ pub struct ContainerStatus {
     pub network: String,
     pub addr: Option<String>,
     pub stopped_by_operator: bool,
+    /// Processes the kernel's OOM killer ended in this container since boot.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 /// init's answer.

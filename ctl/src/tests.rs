@@ -325,6 +325,7 @@ fn ps_shows_health_as_the_last_column() {
             network: "bridge".to_string(),
             addr: Some("10.88.0.2".to_string()),
             stopped_by_operator: false,
+            oom_kills: 0,
         };
         let response = Response {
             id: envelope.id,

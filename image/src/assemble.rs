@@ -68,6 +68,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
 const NETD_PATH: &str = "/usr/lib/berth/netd";
 /// Where berth-pull goes (init's `supervisor::pulls::PULLER`), when a container may pull.
 const PULLER_PATH: &str = "/usr/lib/berth/pull";
+/// Where berth-apid goes (init's `services::APID`), when the manifest has `[api]`.
+const APID_PATH: &str = "/usr/lib/berth/apid";
 /// Where berthctl goes in the image, on the containers' usual PATH.
 const BERTHCTL_PATH: &str = "/usr/bin/berthctl";
 /// Where the kernel (`orderly_poweroff`, `orderly_reboot`) and operators' habits look for
@@ -190,6 +192,14 @@ pub enum BuildError {
     },
     #[error("update bundle: {0}")]
     Update(#[from] berth_update::UpdateError),
+    #[error("{manifest}: [api] {field}: cannot read {}: {source}", path.display(), manifest = manifest.display())]
+    ApiFile {
+        manifest: PathBuf,
+        field: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -302,6 +312,42 @@ fn check_manifest_modules(
     Ok(())
 }
 
+/// What `[api]` puts in the image.
+struct ApiFiles {
+    daemon: Vec<u8>,
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// Reads berth-apid and the files `[api]` names, relative to the manifest's directory.
+fn api_files(
+    api: &berth_manifest::ApiSettings,
+    manifest: &Path,
+    arch: Arch,
+) -> Result<ApiFiles, BuildError> {
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    let file = |field: &'static str, path: &Path| {
+        let path = base.join(path);
+        std::fs::read(&path).map_err(|source| BuildError::ApiFile {
+            manifest: manifest.to_path_buf(),
+            field,
+            path,
+            source,
+        })
+    };
+    let ca = file("ca", &api.ca)?;
+    let cert = file("cert", &api.cert)?;
+    let key = file("key", &api.key)?;
+    let daemon_path = find_guest_binary(None, arch, "berth-apid", "berth-apid")?;
+    Ok(ApiFiles {
+        daemon: read_guest_binary(&daemon_path, arch)?,
+        ca,
+        cert,
+        key,
+    })
+}
+
 /// Validates the manifest and writes the image into `options.out`.
 pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     // The manifest first: a bad one is refused before anything is downloaded or written.
@@ -348,6 +394,12 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         Some(read_guest_binary(&path, options.arch)?)
     } else {
         None
+    };
+
+    // The remote API's daemon and its certificates, only for a manifest with `[api]`.
+    let api = match &manifest.api {
+        Some(api) => Some(api_files(api, &options.manifest, options.arch)?),
+        None => None,
     };
 
     let kernel = match &options.kernel {
@@ -476,6 +528,12 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     }
     if let Some(puller) = puller {
         initramfs.file(PULLER_PATH, 0o755, puller);
+    }
+    if let Some(api) = api {
+        initramfs.file(APID_PATH, 0o755, api.daemon);
+        initramfs.file(berth_manifest::API_CA_PATH, 0o644, api.ca);
+        initramfs.file(berth_manifest::API_CERT_PATH, 0o644, api.cert);
+        initramfs.file(berth_manifest::API_KEY_PATH, 0o600, api.key);
     }
     let cache_dir = match &options.kernel {
         KernelChoice::DebianDefault { cache_dir } => cache_dir.clone(),

@@ -3,6 +3,7 @@
 //! The `berth` binary is a thin CLI over this library, so tests and benchmarks call the same
 //! code the operator runs.
 
+pub mod api_cert;
 pub mod assemble;
 pub mod debian;
 pub mod disk;
@@ -12,6 +13,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod kernel_build;
 pub mod module_files;
+pub mod remote;
 pub mod run;
 pub mod run_container;
 

@@ -99,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// The remote API's certificates.
+    Api {
+        #[command(subcommand)]
+        command: ApiCommand,
+    },
     /// berth's own kernel.
     Kernel {
         #[command(subcommand)]
@@ -132,7 +137,7 @@ enum Command {
     /// verbs, flags, output and exit codes of berthctl (`berth ctl --image DIR ps`, `berth ctl
     /// --image DIR exec -it web sh`); errors are prefixed `berth ctl:`.
     #[command(
-        group(ArgGroup::new("port").required(true).args(["socket", "image"])),
+        group(ArgGroup::new("port").required(true).args(["socket", "image", "endpoint"])),
         after_help = berth_ctl::VERBS
     )]
     Ctl {
@@ -142,6 +147,21 @@ enum Command {
         /// The image directory `berth run` boots: its control.sock.
         #[arg(long, value_name = "DIR")]
         image: Option<PathBuf>,
+        /// A host's remote API (berth-apid, `[api]`), over mutual TLS.
+        #[arg(long, value_name = "HOST:PORT", requires = "ca")]
+        endpoint: Option<String>,
+        /// With --endpoint: the CA that signed the server's certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// With --endpoint: this client's certificate (PEM), signed by the API's client CA.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// With --endpoint: this client's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
+        /// With --endpoint: the name the server's certificate must hold (HOST by default).
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
         /// The verb and its arguments, exactly as berthctl takes them, global flags
         /// (`--json`, `--timeout SECS`) included.
         #[arg(
@@ -175,6 +195,53 @@ enum KeyCommand {
         /// The directory to write both files into (created; existing keys are kept).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCommand {
+    /// Make certificates for berth-apid and its clients.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// A new CA: `ca.pem` (a manifest's `[api] ca`, and `berth ctl --ca`) and `ca.key`.
+    Ca {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = berth_image::api_cert::DEFAULT_CA_DAYS)]
+        days: i64,
+    },
+    /// A server certificate (`server.pem`, `server.key`: `[api] cert` and `key`) naming the
+    /// host's DNS names and addresses.
+    Server {
+        /// The directory holding `ca.pem` and `ca.key`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// A DNS name or IP address clients reach the host by (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = berth_image::api_cert::DEFAULT_DAYS)]
+        days: i64,
+    },
+    /// A client certificate (`client.pem`, `client.key`: `berth ctl --cert` and `--key`).
+    Client {
+        /// The directory holding `ca.pem` and `ca.key`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Who the client is (the certificate's common name).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = berth_image::api_cert::DEFAULT_DAYS)]
+        days: i64,
     },
 }
 
@@ -240,11 +307,56 @@ fn report(err: &dyn Error) {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Ctl {
+            endpoint: Some(address),
+            ca: Some(ca),
+            cert,
+            key,
+            server_name,
+            args,
+            ..
+        } => berth_image::remote::run_ctl(
+            &berth_image::remote::Endpoint {
+                address,
+                ca,
+                client: cert.zip(key),
+                server_name,
+            },
+            args,
+        ),
+        Command::Api {
+            command: ApiCommand::Cert { command },
+        } => {
+            use berth_image::api_cert::{make_ca, make_certificate_for_days, Role};
+            let result = match command {
+                CertCommand::Ca { out, days } => make_ca(&out, days),
+                CertCommand::Server {
+                    ca,
+                    names,
+                    out,
+                    days,
+                } => make_certificate_for_days(&ca, Role::Server, &names, &out, days),
+                CertCommand::Client {
+                    ca,
+                    name,
+                    out,
+                    days,
+                } => make_certificate_for_days(&ca, Role::Client, &[name], &out, days),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("berth api cert: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ctl {
             socket,
             image,
             args,
+            ..
         } => {
-            // clap makes sure exactly one of the two is given.
+            // clap makes sure exactly one of the three is given.
             let socket = socket
                 .or_else(|| image.as_deref().map(run::control_socket))
                 .unwrap_or_default();
@@ -446,6 +558,7 @@ mod tests {
                 socket,
                 image,
                 args,
+                ..
             }) => (socket, image, args),
             other => panic!("{line:?}: {other:?}"),
         }

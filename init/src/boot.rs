@@ -187,6 +187,20 @@ pub fn boot_and_serve() -> ! {
     }
     let mut event_loop = EventLoop::new(signal_fd, &params, coldplug);
     event_loop.adopt_service(netd);
+    // The remote API only when the manifest asks for it; it relays to the control socket,
+    // which the event loop serves, so it may start before the loop turns.
+    if manifest.as_ref().is_ok_and(|m| m.api.is_some()) {
+        let mut apid = Service::new(
+            "apid",
+            services::APID,
+            vec![
+                "--manifest".to_string(),
+                config_source::RUN_MANIFEST.to_string(),
+            ],
+        );
+        apid.start(std::time::Instant::now());
+        event_loop.adopt_service(apid);
+    }
     // Armed only now, right before the loop that feeds it first turns; a host whose
     // manifest was refused still has its loop, and the default settings.
     let watchdog_settings = manifest

@@ -1,4 +1,4 @@
-//! berth's own daemons (netd), started by init and restarted whenever they exit, with the
+//! berth's own daemons (netd, and berth-apid when the manifest has `[api]`), started by init and restarted whenever they exit, with the
 //! same backoff as containers. They run in init's cgroup, under its memory reserve.
 
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ use crate::supervisor::policy::{self, Backoff};
 
 /// Where `berth build` puts netd in the image.
 pub const NETD: &str = "/usr/lib/berth/netd";
+/// Where `berth build` puts berth-apid, in images whose manifest has `[api]`.
+pub const APID: &str = "/usr/lib/berth/apid";
 
 #[derive(Debug)]
 pub struct Service {

@@ -16,6 +16,7 @@
     clippy::unimplemented
 )]
 
+mod api;
 mod container;
 mod duration;
 mod error;
@@ -36,6 +37,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use api::{ApiSettings, API_CA_PATH, API_CERT_PATH, API_KEY_PATH, DEFAULT_API_PORT};
 pub use container::{
     AbsolutePath, Command, Condition, Container, DependsOn, DeviceMapping, Environment, PidMode,
     RestartPolicy, SignalName, Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
@@ -103,6 +105,8 @@ pub struct Manifest {
     /// The hardware watchdog init arms and feeds.
     #[serde(default)]
     pub watchdog: WatchdogSettings,
+    /// The remote control API (berth-apid); none when unset.
+    pub api: Option<ApiSettings>,
 }
 
 /// The `[boot]` table.

@@ -68,6 +68,8 @@ struct Supervised {
     waiting_reported: bool,
     /// `oom_kill` in the cgroup's memory.events when last looked at.
     oom_kills: u64,
+    /// Every OOM kill since boot, across restarts (for `ps` and the metrics).
+    oom_kills_total: u64,
     streams: Vec<LogStream>,
     log_file: LogFile,
     /// What an `exec` into the running container inherits from its start.
@@ -111,6 +113,7 @@ impl Supervised {
             stopped_by_operator: false,
             waiting_reported: false,
             oom_kills: 0,
+            oom_kills_total: 0,
             streams: Vec::new(),
             exec_defaults: None,
             health: None,
@@ -662,6 +665,7 @@ impl Supervisor {
                     network: c.config.network_mode().to_string(),
                     addr: self.networks.address_of(c.name()).map(|a| a.to_string()),
                     stopped_by_operator: c.stopped_by_operator,
+                    oom_kills: c.oom_kills_total,
                 }
             })
             .collect()
@@ -689,6 +693,7 @@ fn report_oom_kills(c: &mut Supervised) {
     let cgroup = spec::cgroup_dir(c.name());
     let kills = berth_runtime::oom_kills(&cgroup);
     if kills > c.oom_kills {
+        c.oom_kills_total += kills - c.oom_kills;
         Event::new("oom-killed")
             .field("container", c.name())
             .field("kills", kills - c.oom_kills)
