@@ -22,7 +22,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use berth_blockdev::DeviceSpec;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -38,6 +40,9 @@ const ESP_MOUNT: &str = "/run/berth/update-esp";
 const STAGING_DIR: &str = "/run/berth/update-staging";
 /// Tries systemd-boot gives a newly staged slot before it falls back to the other.
 pub const BOOT_TRIES: u32 = 3;
+/// Where `berth.test_update_pause` announces its pause: the console, since the stager's own
+/// stdout and stderr go to the `berthctl update` client.
+const CONSOLE: &str = "/dev/console";
 
 /// What `stage` was asked: the slot to write and the keys to accept.
 #[derive(Debug)]
@@ -212,8 +217,9 @@ fn stage(args: &StageArgs) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("{STAGING_DIR}: {e}"))?;
     let result = verify_into(&staging, args).and_then(|version| {
+        let pause = crate::cmdline::read().0.test_update_pause;
         let esp = mount_esp(MsFlags::empty())?;
-        let written = install(&esp, &staging, args.slot, &version);
+        let written = install(&esp, &staging, args.slot, &version, pause);
         nix::unistd::sync();
         let _ = umount2(&esp, MntFlags::MNT_DETACH);
         written.map(|()| version)
@@ -242,14 +248,24 @@ fn verify_into(staging: &Path, args: &StageArgs) -> Result<String, String> {
 }
 
 /// Copies the verified parts into `slot` on the ESP (temporary names, synced, renamed), then
-/// makes the slot the one to try next.
-fn install(esp: &Path, staging: &Path, slot: char, version: &str) -> Result<(), String> {
+/// makes the slot the one to try next. `pause` (`berth.test_update_pause`, tests only) stops
+/// it after the first part's temporary file.
+fn install(
+    esp: &Path,
+    staging: &Path,
+    slot: char,
+    version: &str,
+    pause: Option<Duration>,
+) -> Result<(), String> {
     let slot_dir = esp.join("berth").join(slot.to_string());
     std::fs::create_dir_all(&slot_dir).map_err(|e| format!("{}: {e}", slot_dir.display()))?;
     for part in ["kernel", "initrd"] {
         let file = file_of_part(part);
         let temporary = slot_dir.join(format!("{file}.new"));
         copy_synced(&staging.join(file), &temporary)?;
+        if let (Some(pause), "kernel") = (pause, part) {
+            pause_half_written(slot, &temporary, pause);
+        }
     }
     for part in ["kernel", "initrd"] {
         let file = file_of_part(part);
@@ -258,6 +274,25 @@ fn install(esp: &Path, staging: &Path, slot: char, version: &str) -> Result<(), 
             .map_err(|e| format!("{}: {e}", to.display()))?;
     }
     crate::boot_entries::stage_entry(esp, slot, BOOT_TRIES, version)
+}
+
+/// `berth.test_update_pause`: with the slot half written and that much on the disk (synced),
+/// says so on the console, in one write, and waits for a test to cut the power.
+fn pause_half_written(slot: char, written: &Path, pause: Duration) {
+    nix::unistd::sync();
+    let line = format!(
+        "berth-update: test pause: slot {slot} half written ({} synced; the initrd, the renames and the loader entry not yet), waiting {} ms (berth.test_update_pause)\n",
+        written.display(),
+        pause.as_millis()
+    );
+    let console = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
+        .open(CONSOLE);
+    if let Ok(mut console) = console {
+        let _ = console.write_all(line.as_bytes());
+    }
+    std::thread::sleep(pause);
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), String> {
