@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_blockdev::DeviceSpec;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -49,6 +49,15 @@ const CONSOLE: &str = "/dev/console";
 struct StageArgs {
     slot: char,
     keys: Vec<berth_update::PublicKey>,
+}
+
+/// A staged bundle: its version, and how long the stager took to receive and verify it and
+/// then to write it into the slot (`update-staged`'s `verify_ms` and `write_ms`).
+#[derive(Debug)]
+struct Staged {
+    version: String,
+    verify: Duration,
+    write: Duration,
 }
 
 /// The `berth-update` program (see the module doc).
@@ -158,9 +167,17 @@ fn bless(slot: char) -> Result<bool, String> {
 
 fn run_stage(args: &[String]) -> std::process::ExitCode {
     match parse_args(args).and_then(|a| stage(&a)) {
-        Ok(version) => {
-            let _ = std::fs::write(crate::update::RESULT_FILE, format!("staged {version}\n"));
-            println!("staged slot={} version={version}", slot_of(args));
+        Ok(staged) => {
+            let _ = std::fs::write(
+                crate::update::RESULT_FILE,
+                format!(
+                    "staged {} {} {}\n",
+                    staged.version,
+                    staged.verify.as_millis(),
+                    staged.write.as_millis()
+                ),
+            );
+            println!("staged slot={} version={}", slot_of(args), staged.version);
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {
@@ -207,7 +224,8 @@ fn parse_args(args: &[String]) -> Result<StageArgs, String> {
     })
 }
 
-fn stage(args: &StageArgs) -> Result<String, String> {
+fn stage(args: &StageArgs) -> Result<Staged, String> {
+    let started = Instant::now();
     if args.keys.is_empty() {
         return Err("this host accepts no update: its manifest's [update] keys is empty".into());
     }
@@ -217,12 +235,17 @@ fn stage(args: &StageArgs) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("{STAGING_DIR}: {e}"))?;
     let result = verify_into(&staging, args).and_then(|version| {
+        let verify = started.elapsed();
         let pause = crate::cmdline::read().0.test_update_pause;
         let esp = mount_esp(MsFlags::empty())?;
         let written = install(&esp, &staging, args.slot, &version, pause);
         nix::unistd::sync();
         let _ = umount2(&esp, MntFlags::MNT_DETACH);
-        written.map(|()| version)
+        written.map(|()| Staged {
+            version,
+            verify,
+            write: started.elapsed().saturating_sub(verify),
+        })
     });
     let _ = std::fs::remove_dir_all(&staging);
     result
