@@ -116,6 +116,19 @@ pub fn build(
     busybox: bool,
     disk: Option<DiskOptions>,
 ) -> Result<Built, String> {
+    build_signed(arch, dir, manifest, busybox, disk, None)
+}
+
+/// [`build`], and with `update_key` (a secret key file) also the signed update bundle,
+/// `<dir>/image/update.berth`.
+pub fn build_signed(
+    arch: Arch,
+    dir: &Path,
+    manifest: &str,
+    busybox: bool,
+    disk: Option<DiskOptions>,
+    update_key: Option<&Path>,
+) -> Result<Built, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let manifest_path = dir.join("manifest.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| e.to_string())?;
@@ -141,7 +154,7 @@ pub fn build(
         images,
         extra_modules: Vec::new(),
         disk,
-        update_key: None,
+        update_key: update_key.map(Path::to_path_buf),
     })
     .map_err(|e| format!("berth build {}: {e}", dir.display()))?;
     Ok(Built {

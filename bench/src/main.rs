@@ -5,6 +5,9 @@
 //! under the same kernel and QEMU flags. Runs are interleaved so that a slow moment of the
 //! machine hits both alike. The difference is what berth costs at boot.
 //!
+//! `update`: an update in place on x86_64, `berth ctl update` to `update-committed`, in its
+//! phases (verify, write, reboot, commit; see `update.rs`).
+//!
 //! `suite`: every figure beside its peer in one run, both arches, one table and one JSON
 //! file (see `suite.rs`); `readme` puts that table into the README.
 
@@ -19,6 +22,7 @@ mod sizes;
 mod stats;
 mod suite;
 mod trivial;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -121,6 +125,19 @@ enum Command {
         json: PathBuf,
         #[arg(long, default_value = "README.md")]
         readme: PathBuf,
+    },
+    /// An update in place: `berth ctl update` to `update-committed`, in phases (x86_64; the
+    /// disk boots through OVMF).
+    Update {
+        /// Updates to time, each on a fresh copy of the v1 disk.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// The `berth` binary whose `ctl` streams the bundle.
+        #[arg(long, default_value = "target/release/berth")]
+        berth: PathBuf,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Container start: berth's runtime against crun and runc on the same rootfs (run as root,
     /// with cgroup2 on /sys/fs/cgroup: `scripts/bench runtime` arranges both).
@@ -357,6 +374,20 @@ fn main() -> std::process::ExitCode {
                 }
                 Err(e) => {
                     eprintln!("berth-bench: readme: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Update { runs, berth, json } => {
+            eprintln!("update benchmark, x86_64: {runs} updates, each on a fresh v1 disk");
+            return match update::bench(Arch::X86_64, runs, &update::work_dir(), &berth) {
+                Ok(f) => {
+                    update::print(&f);
+                    write_json(json, &f);
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("berth-bench: update: {err}");
                     std::process::ExitCode::FAILURE
                 }
             };

@@ -41,6 +41,11 @@ pub struct BootParams {
     /// `berth.test_watchdog_nofeed=1`, for tests only: arm the hardware watchdog and never
     /// feed it, so a test can see the machine reset.
     pub test_watchdog_nofeed: bool,
+    /// `berth.test_update_pause=DURATION`, for tests only: `berth-update stage` stops this
+    /// long with the slot half written (the kernel's temporary file synced; the initrd, the
+    /// renames and the loader entry not yet), after saying so on the console, so that a test
+    /// can cut the power there.
+    pub test_update_pause: Option<Duration>,
 }
 
 impl Default for BootParams {
@@ -54,6 +59,7 @@ impl Default for BootParams {
             slot: None,
             metadata_ec2: false,
             test_watchdog_nofeed: false,
+            test_update_pause: None,
         }
     }
 }
@@ -88,6 +94,9 @@ pub fn parse(cmdline: &str) -> (BootParams, Vec<String>) {
                 params.test_watchdog_nofeed = true;
                 true
             }
+            "test_update_pause" => parse_duration(value)
+                .map(|pause| params.test_update_pause = Some(pause))
+                .is_ok(),
             "slot" if !value.is_empty() => {
                 params.slot = Some(value.to_string());
                 true
@@ -133,13 +142,15 @@ mod tests {
     fn berth_parameters_override_defaults_and_others_are_left_alone() {
         let (params, warnings) = parse(
             "console=ttyS0 quiet berth.manifest=/etc/berth/other.toml berth.log_level=debug \
-             berth.shutdown_timeout=2s berth.power_button=reboot berth.test_watchdog_nofeed=1",
+             berth.shutdown_timeout=2s berth.power_button=reboot berth.test_watchdog_nofeed=1 \
+             berth.test_update_pause=30s",
         );
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(params.manifest, PathBuf::from("/etc/berth/other.toml"));
         assert_eq!(params.log_level, LevelFilter::Debug);
         assert_eq!(params.shutdown_timeout, Duration::from_secs(2));
         assert!(params.test_watchdog_nofeed);
+        assert_eq!(params.test_update_pause, Some(Duration::from_secs(30)));
         assert_eq!(
             params.power_button,
             ButtonAction::Shutdown(ShutdownAction::Reboot)

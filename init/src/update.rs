@@ -1,7 +1,8 @@
 //! `berthctl update`, init's side: starts the staging process (this binary as
 //! `berth-update stage`, see [`crate::update_helper`]) with the other slot and the accepted
 //! keys, relays the bundle to it like `exec -i`'s stdin, and reports how it ended
-//! (`update-staged slot= version=`, `update-refused slot= error=`). One update at a time.
+//! (`update-staged slot= version= verify_ms= write_ms=`, `update-refused slot= error=`). One
+//! update at a time.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -169,12 +170,18 @@ pub fn on_exit(pid: Pid, status: WaitStatus) {
     let result = read_result(RESULT_FILE);
     let exited_ok = matches!(status, WaitStatus::Exited(_, 0));
     match result.split_once(' ') {
-        Some(("staged", version)) if exited_ok && berth_update::check_version(version).is_ok() => {
-            Event::new("update-staged")
+        Some(("staged", staged)) if exited_ok => match parse_staged(staged) {
+            Some((version, verify_ms, write_ms)) => Event::new("update-staged")
                 .field("slot", slot)
                 .field("version", version)
-                .emit();
-        }
+                .field("verify_ms", verify_ms)
+                .field("write_ms", write_ms)
+                .emit(),
+            None => Event::new("update-refused")
+                .field("slot", slot)
+                .field("error", format!("the staging process left `{result}`"))
+                .emit(),
+        },
         Some(("refused", reason)) => {
             Event::new("update-refused")
                 .field("slot", slot)
@@ -188,6 +195,20 @@ pub fn on_exit(pid: Pid, status: WaitStatus) {
                 .emit();
         }
     }
+}
+
+/// The staging process's `staged VERSION VERIFY_MS WRITE_MS`, after `staged `.
+fn parse_staged(staged: &str) -> Option<(&str, u64, u64)> {
+    let mut words = staged.split_whitespace();
+    let version = words
+        .next()
+        .filter(|v| berth_update::check_version(v).is_ok())?;
+    let verify_ms = words.next()?.parse().ok()?;
+    let write_ms = words.next()?.parse().ok()?;
+    words
+        .next()
+        .is_none()
+        .then_some((version, verify_ms, write_ms))
 }
 
 /// Where the boot of a slot stands with respect to its update: a state machine whose
@@ -328,6 +349,14 @@ impl Trial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_result_carries_version_and_timings() {
+        assert_eq!(parse_staged("2.0 812 1450"), Some(("2.0", 812, 1450)));
+        assert_eq!(parse_staged("2.0"), None);
+        assert_eq!(parse_staged("2.0 1 2 3"), None);
+        assert_eq!(parse_staged("bad/version 1 2"), None);
+    }
 
     #[test]
     fn a_trial_is_blessed_once_proven_and_rebooted_past_its_deadline() {

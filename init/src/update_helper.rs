@@ -22,7 +22,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use berth_blockdev::DeviceSpec;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -38,12 +40,24 @@ const ESP_MOUNT: &str = "/run/berth/update-esp";
 const STAGING_DIR: &str = "/run/berth/update-staging";
 /// Tries systemd-boot gives a newly staged slot before it falls back to the other.
 pub const BOOT_TRIES: u32 = 3;
+/// Where `berth.test_update_pause` announces its pause: the console, since the stager's own
+/// stdout and stderr go to the `berthctl update` client.
+const CONSOLE: &str = "/dev/console";
 
 /// What `stage` was asked: the slot to write and the keys to accept.
 #[derive(Debug)]
 struct StageArgs {
     slot: char,
     keys: Vec<berth_update::PublicKey>,
+}
+
+/// A staged bundle: its version, and how long the stager took to receive and verify it and
+/// then to write it into the slot (`update-staged`'s `verify_ms` and `write_ms`).
+#[derive(Debug)]
+struct Staged {
+    version: String,
+    verify: Duration,
+    write: Duration,
 }
 
 /// The `berth-update` program (see the module doc).
@@ -153,9 +167,17 @@ fn bless(slot: char) -> Result<bool, String> {
 
 fn run_stage(args: &[String]) -> std::process::ExitCode {
     match parse_args(args).and_then(|a| stage(&a)) {
-        Ok(version) => {
-            let _ = std::fs::write(crate::update::RESULT_FILE, format!("staged {version}\n"));
-            println!("staged slot={} version={version}", slot_of(args));
+        Ok(staged) => {
+            let _ = std::fs::write(
+                crate::update::RESULT_FILE,
+                format!(
+                    "staged {} {} {}\n",
+                    staged.version,
+                    staged.verify.as_millis(),
+                    staged.write.as_millis()
+                ),
+            );
+            println!("staged slot={} version={}", slot_of(args), staged.version);
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {
@@ -202,7 +224,8 @@ fn parse_args(args: &[String]) -> Result<StageArgs, String> {
     })
 }
 
-fn stage(args: &StageArgs) -> Result<String, String> {
+fn stage(args: &StageArgs) -> Result<Staged, String> {
+    let started = Instant::now();
     if args.keys.is_empty() {
         return Err("this host accepts no update: its manifest's [update] keys is empty".into());
     }
@@ -212,11 +235,17 @@ fn stage(args: &StageArgs) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("{STAGING_DIR}: {e}"))?;
     let result = verify_into(&staging, args).and_then(|version| {
+        let verify = started.elapsed();
+        let pause = crate::cmdline::read().0.test_update_pause;
         let esp = mount_esp(MsFlags::empty())?;
-        let written = install(&esp, &staging, args.slot, &version);
+        let written = install(&esp, &staging, args.slot, &version, pause);
         nix::unistd::sync();
         let _ = umount2(&esp, MntFlags::MNT_DETACH);
-        written.map(|()| version)
+        written.map(|()| Staged {
+            version,
+            verify,
+            write: started.elapsed().saturating_sub(verify),
+        })
     });
     let _ = std::fs::remove_dir_all(&staging);
     result
@@ -242,14 +271,24 @@ fn verify_into(staging: &Path, args: &StageArgs) -> Result<String, String> {
 }
 
 /// Copies the verified parts into `slot` on the ESP (temporary names, synced, renamed), then
-/// makes the slot the one to try next.
-fn install(esp: &Path, staging: &Path, slot: char, version: &str) -> Result<(), String> {
+/// makes the slot the one to try next. `pause` (`berth.test_update_pause`, tests only) stops
+/// it after the first part's temporary file.
+fn install(
+    esp: &Path,
+    staging: &Path,
+    slot: char,
+    version: &str,
+    pause: Option<Duration>,
+) -> Result<(), String> {
     let slot_dir = esp.join("berth").join(slot.to_string());
     std::fs::create_dir_all(&slot_dir).map_err(|e| format!("{}: {e}", slot_dir.display()))?;
     for part in ["kernel", "initrd"] {
         let file = file_of_part(part);
         let temporary = slot_dir.join(format!("{file}.new"));
         copy_synced(&staging.join(file), &temporary)?;
+        if let (Some(pause), "kernel") = (pause, part) {
+            pause_half_written(slot, &temporary, pause);
+        }
     }
     for part in ["kernel", "initrd"] {
         let file = file_of_part(part);
@@ -258,6 +297,25 @@ fn install(esp: &Path, staging: &Path, slot: char, version: &str) -> Result<(), 
             .map_err(|e| format!("{}: {e}", to.display()))?;
     }
     crate::boot_entries::stage_entry(esp, slot, BOOT_TRIES, version)
+}
+
+/// `berth.test_update_pause`: with the slot half written and that much on the disk (synced),
+/// says so on the console, in one write, and waits for a test to cut the power.
+fn pause_half_written(slot: char, written: &Path, pause: Duration) {
+    nix::unistd::sync();
+    let line = format!(
+        "berth-update: test pause: slot {slot} half written ({} synced; the initrd, the renames and the loader entry not yet), waiting {} ms (berth.test_update_pause)\n",
+        written.display(),
+        pause.as_millis()
+    );
+    let console = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
+        .open(CONSOLE);
+    if let Ok(mut console) = console {
+        let _ = console.write_all(line.as_bytes());
+    }
+    std::thread::sleep(pause);
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), String> {

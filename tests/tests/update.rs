@@ -3,9 +3,11 @@
 //! running, refuses bundles that are signed by another key, unsigned, truncated, tampered
 //! with or for the other arch (each with its reason, and the ESP byte for byte as it was),
 //! and after a power cycle boots v2 from slot b, with the data v1 wrote on the data partition,
-//! and commits it. An update that never proves itself rolls back by itself.
+//! and commits it. The power cut in the middle of writing slot b leaves slot a and the
+//! loader entries as they were. An update that never proves itself rolls back by itself.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,6 +67,116 @@ fn esp_region_hash(disk: &Path) -> String {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file.take(end), &mut hasher).unwrap_or_else(|e| panic!("{e}"));
     format!("{:x}", hasher.finalize())
+}
+
+/// The ESP's first byte and length on a raw disk, from its GPT entry (the first, at LBA 2).
+fn esp_extent(file: &mut std::fs::File) -> (u64, u64) {
+    let (mut first, mut last) = ([0u8; 8], [0u8; 8]);
+    file.seek(SeekFrom::Start(1024 + 32))
+        .and_then(|_| file.read_exact(&mut first))
+        .and_then(|()| file.read_exact(&mut last))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (first, last) = (u64::from_le_bytes(first), u64::from_le_bytes(last));
+    (first * 512, (last + 1 - first) * 512)
+}
+
+/// Runs `with` on the raw disk's ESP, a FAT filesystem, and writes the ESP back when
+/// `write` is set.
+fn on_esp<T>(
+    disk: &Path,
+    write: bool,
+    with: impl FnOnce(&fatfs::FileSystem<&mut Cursor<Vec<u8>>>) -> T,
+) -> T {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(disk)
+        .unwrap_or_else(|e| panic!("{}: {e}", disk.display()));
+    let (start, len) = esp_extent(&mut file);
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or_else(|e| panic!("{e}"))];
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut esp = Cursor::new(bytes);
+    let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new())
+        .unwrap_or_else(|e| panic!("the ESP of {}: {e}", disk.display()));
+    let out = with(&fs);
+    fs.unmount().unwrap_or_else(|e| panic!("{e}"));
+    if write {
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.write_all(esp.get_ref()))
+            .and_then(|()| file.sync_all())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    out
+}
+
+/// Every file on the raw disk's ESP (`loader/entries/berth-a.conf`, ...) with its SHA-256.
+fn esp_files(disk: &Path) -> BTreeMap<String, String> {
+    fn walk(
+        dir: fatfs::Dir<'_, &mut Cursor<Vec<u8>>>,
+        prefix: &str,
+        out: &mut BTreeMap<String, String>,
+    ) {
+        for entry in dir.iter() {
+            let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+            let name = entry.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = format!("{prefix}{name}");
+            if entry.is_dir() {
+                walk(entry.to_dir(), &format!("{path}/"), out);
+            } else {
+                let mut hasher = Sha256::new();
+                std::io::copy(&mut entry.to_file(), &mut hasher)
+                    .unwrap_or_else(|e| panic!("{path}: {e}"));
+                out.insert(path, format!("{:x}", hasher.finalize()));
+            }
+        }
+    }
+    on_esp(disk, false, |fs| {
+        let mut files = BTreeMap::new();
+        walk(fs.root_dir(), "", &mut files);
+        files
+    })
+}
+
+/// The test-only `berth.test_update_pause=` (see init's `cmdline`) put on slot a's command
+/// line on the raw disk, or taken off it: `berth build` has no way to add it, and a test
+/// needs it on one boot only.
+fn set_update_pause(disk: &Path, pause: Option<&str>) {
+    const ENTRY: &str = "loader/entries/berth-a.conf";
+    on_esp(disk, true, |fs| {
+        let mut text = String::new();
+        fs.root_dir()
+            .open_file(ENTRY)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .unwrap_or_else(|e| panic!("{ENTRY}: {e}"));
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| match line.strip_prefix("options ") {
+                Some(options) => {
+                    let mut words: Vec<&str> = options
+                        .split_whitespace()
+                        .filter(|w| !w.starts_with("berth.test_update_pause="))
+                        .collect();
+                    let setting = pause.map(|p| format!("berth.test_update_pause={p}"));
+                    words.extend(setting.as_deref());
+                    format!("options {}", words.join(" "))
+                }
+                None => line.to_string(),
+            })
+            .collect();
+        let mut file = fs
+            .root_dir()
+            .create_file(ENTRY)
+            .unwrap_or_else(|e| panic!("{ENTRY}: {e}"));
+        file.truncate()
+            .and_then(|()| file.write_all(format!("{}\n", lines.join("\n")).as_bytes()))
+            .and_then(|()| file.flush())
+            .unwrap_or_else(|e| panic!("{ENTRY}: {e}"));
+    });
 }
 
 fn boot(arch: Arch, image: &Path, disk: &Path, log: &Path) -> (Machine, PathBuf) {
@@ -264,8 +376,10 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
     assert!(checked.contains("result=committed"), "{checked}; {c4}");
 }
 
-/// QEMU killed while a bundle streams in leaves slot a as it was, and a new `update` then
-/// succeeds. That v2's container never becomes healthy: each boot of it reboots itself once
+/// QEMU killed in the middle of the ESP's writes (held there by the test-only
+/// `berth.test_update_pause`, with slot b's kernel written to its temporary name) leaves slot
+/// a and the loader entries as they were: the next boot is slot a, unchanged, and a new
+/// `update` then succeeds. That v2's container never becomes healthy: each boot of it reboots itself once
 /// `commit_timeout` has passed; after systemd-boot's three tries the host is back on v1 by
 /// itself, says so, and stays there with its data.
 fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
@@ -295,17 +409,19 @@ fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
     let bundle = berth_tests::build_update_bundle(arch, &sick, &v2_dir, &key)
         .unwrap_or_else(|e| panic!("{e}"));
 
-    // QEMU killed while a bundle streams in: the next boot is slot a, unchanged.
+    // QEMU killed in the middle of writing slot b: the next boot is slot a, unchanged.
+    set_update_pause(&disk, Some("60s"));
+    let before = esp_files(&disk);
     let (mut cut, socket) = boot(arch, &image, &disk, &dir.join("boot-0"));
     let c0 = format!("console: {}", cut.console_log().display());
+    let versions = berth_ctl_ok(&socket, &["version"]);
     let bundle_arg = bundle.display().to_string();
     let mut streaming = berth_tests::berth_ctl_command(&socket, &["update", &bundle_arg])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    wait_seen(&cut, r"^berth event=update-staging ");
-    std::thread::sleep(Duration::from_secs(1));
+    wait_seen(&cut, r"^berth-update: test pause: slot b half written ");
     cut.kill();
     let _ = streaming.kill();
     let _ = streaming.wait();
@@ -313,6 +429,24 @@ fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
         events::events(&cut, "update-staged", None).is_empty(),
         "staged before the cut; {c0}"
     );
+    let after = esp_files(&disk);
+    assert!(
+        after.contains_key("berth/b/vmlinuz.new"),
+        "the cut came before slot b was written to: {after:?}; {c0}"
+    );
+    let outside_b = |files: &BTreeMap<String, String>| {
+        files
+            .iter()
+            .filter(|(path, _)| !path.starts_with("berth/b/"))
+            .map(|(path, hash)| (path.clone(), hash.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        outside_b(&after),
+        outside_b(&before),
+        "the cut changed the ESP outside slot b's files; {c0}"
+    );
+    set_update_pause(&disk, None);
 
     let (mut first, socket) = boot(arch, &image, &disk, &dir.join("boot-1"));
     let c1 = format!("console: {}", first.console_log().display());
@@ -321,8 +455,10 @@ fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
     let checked = wait_seen(&first, r"^berth event=update-checked ");
     assert!(checked.contains("result=committed"), "{checked}; {c1}");
     wait_seen(&first, r"^app \| app-v1$");
+    assert_eq!(berth_ctl_ok(&socket, &["version"]), versions, "{c1}");
     let (code, said) = update(&socket, &bundle);
     assert_eq!(code, Some(0), "{said}; {c1}");
+    assert!(said.contains("staged slot=b version=2"), "{said}; {c1}");
     berth_ctl_ok(&socket, &["poweroff"]);
     first
         .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
