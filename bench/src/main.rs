@@ -8,9 +8,13 @@
 //! `update`: an update in place on x86_64, `berth ctl update` to `update-committed`, in its
 //! phases (verify, write, reboot, commit; see `update.rs`).
 //!
+//! `api`: `berth ctl ps` over the remote API (mutual TLS) beside the control port, on one
+//! x86_64 guest (see `api.rs`).
+//!
 //! `suite`: every figure beside its peer in one run, both arches, one table and one JSON
 //! file (see `suite.rs`); `readme` puts that table into the README.
 
+mod api;
 mod events;
 mod guest;
 mod host;
@@ -125,6 +129,18 @@ enum Command {
         json: PathBuf,
         #[arg(long, default_value = "README.md")]
         readme: PathBuf,
+    },
+    /// `berth ctl ps` over the remote API (mutual TLS) beside the control port (x86_64).
+    Api {
+        /// Calls of each, interleaved.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The `berth` binary whose `ctl` is timed.
+        #[arg(long, default_value = "target/release/berth")]
+        berth: PathBuf,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// An update in place: `berth ctl update` to `update-committed`, in phases (x86_64; the
     /// disk boots through OVMF).
@@ -374,6 +390,20 @@ fn main() -> std::process::ExitCode {
                 }
                 Err(e) => {
                     eprintln!("berth-bench: readme: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Api { runs, berth, json } => {
+            eprintln!("remote API benchmark, x86_64: {runs} calls of each, interleaved");
+            return match api::bench(Arch::X86_64, runs, &api::work_dir(), &berth) {
+                Ok(f) => {
+                    api::print(&f);
+                    write_json(json, &f);
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("berth-bench: api: {err}");
                     std::process::ExitCode::FAILURE
                 }
             };
