@@ -2,9 +2,10 @@
 //! through a QEMU host forward; clients without a good certificate refused at the handshake;
 //! berth-apid killed and restarted with PID 1 and the containers untouched.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
 use berth_image::api_cert::{make_ca, make_certificate, make_certificate_for_days, Role};
@@ -81,11 +82,11 @@ fn pki(dir: &Path) -> Pki {
     }
 }
 
-/// `berth ctl --endpoint 127.0.0.1:PORT` as the client whose files are in `client` (none:
-/// no client certificate).
-fn remote(pki: &Pki, port: u16, client: Option<&Path>, args: &[&str]) -> Output {
+/// `berth ctl --endpoint 127.0.0.1:PORT ... ARGS` as the client whose files are in `client`
+/// (none: no client certificate), stdin from /dev/null and its output piped.
+fn remote_command(pki: &Pki, port: u16, client: Option<&Path>, args: &[&str]) -> Command {
     let cli = berth_cli().unwrap_or_else(|e| panic!("{e}"));
-    let mut command = std::process::Command::new(cli);
+    let mut command = Command::new(cli);
     command
         .args(["ctl", "--endpoint", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(pki.ca.join("ca.pem"));
@@ -97,13 +98,52 @@ fn remote(pki: &Pki, port: u16, client: Option<&Path>, args: &[&str]) -> Output 
             .arg(client.join("client.key"));
     }
     command
-        .args(["--timeout", "60"])
         .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = command.spawn().unwrap_or_else(|e| panic!("{e}"));
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// [`remote_command`] run to its end (90 s at most), with berthctl's `--timeout 60`.
+fn remote(pki: &Pki, port: u16, client: Option<&Path>, args: &[&str]) -> Output {
+    let args: Vec<&str> = ["--timeout", "60"].iter().chain(args).copied().collect();
+    let child = remote_command(pki, port, client, &args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
     berth_tests::output_within(child, Duration::from_secs(90), "berth ctl --endpoint")
+}
+
+/// Runs a following verb (`logs -f`, `events -f`) over the API until a line of its output
+/// contains `wanted`, then ends it; whether it did within 60 s.
+fn follow_until(mut command: Command, wanted: &str) -> bool {
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{e}"));
+    let stdout = child.stdout.take();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(stdout) = stdout {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found = false;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match seen.recv_timeout(left) {
+            Ok(line) if line.contains(wanted) => {
+                found = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found
 }
 
 /// Output with its durations (`12s`, `3m`, `"uptime_s":12`) blanked: two calls a moment apart
@@ -374,6 +414,42 @@ fn operates_over_mutual_tls(arch: Arch) {
         events::starting_with(&machine, "berth event=started container=web ").len(),
         1,
         "web was not restarted; {ctx}"
+    );
+
+    // The following and state-changing verbs over the API.
+    let client = Some(pki.client.as_path());
+    assert!(
+        follow_until(
+            remote_command(&pki, port, client, &["logs", "-f", "web"]),
+            "hello-from-web"
+        ),
+        "logs -f over the API; {ctx}"
+    );
+    assert!(
+        follow_until(
+            remote_command(&pki, port, client, &["events", "-f", "--tail", "5"]),
+            "berth event="
+        ),
+        "events -f over the API; {ctx}"
+    );
+    let manifest = dir.join("manifest.toml");
+    let manifest = manifest.display().to_string();
+    let local = berth_tests::berth_ctl(&socket, &["apply", &manifest]);
+    let over_api = remote(&pki, port, client, &["apply", &manifest]);
+    assert_eq!(
+        (over_api.status.code(), timeless(&over_api.stdout)),
+        (local.status.code(), timeless(&local.stdout)),
+        "apply: over the API:\n{}\nover the control port:\n{}\n{ctx}",
+        text(&over_api),
+        text(&local)
+    );
+    let restarted = remote(&pki, port, client, &["restart", "web"]);
+    assert!(restarted.status.success(), "{}; {ctx}", text(&restarted));
+    events::wait_count(
+        &machine,
+        "berth event=started container=web ",
+        2,
+        berth_tests::LINE_TIMEOUT,
     );
 }
 
