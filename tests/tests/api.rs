@@ -1,8 +1,9 @@
-//! The remote API: berthctl's verbs over mutual TLS through berth-apid, from the test machine
+//! The remote API: berthctl's verbs (`exec -it` on a terminal, `logs -f` and `events -f`
+//! among them) over mutual TLS through berth-apid, from the test machine
 //! through a QEMU host forward; clients without a good certificate refused at the handshake;
 //! berth-apid killed and restarted with PID 1 and the containers untouched.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use berth_arch::Arch;
 use berth_image::api_cert::{make_ca, make_certificate, make_certificate_for_days, Role};
 use berth_qemu::Machine;
+use berth_tests::terminal::{read_until, spawn_on_pty, wait_exit};
 use berth_tests::{berth_cli, events, log_dir, wait_seen};
 
 const GUEST_PORT: u16 = 7443;
@@ -442,6 +444,29 @@ fn operates_over_mutual_tls(arch: Arch) {
         "apply: over the API:\n{}\nover the control port:\n{}\n{ctx}",
         text(&over_api),
         text(&local)
+    );
+    // exec -it: a shell on a terminal of the test machine, through the API.
+    let (mut shell, mut terminal) = spawn_on_pty(remote_command(
+        &pki,
+        port,
+        client,
+        &["exec", "-it", "web", "--", "sh"],
+    ));
+    let mut seen = String::new();
+    // busybox sh prints its prompt only on a terminal (`# `: root in the container).
+    read_until(&mut terminal, &mut seen, "# ");
+    terminal
+        .write_all(b"[ -t 0 ] && echo on-a-tty; echo answer-$((6*7))\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    read_until(&mut terminal, &mut seen, "answer-42");
+    assert!(seen.contains("on-a-tty"), "{seen:?}; {ctx}");
+    terminal
+        .write_all(b"exit 5\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        wait_exit(&mut shell, &mut terminal, &seen),
+        Some(5),
+        "exec -it over the API: {seen:?}; {ctx}"
     );
     let restarted = remote(&pki, port, client, &["restart", "web"]);
     assert!(restarted.status.success(), "{}; {ctx}", text(&restarted));

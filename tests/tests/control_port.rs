@@ -2,13 +2,13 @@
 //! `org.berth.control` with `berth ctl --socket`: ps, logs (-f, --since), exec with its exit
 //! code, stdin and isolation, and `exec -it` driven through a pseudo-terminal.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
+use berth_tests::terminal::{read_until, spawn_on_pty, wait_exit};
 use berth_tests::{
     berth_ctl, berth_ctl_command, berth_ctl_ok, boot_with_control_port, ps_row, wait_line,
 };
@@ -205,49 +205,16 @@ fn the_host_side_operates_the_guest_through_the_serial_port_aarch64() {
 }
 
 /// Reads what the terminal shows until `wanted` appears.
-fn read_until(master: &mut std::fs::File, seen: &mut String, wanted: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut buf = [0u8; 4096];
-    while !seen.contains(wanted) {
-        assert!(
-            Instant::now() < deadline,
-            "no `{wanted}` on the terminal: {seen:?}"
-        );
-        match master.read(&mut buf) {
-            Ok(0) => panic!("the terminal closed before `{wanted}`: {seen:?}"),
-            Ok(n) => seen.push_str(&String::from_utf8_lossy(buf.get(..n).unwrap_or_default())),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(err) => panic!("read the terminal: {err}; {seen:?}"),
-        }
-    }
-}
-
 #[test]
 fn exec_it_gives_an_interactive_shell_on_a_terminal() {
     let (mut machine, socket) =
         boot_with_control_port(Arch::X86_64, MANIFEST, "control-port-exec-it");
     // `ready` comes before the containers' images are unpacked (in a child of init).
     wait_line(&mut machine, r"^berth event=started container=web ");
-    let pty = nix::pty::openpty(None, None).unwrap_or_else(|e| panic!("{e}"));
-    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap_or_else(|e| panic!("{e}")));
-    let mut shell = berth_ctl_command(&socket, &["exec", "-it", "web", "--", "sh"])
-        .stdin(slave(&pty.slave))
-        .stdout(slave(&pty.slave))
-        .stderr(slave(&pty.slave))
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    drop(pty.slave);
-    let mut master = std::fs::File::from(pty.master);
-    let flags =
-        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).unwrap_or_else(|e| panic!("{e}"));
-    let _ = nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFL(
-            nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK,
-        ),
-    );
+    let (mut shell, mut master) = spawn_on_pty(berth_ctl_command(
+        &socket,
+        &["exec", "-it", "web", "--", "sh"],
+    ));
     let mut seen = String::new();
     // busybox sh prints its prompt only on a terminal.
     read_until(&mut master, &mut seen, "$ ");
@@ -261,17 +228,6 @@ fn exec_it_gives_an_interactive_shell_on_a_terminal() {
     master
         .write_all(b"exit 5\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = shell.try_wait().unwrap_or_else(|e| panic!("{e}")) {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "berth ctl exec -it did not end: {seen:?}"
-        );
-        let _ = master.read(&mut [0u8; 4096]);
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(5), "{seen:?}");
+    let status = wait_exit(&mut shell, &mut master, &seen);
+    assert_eq!(status, Some(5), "{seen:?}");
 }
