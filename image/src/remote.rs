@@ -151,6 +151,8 @@ fn relay_and_run(endpoint: &Endpoint, args: Vec<String>) -> Result<std::process:
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", dir.0.display()))?;
     let socket = dir.0.join("control.sock");
+    // Left by an earlier process that had this PID and was killed before it cleaned up.
+    let _ = std::fs::remove_file(&socket);
     let listener = {
         let _entered = runtime.enter();
         UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?

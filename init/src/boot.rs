@@ -190,14 +190,7 @@ pub fn boot_and_serve() -> ! {
     // The remote API only when the manifest asks for it; it relays to the control socket,
     // which the event loop serves, so it may start before the loop turns.
     if manifest.as_ref().is_ok_and(|m| m.api.is_some()) {
-        let mut apid = Service::new(
-            "apid",
-            services::APID,
-            vec![
-                "--manifest".to_string(),
-                config_source::RUN_MANIFEST.to_string(),
-            ],
-        );
+        let mut apid = daemon_on_run_manifest("apid", services::APID);
         apid.start(std::time::Instant::now());
         event_loop.adopt_service(apid);
     }
@@ -237,9 +230,14 @@ pub fn boot_and_serve() -> ! {
 
 /// netd, reading the manifest in use from `/run`.
 fn netd_service() -> Service {
+    daemon_on_run_manifest("netd", services::NETD)
+}
+
+/// One of berth's daemons at `path`, reading the manifest in use from `/run`.
+fn daemon_on_run_manifest(name: &'static str, path: &str) -> Service {
     Service::new(
-        "netd",
-        services::NETD,
+        name,
+        path,
         vec![
             "--manifest".to_string(),
             config_source::RUN_MANIFEST.to_string(),

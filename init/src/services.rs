@@ -1,5 +1,6 @@
-//! berth's own daemons (netd, and berth-apid when the manifest has `[api]`), started by init and restarted whenever they exit, with the
-//! same backoff as containers. They run in init's cgroup, under its memory reserve.
+//! berth's own daemons (netd, and berth-apid when the manifest has `[api]`), started by init
+//! and restarted whenever they exit, with the same backoff as containers. They run in init's
+//! cgroup, under its memory reserve.
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -172,7 +172,7 @@ struct Ports {
     metrics: u16,
 }
 
-fn boot(arch: Arch, test: &str, pki: &Pki, dir: &Path) -> (Machine, PathBuf, Ports) {
+fn boot(arch: Arch, pki: &Pki, dir: &Path) -> (Machine, PathBuf, Ports) {
     let manifest = format!(
         r#"
 [api]
@@ -225,7 +225,6 @@ command = ["sleep", "100000"]
         "-device".to_string(),
         "virtio-net-pci,netdev=net0,romfile=".to_string(),
     ]);
-    let _ = test;
     (berth_tests::start_to_ready(&config), socket, ports)
 }
 
@@ -264,7 +263,7 @@ fn operates_over_mutual_tls(arch: Arch) {
     let dir = log_dir(&test);
     let pki = pki(&dir.join("pki"));
     berth_tests::guest_binary("berth-apid", "berth-apid", arch).unwrap_or_else(|e| panic!("{e}"));
-    let (machine, socket, ports) = boot(arch, &test, &pki, &dir);
+    let (machine, socket, ports) = boot(arch, &pki, &dir);
     let port = ports.api;
     let ctx = format!("console: {}", machine.console_log().display());
     events::wait_count(
