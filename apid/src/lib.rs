@@ -12,6 +12,7 @@
 
 mod listen;
 mod metrics;
+mod ship;
 mod tls;
 
 use std::net::SocketAddr;
@@ -36,18 +37,27 @@ fn emit(event: Event) {
     println!("{}", event.finish());
 }
 
+/// The argument that makes berth-apid the log shipper (`[logs] forward`) instead of the API.
+pub const SHIP_LOGS: &str = "ship-logs";
+
 /// The manifest berth-apid reads unless given `--manifest`.
 const DEFAULT_MANIFEST: &str = berth_manifest::MANIFEST_PATH;
 
 pub fn run() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut manifest = std::path::PathBuf::from(DEFAULT_MANIFEST);
+    let mut ship_logs = false;
     while let Some(arg) = args.next() {
         if arg == "--manifest" {
             if let Some(path) = args.next() {
                 manifest = path.into();
             }
+        } else if arg == SHIP_LOGS {
+            ship_logs = true;
         }
+    }
+    if ship_logs {
+        return ship::run(&manifest);
     }
     let settings = match berth_manifest::Manifest::load(&manifest) {
         Ok(m) => m.api,

@@ -327,6 +327,21 @@ fn host_text() -> String {
     out
 }
 
+/// `berth_events_total{kind=...}` from init's counts.
+pub fn events_text(counts: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "berth_events_total",
+        "counter",
+        "Events init emitted since boot, by kind.",
+    );
+    for (kind, count) in counts {
+        sample(&mut out, "berth_events_total", &[("kind", kind)], *count);
+    }
+    out
+}
+
 /// Everything, gathered now.
 async fn gather() -> String {
     let mut out = String::new();
@@ -336,6 +351,7 @@ async fn gather() -> String {
                 &ps.containers.unwrap_or_default(),
                 &stats.stats.unwrap_or_default(),
             ));
+            out.push_str(&events_text(&stats.event_counts.unwrap_or_default()));
             header(&mut out, "berth_up", "gauge", "1 when init answered.");
             sample(&mut out, "berth_up", &[], 1);
         }

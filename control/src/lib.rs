@@ -80,6 +80,17 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Events and every container's output together, for log shippers: the lines init
+    /// keeps (events first, then the containers' lines by the time they came) as
+    /// [`StreamLine`]s, then, with `follow`, each new one in the order init saw it. A
+    /// container's line carries its name in [`StreamLine::container`]; an event has none.
+    /// `tail: 0` skips what init kept.
+    Journal {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+    },
     Start {
         name: String,
     },
@@ -358,6 +369,9 @@ pub struct Response {
     /// With `ps`: the armed hardware watchdog, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<WatchdogStatus>,
+    /// With `stats`: how many events of each kind init has emitted since boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_counts: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Response {
@@ -398,6 +412,9 @@ impl Response {
 pub struct StreamLine {
     pub v: u32,
     pub line: String,
+    /// On a `journal` stream: the container whose output the line is (none: an event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Parses one request line; the error is what init answers.

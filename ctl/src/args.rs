@@ -48,7 +48,7 @@ pub(crate) struct Exec {
 
 /// The verbs and their words, for usage messages (also `berth ctl --help`'s).
 pub const VERBS: &str = "\
-verbs: ps | inspect NAME | logs [-f] [--tail N] [--since DURATION] NAME | events [-f] [--tail N]
+verbs: ps | inspect NAME | logs [-f] [--tail N] [--since DURATION] NAME | events [-f] [--tail N] | journal [-f] [--tail N]
        | stats | top NAME | dmesg [--tail N] | start NAME | stop NAME | restart NAME
        | exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
        | apply FILE | update BUNDLE | version | rollback | images | image ls | image prune
@@ -120,6 +120,7 @@ pub(crate) fn parse(program: &str, args: Vec<String>) -> Result<Options, String>
             since_secs,
         },
         Some("events") => Request::Events { tail, follow },
+        Some("journal") => Request::Journal { tail, follow },
         Some("start") => Request::Start {
             name: name(&words)?,
         },

@@ -8,6 +8,7 @@
 //! berthctl [--json] inspect NAME
 //! berthctl logs [-f] [--tail N] [--since DURATION] NAME             # DURATION: 30s, 10m, 1h30m, 500ms
 //! berthctl events [-f] [--tail N]
+//! berthctl journal [-f] [--tail N]
 //! berthctl stats | top NAME | dmesg [--tail N]
 //! berthctl start|stop|restart NAME
 //! berthctl exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
@@ -203,7 +204,9 @@ fn ask(
 ) -> Result<u8, Failure> {
     let following = matches!(
         request,
-        Request::Logs { follow: true, .. } | Request::Events { follow: true, .. }
+        Request::Logs { follow: true, .. }
+            | Request::Events { follow: true, .. }
+            | Request::Journal { .. }
     );
     let Answered {
         raw,
@@ -321,6 +324,11 @@ fn follow_stream(reader: &mut impl BufRead, json: bool, stdout: &mut dyn Write) 
             write!(stdout, "{line}")
         } else {
             match serde_json::from_str::<StreamLine>(line.trim()) {
+                Ok(StreamLine {
+                    container: Some(container),
+                    line,
+                    ..
+                }) => writeln!(stdout, "{container} | {line}"),
                 Ok(stream) => writeln!(stdout, "{}", stream.line),
                 Err(_) => Ok(()),
             }

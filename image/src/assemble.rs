@@ -68,7 +68,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
 const NETD_PATH: &str = "/usr/lib/berth/netd";
 /// Where berth-pull goes (init's `supervisor::pulls::PULLER`), when a container may pull.
 const PULLER_PATH: &str = "/usr/lib/berth/pull";
-/// Where berth-apid goes (init's `services::APID`), when the manifest has `[api]`.
+/// Where berth-apid goes (init's `services::APID`), when the manifest has `[api]` or
+/// `[logs] forward`.
 const APID_PATH: &str = "/usr/lib/berth/apid";
 /// Where berthctl goes in the image, on the containers' usual PATH.
 const BERTHCTL_PATH: &str = "/usr/bin/berthctl";
@@ -192,9 +193,10 @@ pub enum BuildError {
     },
     #[error("update bundle: {0}")]
     Update(#[from] berth_update::UpdateError),
-    #[error("{manifest}: [api] {field}: cannot read {}: {source}", path.display(), manifest = manifest.display())]
+    #[error("{manifest}: [{table}] {field}: cannot read {}: {source}", path.display(), manifest = manifest.display())]
     ApiFile {
         manifest: PathBuf,
+        table: &'static str,
         field: &'static str,
         path: PathBuf,
         #[source]
@@ -314,37 +316,35 @@ fn check_manifest_modules(
 
 /// What `[api]` puts in the image.
 struct ApiFiles {
-    daemon: Vec<u8>,
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
 }
 
-/// Reads berth-apid and the files `[api]` names, relative to the manifest's directory.
-fn api_files(
-    api: &berth_manifest::ApiSettings,
+/// Reads a file a manifest's `[table] field` names, relative to the manifest's directory.
+fn manifest_file(
     manifest: &Path,
-    arch: Arch,
-) -> Result<ApiFiles, BuildError> {
+    table: &'static str,
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<u8>, BuildError> {
     let base = manifest.parent().unwrap_or(Path::new("."));
-    let file = |field: &'static str, path: &Path| {
-        let path = base.join(path);
-        std::fs::read(&path).map_err(|source| BuildError::ApiFile {
-            manifest: manifest.to_path_buf(),
-            field,
-            path,
-            source,
-        })
-    };
-    let ca = file("ca", &api.ca)?;
-    let cert = file("cert", &api.cert)?;
-    let key = file("key", &api.key)?;
-    let daemon_path = find_guest_binary(None, arch, "berth-apid", "berth-apid")?;
+    let path = base.join(path);
+    std::fs::read(&path).map_err(|source| BuildError::ApiFile {
+        manifest: manifest.to_path_buf(),
+        table,
+        field,
+        path,
+        source,
+    })
+}
+
+/// Reads the files `[api]` names.
+fn api_files(api: &berth_manifest::ApiSettings, manifest: &Path) -> Result<ApiFiles, BuildError> {
     Ok(ApiFiles {
-        daemon: read_guest_binary(&daemon_path, arch)?,
-        ca,
-        cert,
-        key,
+        ca: manifest_file(manifest, "api", "ca", &api.ca)?,
+        cert: manifest_file(manifest, "api", "cert", &api.cert)?,
+        key: manifest_file(manifest, "api", "key", &api.key)?,
     })
 }
 
@@ -396,10 +396,23 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         None
     };
 
-    // The remote API's daemon and its certificates, only for a manifest with `[api]`.
+    // The remote API's certificates, only for a manifest with `[api]`; the log shipper's CA
+    // for `[logs]`; berth-apid (which is both) for either.
     let api = match &manifest.api {
-        Some(api) => Some(api_files(api, &options.manifest, options.arch)?),
+        Some(api) => Some(api_files(api, &options.manifest)?),
         None => None,
+    };
+    let logs_ca = match &manifest.logs.ca {
+        Some(ca) if manifest.logs.enabled() => {
+            Some(manifest_file(&options.manifest, "logs", "ca", ca)?)
+        }
+        _ => None,
+    };
+    let apid = if api.is_some() || manifest.logs.enabled() {
+        let path = find_guest_binary(None, options.arch, "berth-apid", "berth-apid")?;
+        Some(read_guest_binary(&path, options.arch)?)
+    } else {
+        None
     };
 
     let kernel = match &options.kernel {
@@ -529,8 +542,13 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     if let Some(puller) = puller {
         initramfs.file(PULLER_PATH, 0o755, puller);
     }
+    if let Some(apid) = apid {
+        initramfs.file(APID_PATH, 0o755, apid);
+    }
+    if let Some(ca) = logs_ca {
+        initramfs.file(berth_manifest::LOGS_CA_PATH, 0o644, ca);
+    }
     if let Some(api) = api {
-        initramfs.file(APID_PATH, 0o755, api.daemon);
         initramfs.file(berth_manifest::API_CA_PATH, 0o644, api.ca);
         initramfs.file(berth_manifest::API_CERT_PATH, 0o644, api.cert);
         initramfs.file(berth_manifest::API_KEY_PATH, 0o600, api.key);

@@ -190,9 +190,17 @@ pub fn boot_and_serve() -> ! {
     // The remote API only when the manifest asks for it; it relays to the control socket,
     // which the event loop serves, so it may start before the loop turns.
     if manifest.as_ref().is_ok_and(|m| m.api.is_some()) {
-        let mut apid = daemon_on_run_manifest("apid", services::APID);
+        let mut apid = daemon_on_run_manifest("apid", services::APID, &[]);
         apid.start(std::time::Instant::now());
         event_loop.adopt_service(apid);
+    }
+    // The log shipper follows the journal on the control socket too; started before the
+    // loop turns, it is connected before most containers print.
+    if manifest.as_ref().is_ok_and(|m| m.logs.enabled()) {
+        let mut shipper =
+            daemon_on_run_manifest("log-shipper", services::APID, &[services::SHIP_LOGS]);
+        shipper.start(std::time::Instant::now());
+        event_loop.adopt_service(shipper);
     }
     // Armed only now, right before the loop that feeds it first turns; a host whose
     // manifest was refused still has its loop, and the default settings.
@@ -230,19 +238,20 @@ pub fn boot_and_serve() -> ! {
 
 /// netd, reading the manifest in use from `/run`.
 fn netd_service() -> Service {
-    daemon_on_run_manifest("netd", services::NETD)
+    daemon_on_run_manifest("netd", services::NETD, &[])
 }
 
 /// One of berth's daemons at `path`, reading the manifest in use from `/run`.
-fn daemon_on_run_manifest(name: &'static str, path: &str) -> Service {
-    Service::new(
-        name,
-        path,
-        vec![
+fn daemon_on_run_manifest(name: &'static str, path: &str, first_args: &[&str]) -> Service {
+    let args = first_args
+        .iter()
+        .map(|a| a.to_string())
+        .chain([
             "--manifest".to_string(),
             config_source::RUN_MANIFEST.to_string(),
-        ],
-    )
+        ])
+        .collect();
+    Service::new(name, path, args)
 }
 
 /// Runs one boot step that reads what outside parties control (disks, their partition

@@ -6,25 +6,38 @@ use std::fmt::Display;
 /// One event line under construction.
 #[derive(Debug)]
 #[must_use = "an event is only seen once emitted"]
-pub struct Event(berth_event::Event);
+pub struct Event {
+    line: berth_event::Event,
+    kind: String,
+}
 
 impl Event {
     pub fn new(kind: &str) -> Event {
-        Event(berth_event::Event::new(kind))
+        Event {
+            line: berth_event::Event::new(kind),
+            kind: kind.to_string(),
+        }
     }
 
     pub fn field(self, key: &str, value: impl Display) -> Event {
-        Event(self.0.field(key, value))
+        Event {
+            line: self.line.field(key, value),
+            kind: self.kind,
+        }
     }
 
     pub fn emit(self) {
-        let line = self.0.finish();
+        if let Ok(mut counts) = COUNTS.lock() {
+            *counts.entry(self.kind).or_insert(0) += 1;
+        }
+        let line = self.line.finish();
         crate::logger::write_line(log::Level::Info, &line);
         if FOLLOWED.load(std::sync::atomic::Ordering::Relaxed) {
             if let Ok(mut new) = NEW.lock() {
                 new.push(line.clone());
             }
         }
+        crate::journal::push(None, &line);
         if let Ok(mut recent) = RECENT.lock() {
             if recent.len() >= RECENT_EVENTS {
                 recent.pop_front();
@@ -32,6 +45,15 @@ impl Event {
             recent.push_back(line);
         }
     }
+}
+
+/// Events emitted since boot, by kind (a few dozen kinds: the map stays small).
+static COUNTS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// How many events of each kind were emitted since boot.
+pub fn counts() -> std::collections::BTreeMap<String, u64> {
+    COUNTS.lock().map(|c| c.clone()).unwrap_or_default()
 }
 
 /// Event lines kept in memory for `berthctl events`, whatever the storage.

@@ -32,6 +32,7 @@ mod event_loop;
 mod helper_child;
 mod host_setup;
 mod images;
+mod journal;
 pub mod kmod;
 mod logger;
 mod metadata;

@@ -15,6 +15,8 @@ use crate::supervisor::policy::{self, Backoff};
 pub const NETD: &str = "/usr/lib/berth/netd";
 /// Where `berth build` puts berth-apid, in images whose manifest has `[api]`.
 pub const APID: &str = "/usr/lib/berth/apid";
+/// berth-apid's argument that makes it the log shipper (`berth_apid::SHIP_LOGS`).
+pub const SHIP_LOGS: &str = "ship-logs";
 
 #[derive(Debug)]
 pub struct Service {

@@ -21,6 +21,7 @@ mod container;
 mod duration;
 mod error;
 mod health;
+mod logs;
 mod names;
 mod network;
 mod ports;
@@ -49,6 +50,7 @@ pub use health::{
     DEFAULT_HEALTH_START_INTERVAL, DEFAULT_HEALTH_START_PERIOD, DEFAULT_HEALTH_TIMEOUT,
     HEALTH_SHELL,
 };
+pub use logs::{ForwardTarget, LogFormat, LogSettings, Transport, DEFAULT_LOG_QUEUE, LOGS_CA_PATH};
 pub use names::{ContainerName, Hostname, ModuleName};
 pub use network::{
     Bond, BondMode, BridgeSettings, Cidr, Interface, InterfaceMatch, LinkSelector, MacAddress,
@@ -107,6 +109,9 @@ pub struct Manifest {
     pub watchdog: WatchdogSettings,
     /// The remote control API (berth-apid); none when unset.
     pub api: Option<ApiSettings>,
+    /// `[logs]`: where events, containers' output and the kernel's log are shipped.
+    #[serde(default)]
+    pub logs: LogSettings,
 }
 
 /// The `[boot]` table.

@@ -54,39 +54,45 @@ pub struct TimeServer {
 
 impl TimeServer {
     pub fn parse(text: &str) -> Result<TimeServer, String> {
-        let bad = |why: &str| {
+        let (host, port) = parse_host_port(text, NTP_PORT).map_err(|why| {
             format!("`{text}` is not an NTP server (HOST, HOST:PORT or [IPV6]:PORT): {why}")
-        };
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(|| bad("no `]`"))?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None if after.is_empty() => (host, None),
-                None => return Err(bad("text after `]`")),
-            }
-        } else if text.matches(':').count() == 1 {
-            let (host, port) = text.split_once(':').ok_or_else(|| bad("no port"))?;
-            (host, Some(port))
-        } else {
-            // No colon, or a bare IPv6 address.
-            (text, None)
-        };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("empty host or blanks in it"));
-        }
-        let port = match port {
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port is not 1 to 65535"))?,
-            None => NTP_PORT,
-        };
-        Ok(TimeServer {
-            host: host.to_string(),
-            port,
-        })
+        })?;
+        Ok(TimeServer { host, port })
     }
+}
+
+/// `HOST`, `HOST:PORT` or `[IPV6]:PORT` (a bare IPv6 address too), `default_port` when none
+/// is given; the error says what is wrong.
+pub(crate) fn parse_host_port(
+    text: &str,
+    default_port: u16,
+) -> Result<(String, u16), &'static str> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("no `]`")?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err("text after `]`"),
+        }
+    } else if text.matches(':').count() == 1 {
+        let (host, port) = text.split_once(':').ok_or("no port")?;
+        (host, Some(port))
+    } else {
+        // No colon, or a bare IPv6 address.
+        (text, None)
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("empty host or blanks in it");
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("the port is not 1 to 65535")?,
+        None => default_port,
+    };
+    Ok((host.to_string(), port))
 }
 
 impl std::fmt::Display for TimeServer {

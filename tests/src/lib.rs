@@ -7,6 +7,7 @@ pub mod images;
 pub mod netns;
 pub mod ntp;
 pub mod registry;
+pub mod syslog;
 pub mod terminal;
 
 use std::collections::HashMap;

@@ -840,7 +840,20 @@ impl PullRun {
 
 /// `berth-pull --store STORE --arch ARCH ARGS... REFERENCE` on the host.
 pub fn run_berth_pull(store: &Path, arch: Arch, args: &[&str], reference: &str) -> PullRun {
+    run_berth_pull_with_env(store, arch, args, reference, &[])
+}
+
+/// [`run_berth_pull`] with `env` set for berth-pull alone (the tests share one process:
+/// the process' own environment is everyone's).
+pub fn run_berth_pull_with_env(
+    store: &Path,
+    arch: Arch,
+    args: &[&str],
+    reference: &str,
+    env: &[(&str, &str)],
+) -> PullRun {
     let output = berth_pull_command(store, arch, args, reference)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| fail(format!("cannot run berth-pull: {e}")));

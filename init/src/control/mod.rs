@@ -316,8 +316,19 @@ impl Control {
         } else {
             Vec::new()
         };
+        let journal = if self.follows(|f| *f == Follow::Journal) {
+            crate::journal::take_new()
+        } else {
+            Vec::new()
+        };
         let now = Instant::now();
         for session in &mut self.sessions {
+            if matches!(session.state, State::Following(Follow::Journal)) {
+                for (container, line) in &journal {
+                    session.stream_entry(container.as_deref(), line);
+                }
+                continue;
+            }
             if let State::AwaitingStops { names, .. } = &session.state {
                 if supervisor.is_none_or(|s| s.settled(names)) {
                     let state = std::mem::replace(&mut session.state, State::AwaitingRequest);
@@ -368,6 +379,7 @@ impl Control {
         let events = self.follows(|f| *f == Follow::Events);
         let logs = self.follows(|f| matches!(f, Follow::Logs(_)));
         crate::event::FOLLOWED.store(events, Ordering::Relaxed);
+        crate::journal::FOLLOWED.store(self.follows(|f| *f == Follow::Journal), Ordering::Relaxed);
         crate::supervisor::logs::FOLLOWED.store(logs, Ordering::Relaxed);
     }
 
@@ -492,6 +504,18 @@ fn answer_line(
             return answer.shutdown;
         }
         Next::Follow(follow) => State::Following(follow),
+        Next::Journal { backlog, follow } => {
+            for (container, line) in &backlog {
+                session.stream_entry(container.as_deref(), line);
+            }
+            if !follow {
+                session.done();
+                return answer.shutdown;
+            }
+            // Lines emitted later in this very turn are queued for it already.
+            crate::journal::FOLLOWED.store(true, std::sync::atomic::Ordering::Relaxed);
+            State::Following(Follow::Journal)
+        }
         Next::Exec(relay) => State::Exec(relay),
     };
     answer.shutdown
@@ -501,6 +525,11 @@ fn answer_line(
 enum Next {
     Done,
     Follow(Follow),
+    /// `journal`: what init kept, then, with `follow`, the stream.
+    Journal {
+        backlog: Vec<crate::journal::Entry>,
+        follow: bool,
+    },
     Exec(ExecRelay),
     /// The response waits until these containers have stopped.
     AfterStops(Vec<String>),
@@ -562,6 +591,23 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                 },
             }
         }
+        Request::Journal { tail, follow } => {
+            let containers = supervisor.as_deref().map(Supervisor::all_logs);
+            let backlog = if tail == Some(0) {
+                Vec::new()
+            } else {
+                crate::journal::backlog(
+                    crate::event::recent(None),
+                    containers.unwrap_or_default(),
+                    tail,
+                )
+            };
+            return Answer {
+                response: Response::ok(),
+                shutdown: None,
+                next: Next::Journal { backlog, follow },
+            };
+        }
         _ => {}
     }
     let Some(supervisor) = supervisor else {
@@ -614,6 +660,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                     .map(|c| host_info::cgroup_stats(&c.name))
                     .collect(),
             ),
+            event_counts: Some(crate::event::counts()),
             ..Response::ok()
         },
         Request::Top { name } => match supervisor.statuses().iter().find(|c| c.name == name) {
@@ -692,9 +739,11 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                 Err(err) => Answer::done(Response::error(err)),
             };
         }
-        Request::Events { .. } | Request::Dmesg { .. } | Request::Reboot | Request::Poweroff => {
-            Response::ok()
-        }
+        Request::Events { .. }
+        | Request::Journal { .. }
+        | Request::Dmesg { .. }
+        | Request::Reboot
+        | Request::Poweroff => Response::ok(),
     };
     Answer::done(response)
 }

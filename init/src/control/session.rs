@@ -51,6 +51,8 @@ pub enum Relayed {
 pub enum Follow {
     Events,
     Logs(String),
+    /// Events and every container's lines (`journal -f`).
+    Journal,
 }
 
 /// The connection a session talks over.
@@ -334,9 +336,15 @@ impl Session {
     }
 
     pub fn stream_line(&mut self, line: &str) {
+        self.stream_entry(None, line);
+    }
+
+    /// A journal line: `container`'s output, or an event when none.
+    pub fn stream_entry(&mut self, container: Option<&str>, line: &str) {
         let message = StreamLine {
             v: VERSION,
             line: line.to_string(),
+            container: container.map(str::to_string),
         };
         self.send(to_line(&message).as_bytes());
     }

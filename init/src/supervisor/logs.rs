@@ -77,6 +77,11 @@ impl LogFile {
         lines.into_iter().skip(skip).cloned().collect()
     }
 
+    /// Every line kept, with when it came.
+    pub fn recent_timed(&self) -> Vec<(std::time::Instant, String)> {
+        self.recent.iter().cloned().collect()
+    }
+
     fn open(&mut self) -> Option<&mut File> {
         if self.file.is_none() {
             let _ = std::fs::create_dir_all(LOG_DIR);
@@ -242,6 +247,7 @@ fn emit(container: &str, file: &mut LogFile, raw: &[u8]) {
             new.push((container.to_string(), text.to_string()));
         }
     }
+    crate::journal::push(Some(container), text);
     file.append(text);
     crate::logger::console_line(container, text);
 }

@@ -685,6 +685,14 @@ impl Supervisor {
             .map(|c| c.log_file.recent(tail, since))
             .unwrap_or_default())
     }
+
+    /// Every container's kept lines with when they came, for the journal's backlog.
+    pub fn all_logs(&self) -> Vec<(String, Vec<(std::time::Instant, String)>)> {
+        self.containers
+            .iter()
+            .map(|c| (c.name().to_string(), c.log_file.recent_timed()))
+            .collect()
+    }
 }
 
 /// Reports an `oom-killed` event when the kernel's OOM killer ended a process of `c` since

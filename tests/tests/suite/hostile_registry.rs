@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
-use berth_tests::registry::{run_berth_pull, Digest};
+use berth_tests::registry::{run_berth_pull_with_env, Digest};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde_json::json;
@@ -207,13 +207,13 @@ fn pull_fails(
     let dir = berth_tests::log_dir(&format!("hostile-registry-{misbehaviour:?}"));
     let store = dir.join("store");
     let _ = std::fs::remove_dir_all(&store);
-    std::env::set_var("BERTH_PULL_STALL_WINDOW_SECS", STALL_WINDOW_SECS);
     let started = Instant::now();
-    let run = run_berth_pull(
+    let run = run_berth_pull_with_env(
         &store,
         Arch::X86_64,
         &["--insecure", &addr],
         &format!("{addr}/test:1"),
+        &[("BERTH_PULL_STALL_WINDOW_SECS", STALL_WINDOW_SECS)],
     );
     let took = started.elapsed();
     assert!(

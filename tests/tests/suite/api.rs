@@ -345,6 +345,14 @@ fn operates_over_mutual_tls(arch: Arch) {
             1.0,
         ),
         ("berth_up", 1.0),
+        (
+            "berth_events_total{kind=\"stopped\"}",
+            events::starting_with(&machine, "berth event=stopped ").len() as f64,
+        ),
+        (
+            "berth_events_total{kind=\"oom-killed\"}",
+            events::starting_with(&machine, "berth event=oom-killed ").len() as f64,
+        ),
     ] {
         assert_eq!(value(&metrics, series), Some(expected), "{series}; {shown}");
     }
