@@ -10,6 +10,7 @@
 //! [`MAX_CONNECTIONS`] at once, each given [`HANDSHAKE_TIMEOUT`] to finish its handshake) and
 //! send handshake bytes to rustls. Each refusal is an `api-refused` event.
 
+mod identity;
 mod listen;
 mod metrics;
 mod ship;
@@ -70,10 +71,32 @@ pub fn run() -> ExitCode {
         emit(Event::new("api-failed").field("error", "the manifest has no [api] table"));
         return ExitCode::FAILURE;
     };
-    let config = match server_config(
-        std::path::Path::new(berth_manifest::API_CA_PATH),
+    let generated_dir = std::path::Path::new(berth_manifest::API_GENERATED_DIR);
+    let identity = match identity::server_identity(
         std::path::Path::new(berth_manifest::API_CERT_PATH),
         std::path::Path::new(berth_manifest::API_KEY_PATH),
+        generated_dir,
+    ) {
+        Ok((identity, origin)) => {
+            if origin == identity::Origin::New {
+                emit(
+                    Event::new("api-key-generated")
+                        .field("sha256", &identity.sha256)
+                        .field("path", identity.cert.display())
+                        .field("persistent", identity::persistent(generated_dir)),
+                );
+            }
+            identity
+        }
+        Err(err) => {
+            emit(Event::new("api-failed").field("error", err));
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match server_config(
+        std::path::Path::new(berth_manifest::API_CA_PATH),
+        &identity.cert,
+        &identity.key,
     ) {
         Ok(config) => config,
         Err(err) => {
@@ -99,7 +122,12 @@ pub fn run() -> ExitCode {
                 }
             });
         }
-        serve(settings.listen(), TlsAcceptor::from(config)).await
+        serve(
+            settings.listen(),
+            TlsAcceptor::from(config),
+            &identity.sha256,
+        )
+        .await
     });
     if let Err(err) = result {
         emit(Event::new("api-failed").field("error", err));
@@ -108,12 +136,20 @@ pub fn run() -> ExitCode {
 }
 
 /// Listens on every address and serves connections until a listener fails.
-async fn serve(addresses: Vec<SocketAddr>, acceptor: TlsAcceptor) -> Result<(), String> {
+async fn serve(
+    addresses: Vec<SocketAddr>,
+    acceptor: TlsAcceptor,
+    server_sha256: &str,
+) -> Result<(), String> {
     let active = Arc::new(AtomicUsize::new(0));
     let mut listeners = Vec::new();
     for address in addresses {
         let listener = listen::bind(address).map_err(|e| format!("listen on {address}: {e}"))?;
-        emit(Event::new("api-listening").field("addr", address));
+        emit(
+            Event::new("api-listening")
+                .field("addr", address)
+                .field("server_sha256", server_sha256),
+        );
         listeners.push(tokio::spawn(accept_loop(
             listener,
             acceptor.clone(),

@@ -314,11 +314,11 @@ fn check_manifest_modules(
     Ok(())
 }
 
-/// What `[api]` puts in the image.
+/// What `[api]` puts in the image: the client CA, and the server's certificate and key
+/// unless berth-apid is to generate them at first boot.
 struct ApiFiles {
     ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
+    server: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Reads a file a manifest's `[table] field` names, relative to the manifest's directory.
@@ -341,10 +341,16 @@ fn manifest_file(
 
 /// Reads the files `[api]` names.
 fn api_files(api: &berth_manifest::ApiSettings, manifest: &Path) -> Result<ApiFiles, BuildError> {
+    let server = match &api.server {
+        Some(identity) => Some((
+            manifest_file(manifest, "api", "cert", &identity.cert)?,
+            manifest_file(manifest, "api", "key", &identity.key)?,
+        )),
+        None => None,
+    };
     Ok(ApiFiles {
         ca: manifest_file(manifest, "api", "ca", &api.ca)?,
-        cert: manifest_file(manifest, "api", "cert", &api.cert)?,
-        key: manifest_file(manifest, "api", "key", &api.key)?,
+        server,
     })
 }
 
@@ -550,8 +556,10 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     }
     if let Some(api) = api {
         initramfs.file(berth_manifest::API_CA_PATH, 0o644, api.ca);
-        initramfs.file(berth_manifest::API_CERT_PATH, 0o644, api.cert);
-        initramfs.file(berth_manifest::API_KEY_PATH, 0o600, api.key);
+        if let Some((cert, key)) = api.server {
+            initramfs.file(berth_manifest::API_CERT_PATH, 0o644, cert);
+            initramfs.file(berth_manifest::API_KEY_PATH, 0o600, key);
+        }
     }
     let cache_dir = match &options.kernel {
         KernelChoice::DebianDefault { cache_dir } => cache_dir.clone(),

@@ -148,11 +148,15 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         image: Option<PathBuf>,
         /// A host's remote API (berth-apid, `[api]`), over mutual TLS.
-        #[arg(long, value_name = "HOST:PORT", requires = "ca")]
+        #[arg(long, value_name = "HOST:PORT", requires = "server_trust")]
         endpoint: Option<String>,
         /// With --endpoint: the CA that signed the server's certificate (PEM).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", group = "server_trust")]
         ca: Option<PathBuf>,
+        /// With --endpoint, instead of --ca: the SHA-256 of the server's certificate, for a
+        /// key berth-apid generated (`api-key-generated sha256=` on the host's console).
+        #[arg(long, value_name = "HEX", group = "server_trust")]
+        server_sha256: Option<String>,
         /// With --endpoint: this client's certificate (PEM), signed by the API's client CA.
         #[arg(long, value_name = "FILE", requires = "key")]
         cert: Option<PathBuf>,
@@ -308,21 +312,39 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Ctl {
             endpoint: Some(address),
-            ca: Some(ca),
+            ca,
+            server_sha256,
             cert,
             key,
             server_name,
             args,
             ..
-        } => berth_image::remote::run_ctl(
-            &berth_image::remote::Endpoint {
-                address,
-                ca,
-                client: cert.zip(key),
-                server_name,
-            },
-            args,
-        ),
+        } => {
+            use berth_image::remote::ServerTrust;
+            let trust = match (ca, server_sha256) {
+                (Some(ca), _) => ServerTrust::Ca(ca),
+                (None, Some(hex)) => match ServerTrust::pinned(&hex) {
+                    Ok(trust) => trust,
+                    Err(err) => {
+                        eprintln!("berth ctl: {err}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => {
+                    eprintln!("berth ctl: --endpoint needs --ca or --server-sha256");
+                    return ExitCode::from(2);
+                }
+            };
+            berth_image::remote::run_ctl(
+                &berth_image::remote::Endpoint {
+                    address,
+                    trust,
+                    client: cert.zip(key),
+                    server_name,
+                },
+                args,
+            )
+        }
         Command::Api {
             command: ApiCommand::Cert { command },
         } => {

@@ -29,12 +29,103 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 pub struct Endpoint {
     /// `HOST:PORT`.
     pub address: String,
-    /// The CA that signed the server's certificate (PEM).
-    pub ca: PathBuf,
+    /// How the server's certificate is checked.
+    pub trust: ServerTrust,
     /// This client's certificate chain and key (PEM); none is a client the server refuses.
     pub client: Option<(PathBuf, PathBuf)>,
     /// The name the server's certificate must hold; the host part of `address` when unset.
     pub server_name: Option<String>,
+}
+
+/// How the server is told from an impostor.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Its certificate chains to this CA (PEM) and names the host.
+    Ca(PathBuf),
+    /// Its certificate is exactly this one: SHA-256 of the DER, as berth-apid prints for a
+    /// key it generated (`api-key-generated sha256=`, `api-listening server_sha256=`).
+    Pinned([u8; 32]),
+}
+
+impl ServerTrust {
+    /// `--server-sha256 HEX` (colons between bytes allowed, as other tools print them).
+    pub fn pinned(hex: &str) -> Result<ServerTrust, String> {
+        let digits: String = hex.chars().filter(|c| *c != ':').collect();
+        let bad = || format!("--server-sha256 {hex}: not 64 hexadecimal digits");
+        if digits.len() != 64 || !digits.is_ascii() {
+            return Err(bad());
+        }
+        let mut sha256 = [0u8; 32];
+        for (byte, pair) in sha256.iter_mut().zip(digits.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(ServerTrust::Pinned(sha256))
+    }
+}
+
+/// Accepts one server certificate, by its SHA-256, whatever names or issuer it has, and
+/// checks the handshake's signature with its key as any verifier does.
+#[derive(Debug)]
+struct PinnedServer {
+    sha256: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let seen = sha2::Sha256::digest(end_entity.as_ref());
+        if seen.as_slice() == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            let seen: String = seen.iter().map(|b| format!("{b:02x}")).collect();
+            Err(rustls::Error::General(format!(
+                "the server's certificate has SHA-256 {seen}, not the one given with --server-sha256"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -49,16 +140,28 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 fn client_config(endpoint: &Endpoint) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for certificate in certificates(&endpoint.ca)? {
-        roots
-            .add(certificate)
-            .map_err(|e| format!("--ca {}: {e}", endpoint.ca.display()))?;
-    }
-    let builder = ClientConfig::builder_with_provider(provider)
+    let versions = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
+        .map_err(|e| e.to_string())?;
+    let builder = match &endpoint.trust {
+        ServerTrust::Ca(ca) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(ca)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            }
+            versions.with_root_certificates(roots)
+        }
+        ServerTrust::Pinned(sha256) => {
+            versions
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                    sha256: *sha256,
+                    provider,
+                }))
+        }
+    };
     let config = match &endpoint.client {
         Some((cert, key)) => {
             let chain = certificates(cert)?;

@@ -12,22 +12,63 @@ pub const API_CA_PATH: &str = "/etc/berth/api/ca.pem";
 pub const API_CERT_PATH: &str = "/etc/berth/api/cert.pem";
 pub const API_KEY_PATH: &str = "/etc/berth/api/key.pem";
 
-/// The `[api]` table. The three files are read by `berth build`, relative to the manifest's
+/// Where berth-apid keeps the server key and certificate it generates when `[api]` gives
+/// none: on the data partition, so that clients pin one fingerprint for the host's life.
+pub const API_GENERATED_DIR: &str = "/var/lib/berth/api";
+
+/// The `[api]` table. The files are read by `berth build`, relative to the manifest's
 /// directory, and baked into the image at [`API_CA_PATH`], [`API_CERT_PATH`] and
 /// [`API_KEY_PATH`].
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawApiSettings")]
 pub struct ApiSettings {
     /// Addresses to listen on; `0.0.0.0:7443` and `[::]:7443` when unset.
     pub listen: Option<Vec<SocketAddr>>,
     /// PEM certificates of the CA that signs client certificates: a client must present one.
     pub ca: PathBuf,
-    /// The server's certificate chain (PEM), leaf first.
-    pub cert: PathBuf,
-    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    /// The server's certificate chain (PEM), leaf first, and its private key (PEM: PKCS#8,
+    /// PKCS#1 or SEC1); both or neither. Without them berth-apid generates a key and a
+    /// self-signed certificate at first boot in [`API_GENERATED_DIR`] and prints the
+    /// certificate's fingerprint, which clients pin (`berth ctl --server-sha256`).
+    pub server: Option<ServerIdentity>,
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); off when unset.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The server's certificate chain and key files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiSettings {
+    listen: Option<Vec<SocketAddr>>,
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl TryFrom<RawApiSettings> for ApiSettings {
+    type Error = String;
+
+    fn try_from(raw: RawApiSettings) -> Result<ApiSettings, String> {
+        let server = match (raw.cert, raw.key) {
+            (Some(cert), Some(key)) => Some(ServerIdentity { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err("`cert` without `key`: give both or neither".into()),
+            (None, Some(_)) => return Err("`key` without `cert`: give both or neither".into()),
+        };
+        Ok(ApiSettings {
+            listen: raw.listen,
+            ca: raw.ca,
+            server,
+            metrics_listen: raw.metrics_listen,
+        })
+    }
 }
 
 impl ApiSettings {
@@ -62,6 +103,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.listen(), ["10.0.0.5:9443".parse().unwrap()]);
-        assert!(toml::from_str::<ApiSettings>("ca = \"ca.pem\"\n").is_err());
+        let generated: ApiSettings = toml::from_str("ca = \"ca.pem\"\n").unwrap();
+        assert_eq!(generated.server, None);
+        let err = toml::from_str::<ApiSettings>("ca = \"ca.pem\"\ncert = \"c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give both or neither"), "{err}");
+        assert!(toml::from_str::<ApiSettings>("cert = \"c.pem\"\n").is_err());
     }
 }

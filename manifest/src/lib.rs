@@ -38,7 +38,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use api::{ApiSettings, API_CA_PATH, API_CERT_PATH, API_KEY_PATH, DEFAULT_API_PORT};
+pub use api::{
+    ApiSettings, ServerIdentity, API_CA_PATH, API_CERT_PATH, API_GENERATED_DIR, API_KEY_PATH,
+    DEFAULT_API_PORT,
+};
 pub use container::{
     AbsolutePath, Command, Condition, Container, DependsOn, DeviceMapping, Environment, PidMode,
     RestartPolicy, SignalName, Tmpfs, Volume, VolumeSource, DEFAULT_STOP_GRACE,
