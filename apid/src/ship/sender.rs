@@ -336,6 +336,105 @@ fn forget_delivered<T>(
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    fn line(text: &str) -> Arc<Message> {
+        Arc::new(Message {
+            seq: Some(1),
+            time: SystemTime::UNIX_EPOCH,
+            source: Source::Container {
+                name: "web".to_string(),
+            },
+            text: text.to_string(),
+        })
+    }
+
+    /// A TLS receiver on the loopback with a certificate for `localhost` from a fresh CA: the
+    /// CA's PEM file, the port, and what the receiver reads from its one connection.
+    fn tls_receiver() -> (std::path::PathBuf, u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca, &ca_key)
+            .unwrap();
+        let ca_file = std::env::temp_dir().join(format!("ship-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (got, seen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buffer = [0u8; 4096];
+            let mut all = Vec::new();
+            // Until the client goes (without close_notify, rustls says UnexpectedEof).
+            while let Ok(n) = tls.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(buffer.get(..n).unwrap());
+                if all.ends_with(b"second") {
+                    break;
+                }
+            }
+            got.send(all).unwrap();
+        });
+        (ca_file, port, seen)
+    }
+
+    #[test]
+    fn lines_go_over_tls_to_a_receiver_the_ca_vouches_for() {
+        let (ca, port, seen) = tls_receiver();
+        let config = crate::tls::client_config(&ca).unwrap();
+        let target = ForwardTarget {
+            transport: Transport::TcpTls,
+            host: "localhost".to_string(),
+            port,
+        };
+        let mut link = connect(&target, Some(&config)).unwrap();
+        link.send(&[line("first"), line("second")], false, "h")
+            .unwrap();
+        let got = String::from_utf8(seen.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+        assert!(
+            got.contains(" web - - [meta sequenceId=\"1\"] first"),
+            "{got}"
+        );
+        assert!(got.ends_with("second"), "{got}");
+        // The receiver went away: the link says so before the next send.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while link.closed().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection was not seen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Another CA's receiver is refused at the handshake.
+        let (_, other_port, _) = tls_receiver();
+        let wrong = ForwardTarget {
+            port: other_port,
+            ..target
+        };
+        let refused = connect(&wrong, Some(&config)).err().unwrap();
+        assert!(refused.contains("TLS handshake"), "{refused}");
+        let _ = std::fs::remove_file(ca);
+    }
 
     #[test]
     fn lines_are_kept_until_acknowledged_and_the_window_passed() {
