@@ -10,7 +10,6 @@ pub mod registry;
 pub mod syslog;
 pub mod terminal;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -51,38 +50,53 @@ pub fn log_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// Builds a guest binary (static musl, guest profile) for `arch`, once per test process.
+/// The guest packages, built together: the same set as `scripts/test` and `scripts/bench`
+/// build, so that cargo unifies their features the same way and finds their build fresh.
+/// (One package alone is another feature set: its dependencies would build again, minutes
+/// per arch.)
+pub const GUEST_PACKAGES: [&str; 6] = [
+    "berth-init",
+    "berth-netd",
+    "berth-ctl",
+    "berth-registry",
+    "berth-apid",
+    "berth-probe",
+];
+
+/// A guest binary (static musl, guest profile) for `arch`: every guest package is built once
+/// per arch and test process, and `binary` of `package` is taken from that build.
 pub fn guest_binary(package: &str, binary: &str, arch: Arch) -> Result<PathBuf, String> {
-    static BUILT: Mutex<Option<HashMap<(String, Arch), PathBuf>>> = Mutex::new(None);
+    static BUILT: Mutex<Vec<Arch>> = Mutex::new(Vec::new());
+    if !GUEST_PACKAGES.contains(&package) {
+        return Err(format!(
+            "{package} is not one of the guest packages {GUEST_PACKAGES:?}"
+        ));
+    }
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    let built = built.get_or_insert_with(HashMap::new);
-    if let Some(path) = built.get(&(package.to_string(), arch)) {
-        return Ok(path.clone());
+    if !built.contains(&arch) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "--profile", "guest"]);
+        for package in GUEST_PACKAGES {
+            command.args(["-p", package]);
+        }
+        let status = command
+            .args(["--target", arch.rust_target()])
+            .status()
+            .map_err(|err| format!("cannot run cargo: {err}"))?;
+        if !status.success() {
+            return Err(format!(
+                "building the guest packages for {arch} failed: {status}"
+            ));
+        }
+        built.push(arch);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            "guest",
-            "-p",
-            package,
-            "--target",
-            arch.rust_target(),
-        ])
-        .status()
-        .map_err(|err| format!("cannot run cargo: {err}"))?;
-    if !status.success() {
-        return Err(format!("building {package} for {arch} failed: {status}"));
-    }
-    let path = target_dir()
+    Ok(target_dir()
         .join(arch.rust_target())
         .join("guest")
-        .join(binary);
-    built.insert((package.to_string(), arch), path.clone());
-    Ok(path)
+        .join(binary))
 }
 
 /// The host `berth` CLI, built once per test process.
