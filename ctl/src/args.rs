@@ -29,7 +29,8 @@ pub(crate) enum Verb {
     /// `exec`: the request, then the process' I/O until it exits.
     Exec(Exec),
     /// `update FILE`: the bundle streamed after the answer, as `exec -i`'s stdin.
-    Update { file: String },
+    /// `update BUNDLE [--reboot]`: with `reboot`, a staged update is booted at once.
+    Update { file: String, reboot: bool },
     /// `version`, `rollback`: a request whose answer is a process' output, as `exec`'s.
     Relayed(Request),
 }
@@ -51,7 +52,7 @@ pub const VERBS: &str = "\
 verbs: ps | inspect NAME | logs [-f] [--tail N] [--since DURATION] NAME | events [-f] [--tail N] | journal [-f] [--tail N]
        | stats | top NAME | dmesg [--tail N] | start NAME | stop NAME | restart NAME
        | exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
-       | apply FILE | update BUNDLE | version | rollback | images | image ls | image prune
+       | apply FILE | update [--reboot] BUNDLE | version | rollback | images | image ls | image prune
        | reboot | poweroff";
 
 /// The synopsis, for `-h` and a bad command line.
@@ -151,13 +152,24 @@ pub(crate) fn parse(program: &str, args: Vec<String>) -> Result<Options, String>
             options.verb = Verb::Relayed(Request::Rollback);
             return Ok(options);
         }
-        Some("update") => match words.as_slice() {
-            [_, file] => {
-                options.verb = Verb::Update { file: file.clone() };
-                return Ok(options);
+        Some("update") => {
+            let reboot = words.iter().any(|w| w == "--reboot");
+            let files: Vec<&String> = words.iter().skip(1).filter(|w| *w != "--reboot").collect();
+            match files.as_slice() {
+                [file] => {
+                    options.verb = Verb::Update {
+                        file: (*file).clone(),
+                        reboot,
+                    };
+                    return Ok(options);
+                }
+                _ => {
+                    return Err(
+                        "`update` takes one bundle file (update.berth), and --reboot".to_string(),
+                    )
+                }
             }
-            _ => return Err("`update` takes one bundle file (update.berth)".to_string()),
-        },
+        }
         Some("apply") => match words.as_slice() {
             [_, file] => {
                 options.verb = Verb::Apply { file: file.clone() };
@@ -327,6 +339,22 @@ mod tests {
 
     fn strings(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn update_takes_a_bundle_and_reboot_before_or_after_it() {
+        for line in ["update --reboot b.berth", "update b.berth --reboot"] {
+            assert!(matches!(
+                parse_words(line).unwrap().verb,
+                Verb::Update { ref file, reboot: true } if file == "b.berth"
+            ));
+        }
+        assert!(matches!(
+            parse_words("update b.berth").unwrap().verb,
+            Verb::Update { reboot: false, .. }
+        ));
+        assert!(parse_words("update --reboot").is_err());
+        assert!(parse_words("update a b").is_err());
     }
 
     #[test]

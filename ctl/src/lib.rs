@@ -13,7 +13,7 @@
 //! berthctl start|stop|restart NAME
 //! berthctl exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
 //! berthctl apply FILE
-//! berthctl update BUNDLE                                           # berth build --format update's update.berth
+//! berthctl update [--reboot] BUNDLE                                       # berth build --format update's update.berth
 //! berthctl version | rollback                                      # the boot slots; the other slot next
 //! berthctl reboot|poweroff
 //! ```
@@ -148,17 +148,23 @@ pub fn run_with(program: &str, default_socket: &Path, args: Vec<String>, io: Io<
                     };
                     ask(&options, default_socket, request, stdout)
                 }
-                Verb::Update { file } => {
+                Verb::Update { file, reboot } => {
                     let bundle = std::fs::File::open(&file)
                         .map_err(|e| Failure::Input(format!("cannot read {file}: {e}")))?;
                     let bundle: Box<dyn Read + Send> = Box::new(bundle);
-                    run_relayed(
+                    let staged = run_relayed(
                         program,
                         &options,
                         default_socket,
                         Request::Update,
                         (Some(bundle), &mut *stdout, &mut *stderr),
-                    )
+                    )?;
+                    // Only a staged update is booted: a refused bundle leaves the host up.
+                    if reboot && staged == exit::OK {
+                        ask(&options, default_socket, Request::Reboot, stdout)
+                    } else {
+                        Ok(staged)
+                    }
                 }
                 Verb::Relayed(request) => run_relayed(
                     program,

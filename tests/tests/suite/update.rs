@@ -186,10 +186,15 @@ fn boot(arch: Arch, image: &Path, disk: &Path, log: &Path) -> (Machine, PathBuf)
     (berth_tests::boot_disk_to_ready(&config), socket)
 }
 
-/// `berth ctl update FILE`: its exit code and stderr.
-fn update(socket: &Path, bundle: &Path) -> (Option<i32>, String) {
+/// `berth ctl update [--reboot] FILE`: its exit code and stderr.
+fn update(socket: &Path, bundle: &Path, reboot: bool) -> (Option<i32>, String) {
     let bundle = bundle.display().to_string();
-    let out = berth_ctl(socket, &["update", &bundle]);
+    let args: &[&str] = if reboot {
+        &["update", "--reboot", &bundle]
+    } else {
+        &["update", &bundle]
+    };
+    let out = berth_ctl(socket, args);
     (
         out.status.code(),
         format!(
@@ -273,14 +278,19 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
 
     // Every bad bundle is refused with its reason, and the ESP is left as it was.
     let before = esp_region_hash(&disk);
-    for (bundle, reason) in [
-        (&other_signer, "not signed by a key this host accepts"),
-        (&other_arch, "this host is"),
-        (&truncated, "truncated"),
-        (&tampered, "part `initrd` does not match its digest"),
-        (&unsigned, "unsigned"),
+    // (`--reboot` with a refused bundle reboots nothing.)
+    for (bundle, reason, reboot) in [
+        (
+            &other_signer,
+            "not signed by a key this host accepts",
+            false,
+        ),
+        (&other_arch, "this host is", false),
+        (&truncated, "truncated", false),
+        (&tampered, "part `initrd` does not match its digest", false),
+        (&unsigned, "unsigned", true),
     ] {
-        let (code, said) = update(&socket, bundle);
+        let (code, said) = update(&socket, bundle, reboot);
         assert_eq!(code, Some(1), "{}: {said}; {c1}", bundle.display());
         assert!(
             said.contains(reason),
@@ -296,8 +306,10 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
     let refused = events::events(&first, "update-refused", None);
     assert_eq!(refused.len(), 5, "{c1}");
 
-    // The good one is staged into slot b, and the running host is not disturbed.
-    let (code, said) = update(&socket, &good);
+    assert!(berth_ctl_ok(&socket, &["ps"]).contains("app"), "{c1}");
+
+    // The good one is staged into slot b and, with `--reboot`, booted at once.
+    let (code, said) = update(&socket, &good, true);
     assert_eq!(code, Some(0), "{said}; {c1}");
     assert!(said.contains("staged slot=b version=2"), "{said}; {c1}");
     let staged = wait_seen(&first, r"^berth event=update-staged ");
@@ -305,17 +317,14 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
         staged.contains("slot=b") && staged.contains("version=2"),
         "{staged}; {c1}"
     );
-    assert_ne!(esp_region_hash(&disk), before, "the ESP took the update");
-    assert!(berth_ctl_ok(&socket, &["ps"]).contains("app"), "{c1}");
-
-    berth_ctl_ok(&socket, &["poweroff"]);
     assert_eq!(
         first
             .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e}")),
-        GuestExit::PowerOff,
-        "{c1}"
+        GuestExit::Reboot,
+        "update --reboot; {c1}"
     );
+    assert_ne!(esp_region_hash(&disk), before, "the ESP took the update");
 
     // The next boot is v2, from slot b, on trial, with v1's data; with no health check to
     // wait for, it is committed at once.
@@ -456,7 +465,7 @@ fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
     assert!(checked.contains("result=committed"), "{checked}; {c1}");
     wait_seen(&first, r"^app \| app-v1$");
     assert_eq!(berth_ctl_ok(&socket, &["version"]), versions, "{c1}");
-    let (code, said) = update(&socket, &bundle);
+    let (code, said) = update(&socket, &bundle, false);
     assert_eq!(code, Some(0), "{said}; {c1}");
     assert!(said.contains("staged slot=b version=2"), "{said}; {c1}");
     berth_ctl_ok(&socket, &["poweroff"]);
@@ -504,4 +513,10 @@ fn an_unhealthy_update_rolls_back_by_itself_x86_64() {
 #[test]
 fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there() {
     stages_and_boots_the_other_slot(Arch::X86_64, "update-stage");
+}
+
+/// The same through aarch64's UEFI (AAVMF) and its boot loader entries.
+#[test]
+fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there_aarch64() {
+    stages_and_boots_the_other_slot(Arch::Aarch64, "update-stage-aarch64");
 }
