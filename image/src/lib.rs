@@ -16,6 +16,7 @@ pub mod module_files;
 pub mod remote;
 pub mod run;
 pub mod run_container;
+pub mod sample;
 
 pub use assemble::{
     build, read_metadata, BuildError, BuildOptions, DiskOptions, ImageMetadata, KernelChoice,

@@ -99,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Sample images: `berth image busybox --arch A --out DIR`, the demo's.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// The remote API's certificates.
     Api {
         #[command(subcommand)]
@@ -129,6 +134,10 @@ enum Command {
         /// Extra kernel command-line parameters.
         #[arg(long)]
         append: Vec<String>,
+        /// Forward a TCP port of this machine to the guest, as `docker run -p` reads it:
+        /// `[ADDRESS:]HOST:GUEST` (`8080:80`). Repeatable.
+        #[arg(long, short = 'p', value_name = "[ADDRESS:]HOST:GUEST")]
+        publish: Vec<berth_qemu::HostForward>,
         /// Extra QEMU arguments, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -197,6 +206,18 @@ enum KeyCommand {
     /// `berth build --sign-key`) and `update.pub` (for a manifest's `[update] keys`).
     Generate {
         /// The directory to write both files into (created; existing keys are kept).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Debian's busybox-static as an OCI layout tagged `1.35` (packed by umoci), in
+    /// `OUT/layout`: bake it with `berth build --image busybox:1.35=OUT/layout`.
+    Busybox {
+        #[arg(long, default_value = "x86_64")]
+        arch: Arch,
         #[arg(long)]
         out: PathBuf,
     },
@@ -467,6 +488,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Image {
+            command: ImageCommand::Busybox { arch, out },
+        } => match berth_image::sample::busybox_layout(arch, &out, |_| Ok(())) {
+            Ok(layout) => {
+                println!("{}", layout.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("berth image busybox: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Key {
             command: KeyCommand::Generate { out },
         } => match generate_key(&out) {
@@ -541,6 +574,7 @@ fn main() -> ExitCode {
             cpus,
             timeout,
             append,
+            publish,
             qemu_args,
         } => {
             let options = RunOptions {
@@ -550,6 +584,7 @@ fn main() -> ExitCode {
                 cpus,
                 timeout: timeout.map(Duration::from_secs),
                 append,
+                publish,
                 qemu_args,
             };
             match run::run(&options) {

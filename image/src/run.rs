@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub cpus: u32,
     pub timeout: Option<Duration>,
     pub append: Vec<String>,
+    /// `--publish`: TCP ports of this machine forwarded to the guest.
+    pub publish: Vec<berth_qemu::HostForward>,
     pub qemu_args: Vec<String>,
 }
 
@@ -56,6 +58,28 @@ pub enum RunError {
     Rig(#[from] RigError),
     #[error("cannot catch Ctrl-C: {0}")]
     Signal(#[source] std::io::Error),
+}
+
+/// What `berth run` says once the guest is ready: how to reach it.
+fn what_to_try(dir: &Path, publish: &[berth_qemu::HostForward]) -> String {
+    let ctl = format!("berth ctl --image {}", dir.display());
+    let mut text = format!(
+        "berth: the host is ready. From another terminal:\n  \
+         {ctl} ps                  # the containers\n  \
+         {ctl} journal -f          # events and every container's output\n  \
+         {ctl} exec -it NAME sh    # a shell in a container"
+    );
+    for forward in publish {
+        let host = forward
+            .address
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string());
+        text.push_str(&format!(
+            "\n  http://{host}:{}/    # the guest's port {}",
+            forward.host_port, forward.guest_port
+        ));
+    }
+    text.push_str("\n  Ctrl-C here presses the power button; a second one stops QEMU.");
+    text
 }
 
 pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
@@ -90,6 +114,15 @@ pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     config.cpus = options.cpus;
     config.append = options.append.clone();
     config.extra_args = options.qemu_args.clone();
+    config.host_forwards = options.publish.clone();
+    for forward in &options.publish {
+        eprintln!(
+            "berth: port {}{} here goes to the guest's port {}",
+            forward.address.map(|a| format!("{a}:")).unwrap_or_default(),
+            forward.host_port,
+            forward.guest_port
+        );
+    }
     config.echo_console = true;
     let socket = control_socket(&options.dir);
     config.control_socket = Some(socket.clone());
@@ -106,7 +139,17 @@ pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     let mut machine = Machine::start(&config)?;
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let mut power_button_pressed = false;
+    let mut ready_said = false;
     while !machine.has_exited() {
+        if !ready_said
+            && machine
+                .console_lines()
+                .iter()
+                .any(|l| l.text.starts_with("berth event=ready "))
+        {
+            eprintln!("{}", what_to_try(&options.dir, &options.publish));
+            ready_said = true;
+        }
         if interrupted.swap(false, Ordering::SeqCst) {
             if power_button_pressed {
                 eprintln!("berth: second Ctrl-C: stopping QEMU");

@@ -10,7 +10,7 @@ mod machine;
 mod qmp;
 
 pub use console::ConsoleLine;
-pub use machine::{kvm_usable, DiskBoot, GuestExit, Machine, MachineConfig, RigError};
+pub use machine::{kvm_usable, DiskBoot, GuestExit, HostForward, Machine, MachineConfig, RigError};
 pub use qmp::Qmp;
 
 /// Defaults shared by the rig and the `berth run` command line.

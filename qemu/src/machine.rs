@@ -51,6 +51,8 @@ pub struct MachineConfig {
     pub extra_args: Vec<String>,
     /// User-mode networking on a virtio NIC.
     pub user_net: bool,
+    /// TCP ports of this machine forwarded to the guest over the user-mode network.
+    pub host_forwards: Vec<HostForward>,
     /// Where `console.log` goes; created if missing.
     pub log_dir: PathBuf,
     /// Copy the console to this process' stdout as it arrives.
@@ -90,6 +92,7 @@ impl MachineConfig {
             append: Vec::new(),
             extra_args: Vec::new(),
             user_net: true,
+            host_forwards: Vec::new(),
             log_dir: log_dir.to_path_buf(),
             echo_console: false,
             netns: None,
@@ -181,15 +184,16 @@ impl MachineConfig {
         args.extend(serial);
         args.extend(self.boot_args());
         if self.user_net {
-            args.extend(
-                [
-                    "-netdev",
-                    "user,id=net0",
-                    "-device",
-                    "virtio-net-pci,netdev=net0,romfile=",
-                ]
-                .map(str::to_string),
-            );
+            let mut netdev = "user,id=net0".to_string();
+            for forward in &self.host_forwards {
+                netdev.push_str(&format!(",hostfwd={forward}"));
+            }
+            args.extend([
+                "-netdev".to_string(),
+                netdev,
+                "-device".to_string(),
+                "virtio-net-pci,netdev=net0,romfile=".to_string(),
+            ]);
         }
         if let Some(socket) = &self.control_socket {
             args.extend(control_port_args(socket));
@@ -275,6 +279,56 @@ fn connect_serial(
             Err(err) if Instant::now() >= deadline => return Err(err),
             Err(_) => std::thread::sleep(SERIAL_CONNECT_RETRY),
         }
+    }
+}
+
+/// A TCP port of the machine running QEMU forwarded to a guest port, as `docker run -p`
+/// reads it: `[ADDRESS:]HOST:GUEST` (ADDRESS, an IPv4 address, defaults to every address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostForward {
+    pub address: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl std::str::FromStr for HostForward {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<HostForward, String> {
+        let bad = |why: &str| format!("`{text}` is not [ADDRESS:]HOST:GUEST: {why}");
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad(&format!("`{p}` is not a port")))
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let (address, host, guest) = match parts.as_slice() {
+            [host, guest] => (None, *host, *guest),
+            [address, host, guest] => (
+                Some(
+                    address
+                        .parse()
+                        .map_err(|_| bad(&format!("`{address}` is not an IPv4 address")))?,
+                ),
+                *host,
+                *guest,
+            ),
+            _ => return Err(bad("two or three parts separated by `:`")),
+        };
+        Ok(HostForward {
+            address,
+            host_port: port(host)?,
+            guest_port: port(guest)?,
+        })
+    }
+}
+
+impl std::fmt::Display for HostForward {
+    /// QEMU's `hostfwd=` value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let address = self.address.map(|a| a.to_string()).unwrap_or_default();
+        write!(f, "tcp:{address}:{}-:{}", self.host_port, self.guest_port)
     }
 }
 
@@ -787,6 +841,36 @@ fn duration_name(console_log: &Path, durations: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_ports_read_as_docker_run_p_and_become_hostfwd() {
+        let forward = |text: &str| text.parse::<HostForward>().map(|f| f.to_string());
+        assert_eq!(forward("8080:80").as_deref(), Ok("tcp::8080-:80"));
+        assert_eq!(
+            forward("127.0.0.1:8080:80").as_deref(),
+            Ok("tcp:127.0.0.1:8080-:80")
+        );
+        for bad in ["80", "0:80", "8080:x", "a.b:1:2", "1:2:3:4"] {
+            assert!(forward(bad).is_err(), "{bad}");
+        }
+        let mut config = MachineConfig::new(
+            Arch::X86_64,
+            Path::new("/k"),
+            Path::new("/i"),
+            Path::new("/l"),
+        );
+        config.host_forwards = vec![forward_of("8080:80"), forward_of("2222:22")];
+        let args = config.qemu_args(Path::new("/q"), false);
+        assert!(
+            args.iter()
+                .any(|a| a == "user,id=net0,hostfwd=tcp::8080-:80,hostfwd=tcp::2222-:22"),
+            "{args:?}"
+        );
+    }
+
+    fn forward_of(text: &str) -> HostForward {
+        text.parse().unwrap_or_else(|e: String| panic!("{e}"))
+    }
 
     #[test]
     fn a_boot_is_named_by_its_log_directory_below_the_durations_file() {

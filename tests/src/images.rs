@@ -1,83 +1,21 @@
-//! Test images: Debian's busybox-static packed into an OCI layout by `umoci`, a tool that is
-//! not berth's, so the tests read images as the outside world writes them. The image also
-//! holds `/bin/berth-probe`, the isolation tests' probe.
+//! Test images: Debian's busybox-static packed into an OCI layout by `umoci` with the recipe
+//! of `berth image busybox` (`berth_image::sample`), so the tests read images as the outside
+//! world writes them. The tests' image also holds `/bin/berth-probe`, the isolation tests'
+//! probe.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
 use berth_arch::Arch;
-use berth_image::debian;
-use berth_image::kernel::default_cache_dir;
 
 use crate::target_dir;
 
-/// The tag the test images carry inside their layouts (umoci's ref name).
-pub const BUSYBOX_TAG: &str = "1.35";
-/// The name the manifests use.
-pub const BUSYBOX: &str = "busybox:1.35";
+use berth_image::sample::run_tool as run;
+pub use berth_image::sample::{BUSYBOX, BUSYBOX_TAG};
 
-/// Bump when `build_rootfs` changes, so cached test images are rebuilt.
+/// Bump when the recipe changes, so cached test images are rebuilt.
 const RECIPE_VERSION: u32 = 2;
-
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
-daemon:x:1:1:daemon:/usr/sbin:/bin/false\n\
-www:x:1000:1000:www:/www:/bin/sh\n\
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
-const GROUP: &str = "root:x:0:\ndaemon:x:1:\nwww:x:1000:\nlogs:x:4:www\nnogroup:x:65534:\n";
-
-fn run(command: &mut Command) -> Result<(), String> {
-    let shown = format!("{command:?}");
-    let output = command.output().map_err(|e| format!("{shown}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{shown}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-/// The applets of Debian's busybox-static; both arches are built from one configuration, so
-/// the host's busybox lists them for either.
-fn applets() -> Result<Vec<String>, String> {
-    let output = Command::new("busybox")
-        .arg("--list")
-        .output()
-        .map_err(|e| format!("busybox --list: {e} (scripts/setup installs busybox-static)"))?;
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|a| a != "busybox")
-        .collect())
-}
-
-fn build_rootfs(arch: Arch, rootfs: &Path) -> Result<(), String> {
-    let busybox_root =
-        debian::unpacked_package("busybox-static", arch, &default_cache_dir(), |_| Ok(()))
-            .map_err(|e| e.to_string())?;
-    let bin = rootfs.join("bin");
-    for dir in ["bin", "etc", "root", "tmp", "www"] {
-        std::fs::create_dir_all(rootfs.join(dir)).map_err(|e| e.to_string())?;
-    }
-    std::fs::copy(busybox_root.join("bin/busybox"), bin.join("busybox"))
-        .map_err(|e| e.to_string())?;
-    for applet in applets()? {
-        let link = bin.join(&applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("busybox", link).map_err(|e| e.to_string())?;
-        }
-    }
-    std::fs::write(rootfs.join("etc/passwd"), PASSWD).map_err(|e| e.to_string())?;
-    std::fs::write(rootfs.join("etc/group"), GROUP).map_err(|e| e.to_string())?;
-    std::fs::write(rootfs.join("www/index.html"), "hello from berth\n")
-        .map_err(|e| e.to_string())?;
-    // The isolation tests' probe, built for the image's arch.
-    let probe = crate::guest_binary("berth-probe", "berth-probe", arch)?;
-    std::fs::copy(probe, bin.join("berth-probe")).map_err(|e| e.to_string())?;
-    Ok(())
-}
 
 /// An OCI layout holding busybox for `arch` as `1.35`, built once and kept under
 /// `target/test-images/`.
@@ -97,36 +35,12 @@ pub fn busybox_layout(arch: Arch) -> Result<PathBuf, String> {
     if std::fs::read_to_string(base.join(".complete")).is_ok_and(|s| s == probe_stamp) {
         return Ok(layout);
     }
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
-    let image = format!("{}:{BUSYBOX_TAG}", layout.display());
-    let bundle = base.join("bundle");
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout))?;
-    run(Command::new("umoci").args(["new", "--image", &image]))?;
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle))?;
-    build_rootfs(arch, &bundle.join("rootfs"))?;
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle))?;
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--architecture",
-        arch.debian_arch(),
-        "--os",
-        "linux",
-        "--config.cmd",
-        "sh",
-        "--config.env",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ]))?;
-    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout))?;
-    let _ = std::fs::remove_dir_all(&bundle);
+    // The isolation tests' probe goes in beside busybox.
+    let layout = berth_image::sample::busybox_layout(arch, &base, |rootfs| {
+        std::fs::copy(&probe, rootfs.join("bin/berth-probe"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })?;
     std::fs::write(base.join(".complete"), probe_stamp).map_err(|e| e.to_string())?;
     Ok(layout)
 }

@@ -11,6 +11,7 @@ mod container_network;
 mod containers;
 mod control_abuse;
 mod control_port;
+mod demo;
 mod devices;
 mod dhcp_hostile;
 mod dhcp_server;
