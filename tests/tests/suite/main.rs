@@ -23,6 +23,7 @@ mod hostile_metadata;
 mod hostile_registry;
 mod image_import;
 mod image_unpack;
+mod install;
 mod isolation;
 mod kernel_config;
 mod links;
