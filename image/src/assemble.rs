@@ -178,7 +178,7 @@ pub enum BuildError {
     },
     #[error("--module {name}: kernel {release} has no such module")]
     UnknownModule { name: String, release: String },
-    #[error("no {binary} binary for {arch}; looked at {}. Build it with `cargo build --profile guest -p {package} --target {}`, or pass --{binary}", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), arch.rust_target())]
+    #[error("no {binary} binary (package {package}) for {arch}; looked at {}. In a source checkout, build the guest binaries with `{}`; or install berth with scripts/install; or pass --{binary}", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), guest_build_command(*arch))]
     GuestBinaryNotFound {
         binary: &'static str,
         package: &'static str,
@@ -231,6 +231,93 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     let staging = path.with_extension("partial");
     std::fs::write(&staging, data).map_err(write_error)?;
     std::fs::rename(&staging, path).map_err(write_error)
+}
+
+/// The guest packages, built together (one feature set): what `scripts/test`, `scripts/install`
+/// and the tests build.
+pub const GUEST_PACKAGES: [&str; 6] = [
+    "berth-init",
+    "berth-netd",
+    "berth-ctl",
+    "berth-registry",
+    "berth-apid",
+    "berth-probe",
+];
+
+/// The command that builds every guest binary for `arch` in a source checkout.
+pub fn guest_build_command(arch: Arch) -> String {
+    let packages: Vec<String> = GUEST_PACKAGES.iter().map(|p| format!("-p {p}")).collect();
+    format!(
+        "cargo build --profile guest {} --target {}",
+        packages.join(" "),
+        arch.rust_target()
+    )
+}
+
+/// Guest binaries `berth build` would take from a source checkout's `target/` that are older
+/// than a Rust source of the checkout's guest crates: each with the newer source. (Installed
+/// binaries are never stale: they have no sources beside them.)
+pub fn stale_guest_binaries(arch: Arch) -> Vec<(PathBuf, PathBuf)> {
+    let mut stale = Vec::new();
+    for binary in ["init", "berth-pull", "berth-apid"] {
+        let Some(found) = guest_binary_candidates(arch, binary)
+            .into_iter()
+            .find(|p| p.is_file())
+        else {
+            continue;
+        };
+        // <root>/target/<triple>/guest/<binary>
+        let Some(root) = found.ancestors().nth(4) else {
+            continue;
+        };
+        if !root.join("Cargo.toml").is_file() {
+            continue;
+        }
+        let Ok(built) = std::fs::metadata(&found).and_then(|m| m.modified()) else {
+            continue;
+        };
+        if let Some(newer) = newest_guest_source(root).filter(|(at, _)| *at > built) {
+            stale.push((found, newer.1));
+        }
+    }
+    stale
+}
+
+/// The newest `.rs` file of the checkout's crates that guest binaries are built from (all
+/// but the host-only ones), with when it changed.
+fn newest_guest_source(root: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    const HOST_ONLY: [&str; 6] = ["image", "tests", "bench", "fuzz", "qemu", "target"];
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut pending: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.join("Cargo.toml").is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| HOST_ONLY.iter().any(|h| n == *h))
+        })
+        .map(|p| p.join("src"))
+        .collect();
+    while let Some(path) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                if let Ok(at) = entry.metadata().and_then(|m| m.modified()) {
+                    if newest.as_ref().is_none_or(|(n, _)| at > *n) {
+                        newest = Some((at, path));
+                    }
+                }
+            }
+        }
+    }
+    newest
 }
 
 /// Where a freshly built guest binary (`init`, `netd`) for `arch` is looked for, relative to
@@ -717,4 +804,29 @@ pub fn read_metadata(dir: &Path) -> Result<ImageMetadata, BuildError> {
         path,
         source: std::io::Error::other(err),
     })
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_guest_source_skips_host_only_crates() {
+        let root = std::env::temp_dir().join(format!("berth-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (dir, file) in [("init", "src/a/deep.rs"), ("image", "src/host.rs")] {
+            let crate_dir = root.join(dir);
+            std::fs::create_dir_all(crate_dir.join(file).parent().unwrap()).unwrap();
+            std::fs::write(crate_dir.join("Cargo.toml"), "").unwrap();
+        }
+        std::fs::write(root.join("init/src/a/deep.rs"), "").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(root.join("image/src/host.rs"), "").unwrap();
+        let (_, newest) = newest_guest_source(&root).unwrap();
+        assert_eq!(newest, root.join("init/src/a/deep.rs"));
+        assert!(guest_build_command(Arch::Aarch64)
+            .ends_with("-p berth-probe --target aarch64-unknown-linux-musl"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

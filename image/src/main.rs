@@ -468,6 +468,17 @@ fn main() -> ExitCode {
                 }),
                 update_key: sign_key,
             };
+            // Binaries given by path are the caller's business; found ones may be stale.
+            if options.init.is_none() {
+                for (binary, newer) in assemble::stale_guest_binaries(arch) {
+                    eprintln!(
+                        "berth: warning: {} is older than {}: rebuild the guest binaries with `{}`",
+                        binary.display(),
+                        newer.display(),
+                        assemble::guest_build_command(arch)
+                    );
+                }
+            }
             match assemble::build(&options) {
                 Ok(metadata) => {
                     println!(

@@ -50,18 +50,10 @@ pub fn log_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// The guest packages, built together: the same set as `scripts/test` and `scripts/bench`
-/// build, so that cargo unifies their features the same way and finds their build fresh.
-/// (One package alone is another feature set: its dependencies would build again, minutes
-/// per arch.)
-pub const GUEST_PACKAGES: [&str; 6] = [
-    "berth-init",
-    "berth-netd",
-    "berth-ctl",
-    "berth-registry",
-    "berth-apid",
-    "berth-probe",
-];
+/// The guest packages, built together as `scripts/test` builds them, so that cargo unifies
+/// their features the same way and finds that build fresh (one package alone is another
+/// feature set: its dependencies would build again, minutes per arch).
+pub use berth_image::assemble::GUEST_PACKAGES;
 
 /// A guest binary (static musl, guest profile) for `arch`: every guest package is built once
 /// per arch and test process, and `binary` of `package` is taken from that build.
