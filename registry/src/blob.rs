@@ -36,6 +36,8 @@ const STALL_MIN_BYTES: u64 = 16 << 10;
 pub const STALL_WINDOW_ENV: &str = "BERTH_PULL_STALL_WINDOW_SECS";
 /// A progress event every this many bytes.
 const PROGRESS_STEP_BYTES: u64 = 16 << 20;
+/// ...or after this long, whichever comes first.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// A partial blob is synced to disk this often, so a power cut costs at most this much.
 const SYNC_STEP_BYTES: u64 = 4 << 20;
 
@@ -197,6 +199,7 @@ fn try_download(
         let mut window_started = Instant::now();
         let mut window_from = offset;
         let mut next_progress = offset + PROGRESS_STEP_BYTES;
+        let mut progress_said = Instant::now();
         let mut next_sync = offset + SYNC_STEP_BYTES;
         loop {
             let count = match body.read(&mut buffer) {
@@ -244,8 +247,10 @@ fn try_download(
                 // page cache holds it, and a cut loses everything since the last writeback.
                 partial.sync_data().map_err(store_error("sync", &path))?;
             }
-            if offset >= next_progress {
+            // Every step, and every second of a slow download.
+            if offset >= next_progress || progress_said.elapsed() >= PROGRESS_INTERVAL {
                 next_progress = offset + PROGRESS_STEP_BYTES;
+                progress_said = Instant::now();
                 events(Event::BlobProgress {
                     digest: digest.clone(),
                     done: offset,

@@ -175,17 +175,22 @@ fn run_pull(args: PullArgs) -> Result<berth_registry::PullReport, RegistryError>
     })?;
     let name = args.name.unwrap_or_else(|| args.reference.clone());
     say(&format!("{reference} as {name} for {}", args.arch));
+    let mut progress_said: Option<Instant> = None;
     pull(
         &mut client,
         &args.store,
         &reference,
         &name,
         args.arch,
-        &mut print_event,
+        &mut |event| print_event(&name, event, &mut progress_said),
     )
 }
 
-fn print_event(event: Event) {
+/// A download's progress as an event line, at most once a second: the console is the
+/// guest's, and a fast registry would fill it.
+const PROGRESS_EVENT_INTERVAL: Duration = Duration::from_secs(1);
+
+fn print_event(image: &str, event: Event, progress_said: &mut Option<Instant>) {
     let line = match event {
         Event::Manifest {
             digest,
@@ -208,7 +213,18 @@ fn print_event(event: Event) {
             offset,
         } => format!("resuming {digest} at {} of {}", mib(offset), mib(size)),
         Event::BlobProgress { digest, done, size } => {
-            format!("  {digest} {} of {}", mib(done), mib(size))
+            if progress_said.is_some_and(|at| at.elapsed() < PROGRESS_EVENT_INTERVAL) {
+                return;
+            }
+            *progress_said = Some(Instant::now());
+            let line = berth_event::Event::new("image-pull-progress")
+                .field("image", image)
+                .field("digest", digest)
+                .field("done", done)
+                .field("size", size)
+                .finish();
+            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+            return;
         }
         Event::BlobDone { digest, size } => format!("stored {digest} {}", mib(size)),
         Event::Restart { digest, reason } => format!("restarting {digest} from zero: {reason}"),

@@ -911,6 +911,26 @@ fn resumes_after_reboot(arch: Arch, test: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The slow download said how far it got, as events at most once a second.
+    let progress: Vec<_> = events::events(&first, "image-pull-progress", None)
+        .into_iter()
+        .filter(|e| e.get("digest") == Some(variant.extra_layer.as_str()))
+        .collect();
+    let field = |name: &str| -> Vec<u64> {
+        progress
+            .iter()
+            .filter_map(|e| e.get(name)?.parse().ok())
+            .collect()
+    };
+    let (done, uptimes) = (field("done"), field("uptime_ms"));
+    assert!(
+        progress.len() >= 2 && done.windows(2).all(|w| w[0] < w[1]),
+        "image-pull-progress: {done:?}; {shown1}"
+    );
+    assert!(
+        uptimes.windows(2).all(|w| w[1] >= w[0] + 900),
+        "more than one image-pull-progress a second: {uptimes:?}; {shown1}"
+    );
     first.kill();
     let killed_at = proxy.requests().len();
     let served = proxy.blob_bytes_served(&variant.extra_layer);
