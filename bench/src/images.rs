@@ -4,18 +4,15 @@
 //! throughput.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use berth_arch::Arch;
-use berth_image::debian;
-use berth_image::kernel::default_cache_dir;
+use berth_image::sample;
 
 /// The tag both layouts carry (umoci's ref name) and the name manifests use.
-pub const BUSYBOX_TAG: &str = "1.35";
-pub const BUSYBOX: &str = "busybox:1.35";
+pub use berth_image::sample::{BUSYBOX, BUSYBOX_TAG};
 pub const SYNTHETIC_TAG: &str = "synthetic";
 /// Bump when a recipe changes, so cached layouts are rebuilt.
-const RECIPE: &str = "bench images 1";
+const RECIPE: &str = "bench images 2";
 /// The synthetic layer: many small files and a few large ones, half of the bytes random
 /// (incompressible), half text.
 const SMALL_FILES: usize = 2048;
@@ -23,122 +20,38 @@ const SMALL_FILE_BYTES: usize = 4096;
 const LARGE_FILES: usize = 24;
 const LARGE_FILE_BYTES: usize = 1 << 20;
 
-const PASSWD: &str =
-    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
-const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
-
 pub fn images_dir() -> PathBuf {
     crate::bench_dir().join("images")
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
-    let shown = format!("{command:?}");
-    let output = command
-        .output()
-        .map_err(|e| format!("{shown}: {e} (scripts/setup installs umoci and busybox-static)"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{shown}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-/// Builds a one-layer layout at `<base>/layout` tagged `tag`, whose rootfs `fill` writes;
-/// kept while `<base>/.complete` holds the recipe.
+/// A one-layer layout at `<base>/layout` tagged `tag`, whose rootfs `fill` writes (umoci, the
+/// recipe `berth image busybox` uses); kept while `<base>/.complete` holds the recipe.
 fn layout(
     base: &Path,
     tag: &str,
     arch: Arch,
     fill: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<PathBuf, String> {
-    let layout = base.join("layout");
     let stamp = base.join(".complete");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == RECIPE) {
-        return Ok(layout);
+        return Ok(base.join("layout"));
     }
-    let _ = std::fs::remove_dir_all(base);
-    std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
-    let image = format!("{}:{tag}", layout.display());
-    let bundle = base.join("bundle");
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout))?;
-    run(Command::new("umoci").args(["new", "--image", &image]))?;
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle))?;
-    fill(&bundle.join("rootfs"))?;
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle))?;
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--architecture",
-        arch.debian_arch(),
-        "--os",
-        "linux",
-        "--config.cmd",
-        "sh",
-        "--config.env",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ]))?;
-    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout))?;
-    let _ = std::fs::remove_dir_all(&bundle);
+    let layout = sample::oci_layout(base, tag, arch, fill)?;
     std::fs::write(&stamp, RECIPE).map_err(|e| e.to_string())?;
     Ok(layout)
 }
 
-/// The applets of Debian's busybox-static (one configuration for both arches).
-fn applets() -> Result<Vec<String>, String> {
-    let output = Command::new("busybox")
-        .arg("--list")
-        .output()
-        .map_err(|e| format!("busybox --list: {e} (scripts/setup installs busybox-static)"))?;
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|a| *a != "busybox")
-        .map(str::to_string)
-        .collect())
-}
-
-/// Debian's static busybox for `arch`, from the package cache.
-pub fn busybox_binary(arch: Arch) -> Result<PathBuf, String> {
-    let root = debian::unpacked_package("busybox-static", arch, &default_cache_dir(), |_| Ok(()))
-        .map_err(|e| e.to_string())?;
-    Ok(root.join("bin/busybox"))
-}
-
-/// busybox for `arch` as `1.35`, with `/www/index.html` for httpd.
+/// busybox for `arch` as `1.35` (`berth image busybox`'s image), with `/www/index.html` for
+/// httpd.
 pub fn busybox_layout(arch: Arch) -> Result<PathBuf, String> {
-    let busybox = busybox_binary(arch)?;
-    let applets = applets()?;
-    layout(
-        &images_dir().join(format!("busybox-{arch}")),
-        BUSYBOX_TAG,
-        arch,
-        |rootfs| {
-            let io = |e: std::io::Error| format!("{}: {e}", rootfs.display());
-            for dir in ["bin", "etc", "root", "tmp", "www"] {
-                std::fs::create_dir_all(rootfs.join(dir)).map_err(io)?;
-            }
-            std::fs::copy(&busybox, rootfs.join("bin/busybox")).map_err(io)?;
-            for applet in &applets {
-                let link = rootfs.join("bin").join(applet);
-                if !link.exists() {
-                    std::os::unix::fs::symlink("busybox", link).map_err(io)?;
-                }
-            }
-            std::fs::write(rootfs.join("etc/passwd"), PASSWD).map_err(io)?;
-            std::fs::write(rootfs.join("etc/group"), GROUP).map_err(io)?;
-            std::fs::write(rootfs.join("www/index.html"), "hello from berth\n").map_err(io)?;
-            Ok(())
-        },
-    )
+    let base = images_dir().join(format!("busybox-{arch}"));
+    let stamp = base.join(".complete");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == RECIPE) {
+        return Ok(base.join("layout"));
+    }
+    let layout = sample::busybox_layout(arch, &base, |_| Ok(()))?;
+    std::fs::write(&stamp, RECIPE).map_err(|e| e.to_string())?;
+    Ok(layout)
 }
 
 /// A deterministic byte stream (xorshift64), so the synthetic layer is the same every time.

@@ -51,15 +51,12 @@ fn applets() -> Result<Vec<String>, String> {
 }
 
 fn busybox_rootfs(arch: Arch, rootfs: &Path) -> Result<(), String> {
-    let busybox_root =
-        debian::unpacked_package("busybox-static", arch, &default_cache_dir(), |_| Ok(()))
-            .map_err(|e| e.to_string())?;
+    let busybox = busybox_binary(arch)?;
     let bin = rootfs.join("bin");
     for dir in ["bin", "etc", "root", "tmp", "www"] {
         std::fs::create_dir_all(rootfs.join(dir)).map_err(|e| e.to_string())?;
     }
-    std::fs::copy(busybox_root.join("bin/busybox"), bin.join("busybox"))
-        .map_err(|e| e.to_string())?;
+    std::fs::copy(busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
     for applet in applets()? {
         let link = bin.join(&applet);
         if !link.exists() {
@@ -71,6 +68,13 @@ fn busybox_rootfs(arch: Arch, rootfs: &Path) -> Result<(), String> {
     std::fs::write(rootfs.join("www/index.html"), "hello from berth\n").map_err(|e| e.to_string())
 }
 
+/// Debian's static busybox for `arch`, from the package cache (fetched on first use).
+pub fn busybox_binary(arch: Arch) -> Result<PathBuf, String> {
+    let root = debian::unpacked_package("busybox-static", arch, &default_cache_dir(), |_| Ok(()))
+        .map_err(|e| e.to_string())?;
+    Ok(root.join("bin/busybox"))
+}
+
 /// Writes the busybox image for `arch` into `base/layout` (replacing what `base` held),
 /// `extra` adding files to its root filesystem first; the layout's path.
 pub fn busybox_layout(
@@ -78,10 +82,24 @@ pub fn busybox_layout(
     base: &Path,
     extra: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<PathBuf, String> {
+    oci_layout(base, BUSYBOX_TAG, arch, |rootfs| {
+        busybox_rootfs(arch, rootfs)?;
+        extra(rootfs)
+    })
+}
+
+/// A one-layer OCI layout at `base/layout` (replacing what `base` held) tagged `tag`, for
+/// `arch`, whose root filesystem `fill` writes, packed by umoci; the layout's path.
+pub fn oci_layout(
+    base: &Path,
+    tag: &str,
+    arch: Arch,
+    fill: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(base);
     std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
     let layout = base.join("layout");
-    let image = format!("{}:{BUSYBOX_TAG}", layout.display());
+    let image = format!("{}:{tag}", layout.display());
     let bundle = base.join("bundle");
     run_tool(
         Command::new("umoci")
@@ -94,9 +112,7 @@ pub fn busybox_layout(
             .args(["unpack", "--image", &image])
             .arg(&bundle),
     )?;
-    let rootfs = bundle.join("rootfs");
-    busybox_rootfs(arch, &rootfs)?;
-    extra(&rootfs)?;
+    fill(&bundle.join("rootfs"))?;
     run_tool(
         Command::new("umoci")
             .args(["repack", "--image", &image])
