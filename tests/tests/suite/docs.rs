@@ -406,3 +406,111 @@ fn every_event_kind_is_in_docs_events_md() {
         missing.join("\n")
     );
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings, fenced blocks left out.
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut found = BTreeSet::new();
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            found.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    found
+}
+
+/// The README and every file of `docs/`.
+fn markdown_files() -> Vec<PathBuf> {
+    let root = workspace_root();
+    let mut files = vec![root.join("README.md")];
+    let docs = fs::read_dir(root.join("docs")).unwrap_or_else(|e| panic!("docs/: {e}"));
+    for entry in docs {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn the_readme_and_docs_links_lead_somewhere_and_every_docs_file_is_linked() {
+    let root = workspace_root();
+    let link = regex::Regex::new(r"\]\(([^)\s]+)\)").unwrap_or_else(|e| panic!("{e}"));
+    let mut broken = Vec::new();
+    let mut linked = BTreeSet::new();
+    for file in markdown_files() {
+        let text = read(&file);
+        let mut fenced = false;
+        for (number, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            if fenced {
+                continue;
+            }
+            for target in link.captures_iter(line).filter_map(|c| c.get(1)) {
+                let target = target.as_str();
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+                let dir = file.parent().unwrap_or(&root);
+                let to = if path.is_empty() {
+                    file.clone()
+                } else {
+                    dir.join(path)
+                };
+                let at = format!("{}:{}: `{target}`", relative(&file), number + 1);
+                let Ok(to) = to.canonicalize() else {
+                    broken.push(format!("{at}: no such file"));
+                    continue;
+                };
+                if !fragment.is_empty() && !anchors(&read(&to)).contains(fragment) {
+                    broken.push(format!("{at}: no such heading"));
+                }
+                if file.file_name().is_some_and(|n| n == "README.md") {
+                    linked.insert(to);
+                }
+            }
+        }
+    }
+    for file in markdown_files() {
+        let file = file.canonicalize().unwrap_or_else(|e| panic!("{e}"));
+        let readme = root.join("README.md").canonicalize().ok();
+        if Some(&file) != readme.as_ref() && !linked.contains(&file) {
+            broken.push(format!("{}: not linked from the README", relative(&file)));
+        }
+    }
+    assert!(broken.is_empty(), "links:\n  {}", broken.join("\n  "));
+}
+
+/// The README's five-minute tour is a manifest berth accepts (images aside: those are the
+/// store's business at build time).
+#[test]
+fn the_readme_tour_manifest_is_valid() {
+    let readme = read(&workspace_root().join("README.md"));
+    let tour = readme
+        .split("## A five-minute tour of a manifest")
+        .nth(1)
+        .and_then(|section| section.split("```toml\n").nth(1))
+        .and_then(|block| block.split("\n```").next())
+        .unwrap_or_else(|| panic!("README.md has no tour with a toml block"));
+    if let Err(err) = berth_manifest::Manifest::parse(tour, Path::new("README.md")) {
+        panic!("the README's tour manifest is refused: {err}\n{tour}");
+    }
+}
