@@ -12,7 +12,7 @@
 //! x86_64 guest (see `api.rs`).
 //!
 //! `suite`: every figure beside its peer in one run, both arches, one table and one JSON
-//! file (see `suite.rs`); `readme` puts that table into the README.
+//! file (see `suite.rs`); `readme` puts that table into `docs/performance.md`.
 
 mod api;
 mod events;
@@ -122,12 +122,12 @@ enum Command {
         #[arg(long)]
         json: PathBuf,
     },
-    /// Regenerates the README's suite table (between its `bench:suite` markers) from the
+    /// Regenerates `docs/performance.md`'s suite table (between its `bench:suite` markers) from the
     /// suite's JSON.
     Readme {
         #[arg(long, default_value = "target/bench/suite.json")]
         json: PathBuf,
-        #[arg(long, default_value = "README.md")]
+        #[arg(long, default_value = "docs/performance.md")]
         readme: PathBuf,
     },
     /// `berth ctl ps` over the remote API (mutual TLS) beside the control port (x86_64).

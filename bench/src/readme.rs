@@ -1,6 +1,6 @@
-//! `readme`: regenerates the README's suite table (between `<!-- bench:suite begin -->` and
-//! `<!-- bench:suite end -->`, at the top of `## Performance`) from the suite's JSON, with
-//! the machine and the date; the rest of the section is left alone.
+//! `readme`: regenerates `docs/performance.md`'s suite table (between
+//! `<!-- bench:suite begin -->` and `<!-- bench:suite end -->`, at the top of `## Performance`)
+//! from the suite's JSON, with the machine and the date; the rest of the section is left alone.
 
 use std::path::Path;
 

@@ -45,7 +45,7 @@ pub use crate::args::VERBS;
 use crate::args::{Options, Verb};
 use crate::connection::Answered;
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in `docs/control-protocol.md`.
 pub mod exit {
     /// Done.
     pub const OK: u8 = 0;

@@ -1,4 +1,5 @@
-//! `berth`: build berth images and boot them. See the README for the commands and exit codes.
+//! `berth`: build berth images and boot them. See the README for the commands and
+//! `docs/building.md` for the exit codes.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use berth_image::run_container::{run_container, RunContainerOptions};
 use berth_qemu::GuestExit;
 use clap::{ArgGroup, Parser, Subcommand};
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in `docs/building.md`.
 mod exit {
     pub const FAILURE: u8 = 1;
     pub const INVALID_MANIFEST: u8 = 3;

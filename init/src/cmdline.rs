@@ -1,5 +1,5 @@
 //! `berth.*` parameters on the kernel command line: what an operator can change at the boot
-//! prompt or in a rig without rebuilding the image. The README lists them.
+//! prompt or in a rig without rebuilding the image. `docs/kernel-parameters.md` lists them.
 
 use std::path::PathBuf;
 use std::time::Duration;

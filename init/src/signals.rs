@@ -1,4 +1,5 @@
-//! What PID 1 does with each signal it receives. The README's signal table mirrors this one.
+//! What PID 1 does with each signal it receives. The signal table of
+//! `docs/control-protocol.md` mirrors this one.
 
 use nix::sys::signal::{SigSet, Signal};
 

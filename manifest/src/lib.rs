@@ -854,7 +854,7 @@ environment = ["A=1", "B=two=2"]
         }
     }
 
-    /// The README's health check example.
+    /// The health check example of `docs/manifest.md`.
     const HEALTH_EXAMPLE: &str = r#"
 [containers.db]
 image = "postgres:16"

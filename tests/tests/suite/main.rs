@@ -16,6 +16,7 @@ mod devices;
 mod dhcp_hostile;
 mod dhcp_server;
 mod disk;
+mod docs;
 mod exec_stdin;
 mod health;
 mod host_boundary;
