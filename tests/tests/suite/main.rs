@@ -17,6 +17,7 @@ mod dhcp_hostile;
 mod dhcp_server;
 mod disk;
 mod docs;
+mod examples;
 mod exec_stdin;
 mod health;
 mod host_boundary;
