@@ -656,7 +656,21 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
     if kernel.modules_dir.is_some() {
         let image_modules_dir = format!("/lib/modules/{}", kernel.release);
         let mut dep_lines = Vec::with_capacity(closure.len());
-        for (module, path) in &closure {
+        // Said only when it is slow: a cold cache compresses every module (XZ takes seconds).
+        let compressing_since = std::time::Instant::now();
+        let mut compressing: Option<crate::progress::Progress> = None;
+        for (done, (module, path)) in closure.iter().enumerate() {
+            if compressing.is_none()
+                && compressing_since.elapsed() > std::time::Duration::from_secs(1)
+            {
+                compressing = Some(crate::progress::Progress::start(format!(
+                    "compressing {} kernel modules (cached for the next builds)",
+                    closure.len()
+                )));
+            }
+            if let Some(progress) = &mut compressing {
+                progress.update(done as u64, closure.len() as u64);
+            }
             let relative = kernel
                 .modules_dir
                 .as_ref()
@@ -680,6 +694,9 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
             dep_lines.extend(index.dep_line(module, |path| {
                 module_files::shipped_path(path, codec_of(path))
             }));
+        }
+        if let Some(progress) = compressing {
+            progress.finish();
         }
         dep_lines.push(String::new());
         initramfs.file(

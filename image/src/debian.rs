@@ -69,11 +69,16 @@ pub fn unpacked_package(
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(cache_error(&staging))?;
     let package_arch = format!("{package}:{}", arch.debian_arch());
+    let fetching = crate::progress::Progress::start(format!(
+        "fetching {package_arch} from Debian (first use; cached in {})",
+        packages.display()
+    ));
     run_tool(
         Command::new("apt-get")
             .args(["download", "-q", &package_arch])
             .current_dir(&staging),
     )?;
+    fetching.finish();
     let deb = std::fs::read_dir(&staging)
         .map_err(cache_error(&staging))?
         .flatten()

@@ -192,6 +192,54 @@ fn configure_in(
     Ok(check(&fragment, &config))
 }
 
+/// Runs `make`, counting the files it compiles (its `  CC ` lines) as progress; its stderr is
+/// the error when it fails.
+fn make_with_progress(command: &mut Command, what: &str) -> Result<(), KernelBuildError> {
+    use std::io::BufRead;
+    let shown = format!("{command:?}").replace('"', "");
+    let tool_error = |detail: String| {
+        KernelBuildError::from(debian::DebianError::Tool {
+            command: shown.clone(),
+            detail,
+        })
+    };
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| tool_error(e.to_string()))?;
+    // stderr is read beside stdout, so that neither pipe fills and stalls make.
+    let stderr = child.stderr.take().map(|mut stderr| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        })
+    });
+    let mut progress = crate::progress::Progress::start(what);
+    let mut compiled = 0u64;
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.trim_start().starts_with("CC ") {
+                compiled += 1;
+                progress.update(compiled, 0);
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| tool_error(e.to_string()))?;
+    let errors = stderr
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
+    if !status.success() {
+        return Err(tool_error(errors.trim().to_string()));
+    }
+    progress.finish();
+    Ok(())
+}
+
 /// What `berth kernel build` leaves in its output directory.
 #[derive(Debug, Clone)]
 pub struct BuiltKernel {
@@ -209,10 +257,11 @@ pub fn build(arch: Arch, cache_dir: &Path, out: &Path) -> Result<BuiltKernel, Ke
     }
     let source = source_tree(cache_dir)?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-    debian::run_tool(
+    make_with_progress(
         make(arch, &source, &build_dir)
             .arg(format!("-j{jobs}"))
             .arg(image_target(arch)),
+        &format!("building the {arch} kernel (minutes; cached afterwards): files compiled"),
     )?;
     let release = debian::run_tool(make(arch, &source, &build_dir).arg("kernelrelease"))?
         .trim()

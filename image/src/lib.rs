@@ -13,6 +13,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod kernel_build;
 pub mod module_files;
+pub mod progress;
 pub mod remote;
 pub mod run;
 pub mod run_container;

@@ -16,6 +16,8 @@ use crate::assemble::{read_metadata, BuildError};
 
 /// How often the run loop looks at QEMU and at Ctrl-C.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// A guest silent this long is said to be still starting.
+const SILENCE_NOTE: Duration = Duration::from_secs(5);
 /// The control port's socket, in the image's directory.
 const CONTROL_SOCKET: &str = "control.sock";
 
@@ -136,11 +138,28 @@ pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
         .map_err(RunError::Signal)?;
 
+    eprintln!(
+        "berth: booting {arch} under QEMU ({}); its console follows",
+        if berth_qemu::kvm_usable(arch) {
+            "KVM"
+        } else {
+            "TCG, without KVM: seconds before the kernel's first line"
+        }
+    );
     let mut machine = Machine::start(&config)?;
+    let started = Instant::now();
+    let mut silence_said = false;
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let mut power_button_pressed = false;
     let mut ready_said = false;
     while !machine.has_exited() {
+        if !silence_said && started.elapsed() > SILENCE_NOTE && machine.console_lines().is_empty() {
+            eprintln!(
+                "berth: no console line after {} s: the firmware and the kernel are still starting",
+                SILENCE_NOTE.as_secs()
+            );
+            silence_said = true;
+        }
         if !ready_said
             && machine
                 .console_lines()
