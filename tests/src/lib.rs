@@ -299,6 +299,14 @@ pub fn wait_seen(machine: &Machine, regex: &str) -> String {
     }
 }
 
+/// A loopback TCP port nothing listens on right now (bound, then let go).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"))
+}
+
 /// A regex that the tests' patterns are known to be valid for.
 pub fn pattern(text: &str) -> regex::Regex {
     regex::Regex::new(text).unwrap_or_else(|err| panic!("bad test pattern {text}: {err}"))

@@ -213,13 +213,7 @@ impl Drop for Registry {
     }
 }
 
-/// A port nothing listens on right now (bound on loopback, then let go).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| fail(format!("cannot bind a loopback port: {e}")))
-}
+use crate::free_port;
 
 fn registry_config(storage: &Path, port: u16, marker: &str) -> String {
     format!(

@@ -11,18 +11,12 @@ use std::time::{Duration, Instant};
 use berth_arch::Arch;
 use berth_image::api_cert::{make_ca, make_certificate, make_certificate_for_days, Role};
 use berth_qemu::Machine;
+use berth_tests::free_port;
 use berth_tests::terminal::{read_until, spawn_on_pty, wait_exit};
 use berth_tests::{berth_cli, events, log_dir, wait_seen};
 
 const GUEST_PORT: u16 = 7443;
 const METRICS_PORT: u16 = 9100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// The certificates of one run: the API's CA, the server's, a good client's, one from
 /// another CA and an expired one.

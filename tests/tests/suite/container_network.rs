@@ -2,11 +2,12 @@
 //! the other containers, the other network modes, and nothing left behind by restarts.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
 use berth_qemu::Machine;
+use berth_tests::free_port;
 use berth_tests::{events, serve_on_loopback, wait_seen};
 
 /// A busybox httpd serving `body` on port 80 of the container.
@@ -14,13 +15,6 @@ fn web(body: &str) -> String {
     format!(
         r#"["sh", "-c", "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www"]"#
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// GET / from 127.0.0.1:`port`; the body, or None while nothing answers.

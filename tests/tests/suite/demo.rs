@@ -8,14 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_arch::Arch;
+use berth_tests::free_port;
 use berth_tests::{berth_cli, log_dir, workspace_root};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// `GET /` on the loopback port; the body when the answer is a 200.
 fn page(port: u16) -> Option<String> {
