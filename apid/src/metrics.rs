@@ -25,19 +25,30 @@ const MAX_HEAD: usize = 8 << 10;
 const DEADLINE: Duration = Duration::from_secs(5);
 /// The longest answer from init read.
 const MAX_ANSWER: u64 = 4 << 20;
+/// Connections served at once; more are closed at once, unread.
+const MAX_SCRAPES: usize = 16;
 
 /// Serves metrics on `address` until the listener fails.
 pub async fn serve(address: SocketAddr) -> Result<(), String> {
     let listener =
         crate::listen::bind(address).map_err(|e| format!("metrics on {address}: {e}"))?;
     emit(Event::new("metrics-listening").field("addr", address));
+    let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        use std::sync::atomic::Ordering;
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_SCRAPES {
+            active.fetch_sub(1, Ordering::SeqCst);
+            drop(stream);
+            continue;
+        }
+        let active = std::sync::Arc::clone(&active);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(DEADLINE * 2, handle(stream)).await;
+            active.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -369,6 +380,84 @@ async fn gather() -> String {
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    /// What the metrics port answers `request` with (the whole response), or None when it
+    /// closed without a word; with how long that took.
+    fn exchange(port: u16, request: &[u8]) -> (Option<String>, Duration) {
+        use std::io::{Read, Write};
+        let started = std::time::Instant::now();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = stream.write_all(request);
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        ((!answer.is_empty()).then_some(answer), started.elapsed())
+    }
+
+    #[test]
+    fn the_metrics_port_refuses_what_is_not_a_short_get_within_its_deadline() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let address: SocketAddr = ([127, 0, 0, 1], port).into();
+            let _ = runtime.block_on(serve(address));
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the port never opened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = |answer: Option<String>| {
+            answer
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .map(str::to_string)
+        };
+        let long = format!(
+            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        assert_eq!(
+            status(exchange(port, long.as_bytes()).0).as_deref(),
+            Some("HTTP/1.1 400 Bad Request"),
+            "a head over {MAX_HEAD} bytes"
+        );
+        assert_eq!(
+            status(exchange(port, b"POST /metrics HTTP/1.1\r\n\r\n").0).as_deref(),
+            Some("HTTP/1.1 405 Method Not Allowed")
+        );
+        assert_eq!(
+            status(exchange(port, b"GET /secrets HTTP/1.1\r\n\r\n").0).as_deref(),
+            Some("HTTP/1.1 404 Not Found")
+        );
+        // A client that never finishes its head is let go after the deadline.
+        let (answer, took) = exchange(port, b"GET /metrics HTTP/1.1\r\n");
+        assert_eq!(status(answer).as_deref(), Some("HTTP/1.1 400 Bad Request"));
+        assert!(took >= DEADLINE && took < DEADLINE * 3, "{took:?}");
+        // Past MAX_SCRAPES connections at once, the next is closed unread.
+        let silent: Vec<_> = (0..MAX_SCRAPES)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let (answer, took) = exchange(port, b"GET /nothing HTTP/1.1\r\n\r\n");
+        assert!(
+            answer.is_none() && took < DEADLINE,
+            "{answer:?} after {took:?}"
+        );
+        drop(silent);
+    }
 
     fn status(name: &str, state: &str, restarts: u32) -> ContainerStatus {
         ContainerStatus {
