@@ -8,7 +8,7 @@
 //! > {"v":1,"cmd":"stop","name":"web"}
 //! < {"v":1,"ok":true}
 //! > {"v":1,"cmd":"logs","name":"nope"}
-//! < {"v":1,"ok":false,"error":"no container `nope`"}
+//! < {"v":1,"ok":false,"error":"no container `nope`","code":"not-found"}
 //! ```
 //!
 //! Fields are only ever added; a client ignores fields it does not know, and init refuses a
@@ -351,6 +351,9 @@ pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `error`: what kind of refusal it is, for scripts and berthctl's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containers: Option<Vec<ContainerStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,11 +386,17 @@ impl Response {
         }
     }
 
+    /// A refusal of no more particular kind (`internal`).
     pub fn error(message: impl Into<String>) -> Response {
+        Response::refusal(ErrorCode::Internal, message)
+    }
+
+    pub fn refusal(code: ErrorCode, message: impl Into<String>) -> Response {
         Response {
             v: VERSION,
             ok: false,
             error: Some(message.into()),
+            code: Some(code),
             ..Response::default()
         }
     }
@@ -405,6 +414,25 @@ impl Response {
             ..Response::ok()
         }
     }
+}
+
+/// What kind of refusal a response with `error` is. Stable: scripts test it, and berthctl's
+/// exit code follows it. Codes are only ever added; a client takes one it does not know as
+/// `internal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The request names a container (or other thing) the host does not have.
+    NotFound,
+    /// The thing is in a state that refuses the request (`start` of a running container).
+    Conflict,
+    /// The request, or what it carries (a manifest), is malformed or invalid.
+    Invalid,
+    /// init is at a limit (control clients): try again later.
+    Busy,
+    /// Anything else: the operation failed.
+    #[serde(other)]
+    Internal,
 }
 
 /// One more line of a followed log or event stream, after the response.
@@ -455,6 +483,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusals_carry_a_stable_code_and_an_unknown_one_reads_as_internal() {
+        let line = to_line(&Response::refusal(ErrorCode::NotFound, "no container `x`"));
+        assert!(line.contains(r#""code":"not-found""#), "{line}");
+        let plain = to_line(&Response::error("failed"));
+        assert!(plain.contains(r#""code":"internal""#), "{plain}");
+        let newer: Response =
+            serde_json::from_str(r#"{"v":1,"ok":false,"error":"e","code":"rate-limited"}"#)
+                .unwrap();
+        assert_eq!(newer.code, Some(ErrorCode::Internal));
+        let older: Response = serde_json::from_str(r#"{"v":1,"ok":false,"error":"e"}"#).unwrap();
+        assert_eq!(older.code, None);
+    }
+
+    #[test]
     fn exec_messages_carry_bytes_as_base64() {
         let input = ExecInput {
             v: VERSION,
@@ -496,8 +538,8 @@ mod tests {
             .contains("newer"));
         assert!(parse_request("ps").unwrap_err().starts_with("bad request"));
         assert_eq!(
-            to_line(&Response::error("no container `x`")),
-            "{\"v\":1,\"ok\":false,\"error\":\"no container `x`\"}\n"
+            to_line(&Response::refusal(ErrorCode::NotFound, "no container `x`")),
+            "{\"v\":1,\"ok\":false,\"error\":\"no container `x`\",\"code\":\"not-found\"}\n"
         );
     }
 }

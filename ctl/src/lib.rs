@@ -37,7 +37,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use berth_control::{
-    Changes, ContainerStats, ContainerStatus, ImageInfo, PruneReport, Request, Response,
+    Changes, ContainerStats, ContainerStatus, ErrorCode, ImageInfo, PruneReport, Request, Response,
     StreamLine, WatchdogStatus,
 };
 
@@ -55,6 +55,12 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// init cannot be reached (or did not answer within `--timeout`).
     pub const NO_CONNECTION: u8 = 3;
+    /// init refused with `not-found`: no such container.
+    pub const NOT_FOUND: u8 = 4;
+    /// init refused with `conflict`: the container's state refuses it (`start` of a running one).
+    pub const CONFLICT: u8 = 5;
+    /// init refused with `busy`: too many control clients; try again.
+    pub const BUSY: u8 = 6;
 }
 
 /// The process' streams as the client uses them; [`run`] passes the real ones, tests their
@@ -88,6 +94,8 @@ enum Failure {
     Connection(String),
     /// init refused, or the conversation broke after its answer (exit 1).
     Refused(String),
+    /// init refused with a code that has an exit code of its own.
+    Denied { message: String, code: ErrorCode },
 }
 
 impl Failure {
@@ -96,6 +104,21 @@ impl Failure {
             Failure::Usage(_) | Failure::Input(_) => exit::USAGE,
             Failure::Connection(_) => exit::NO_CONNECTION,
             Failure::Refused(_) => exit::REFUSED,
+            Failure::Denied { code, .. } => match code {
+                ErrorCode::NotFound => exit::NOT_FOUND,
+                ErrorCode::Conflict => exit::CONFLICT,
+                ErrorCode::Busy => exit::BUSY,
+                ErrorCode::Invalid | ErrorCode::Internal => exit::REFUSED,
+            },
+        }
+    }
+
+    /// init's refusal, with the exit code its `code` calls for.
+    fn from_response(response: Response) -> Failure {
+        let message = response.error.unwrap_or_else(|| "init refused".to_string());
+        match response.code {
+            Some(code) => Failure::Denied { message, code },
+            None => Failure::Refused(message),
         }
     }
 }
@@ -190,7 +213,8 @@ pub fn run_with(program: &str, default_socket: &Path, args: Vec<String>, io: Io<
                 Failure::Usage(message) => writeln!(stderr, "{message}"),
                 Failure::Input(message)
                 | Failure::Connection(message)
-                | Failure::Refused(message) => writeln!(stderr, "{program}: {message}"),
+                | Failure::Refused(message)
+                | Failure::Denied { message, .. } => writeln!(stderr, "{program}: {message}"),
             };
             failure.code()
         }
@@ -230,9 +254,7 @@ fn ask(
     if response.ok {
         Ok(exit::OK)
     } else {
-        Err(Failure::Refused(
-            response.error.unwrap_or_else(|| "init refused".to_string()),
-        ))
+        Err(Failure::from_response(response))
     }
 }
 
@@ -254,9 +276,7 @@ fn run_relayed(
     } = connection::ask(socket(options, default_socket), request, options.timeout)
         .map_err(Failure::Connection)?;
     if !response.ok {
-        return Err(Failure::Refused(
-            response.error.unwrap_or_else(|| "init refused".to_string()),
-        ));
+        return Err(Failure::from_response(response));
     }
     let writer: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(writer));
     let code = exec::relay(program, &mut reader, writer, input, stdout, stderr)
@@ -292,9 +312,7 @@ fn run_exec(
     } = connection::ask(socket(options, default_socket), request, options.timeout)
         .map_err(Failure::Connection)?;
     if !response.ok {
-        return Err(Failure::Refused(
-            response.error.unwrap_or_else(|| "init refused".to_string()),
-        ));
+        return Err(Failure::from_response(response));
     }
     let writer: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(writer));
     // Raw mode only once init has said yes, so that its refusal prints as usual, and only

@@ -16,14 +16,14 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_control::{parse_envelope, Request, Response, PORT_NAME, SOCKET};
+use berth_control::{parse_envelope, ErrorCode, Request, Response, PORT_NAME, SOCKET};
 use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::shutdown::ShutdownAction;
-use crate::supervisor::{ExecIo, Supervisor};
+use crate::supervisor::{ExecIo, OperatorError, Supervisor};
 pub use session::set_nonblocking;
 use session::{Conn, ExecRelay, Follow, Relayed, Session, State};
 
@@ -404,9 +404,10 @@ const REQUEST_START: &str = r#"{"v":"#;
 fn refuse_client(stream: std::os::unix::net::UnixStream) {
     use std::io::Write;
     let _ = stream.set_nonblocking(true);
-    let line = berth_control::to_line(&Response::error(format!(
-        "busy: {MAX_SOCKET_CLIENTS} control clients are connected already"
-    )));
+    let line = berth_control::to_line(&Response::refusal(
+        ErrorCode::Busy,
+        format!("busy: {MAX_SOCKET_CLIENTS} control clients are connected already"),
+    ));
     let _ = (&stream).write(line.as_bytes());
 }
 
@@ -483,7 +484,7 @@ fn answer_line(
         Ok(envelope) => envelope,
         Err(err) => {
             session.request_id = None;
-            session.respond_error(&err);
+            session.respond(Response::refusal(ErrorCode::Invalid, err));
             session.done();
             return None;
         }
@@ -552,22 +553,27 @@ impl Answer {
 }
 
 /// The answer to `stop` or `restart` of `name`: given once its stop is over.
-fn after_stops(result: Result<(), String>, name: String) -> Answer {
+fn after_stops(result: Result<(), OperatorError>, name: String) -> Answer {
     match result {
         Ok(()) => Answer {
             response: Response::ok(),
             shutdown: None,
             next: Next::AfterStops(vec![name]),
         },
-        Err(err) => Answer::done(Response::error(err)),
+        Err(err) => Answer::done(refused(&err)),
     }
 }
 
-fn result(result: Result<(), String>) -> Response {
+fn result(result: Result<(), OperatorError>) -> Response {
     match result {
         Ok(()) => Response::ok(),
-        Err(err) => Response::error(err),
+        Err(err) => refused(&err),
     }
+}
+
+/// The reply to a refused operator request, with its code.
+fn refused(err: &OperatorError) -> Response {
+    Response::refusal(err.code(), err.to_string())
 }
 
 fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
@@ -627,7 +633,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                 .filter(|c| c.name == name)
                 .collect();
             if found.is_empty() {
-                Response::error(format!("no container `{name}`"))
+                Response::refusal(ErrorCode::NotFound, format!("no container `{name}`"))
             } else {
                 Response::containers(found)
             }
@@ -648,7 +654,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                         Next::Done
                     },
                 },
-                Err(err) => Answer::done(Response::error(err)),
+                Err(err) => Answer::done(refused(&err)),
             }
         }
         Request::Stats => Response {
@@ -665,8 +671,11 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
         },
         Request::Top { name } => match supervisor.statuses().iter().find(|c| c.name == name) {
             Some(c) if c.state == "running" => Response::lines(host_info::top(&name)),
-            Some(_) => Response::error(format!("container `{name}` is not running")),
-            None => Response::error(format!("no container `{name}`")),
+            Some(_) => Response::refusal(
+                ErrorCode::Conflict,
+                format!("container `{name}` is not running"),
+            ),
+            None => Response::refusal(ErrorCode::NotFound, format!("no container `{name}`")),
         },
         Request::Start { name } => result(supervisor.operator_start(&name)),
         Request::Stop { name } => return after_stops(supervisor.operator_stop(&name), name),
@@ -690,7 +699,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                         next: Next::AfterStops(stopping),
                     }
                 }
-                Err(err) => Answer::done(Response::error(err)),
+                Err(err) => Answer::done(Response::refusal(ErrorCode::Invalid, err)),
             };
         }
         Request::Images => match supervisor.images() {
@@ -736,7 +745,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
                     shutdown: None,
                     next: Next::Exec(relay_io.into_relay(pid, tty)),
                 },
-                Err(err) => Answer::done(Response::error(err)),
+                Err(err) => Answer::done(refused(&err)),
             };
         }
         Request::Events { .. }

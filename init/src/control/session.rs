@@ -249,7 +249,10 @@ impl Session {
                 }
             }
             if self.input.len() > MAX_LINE && !self.input.contains(&b'\n') {
-                self.respond_error("request line too long");
+                self.respond(berth_control::Response::refusal(
+                    berth_control::ErrorCode::Invalid,
+                    "request line too long",
+                ));
                 self.input.clear();
                 self.state = State::Closing;
                 break;

@@ -45,6 +45,7 @@ use health::{Health, HealthStatus};
 use lifecycle::{Effect, Input, Reason, State, Then, Verdict};
 use logs::{LogFile, LogStream};
 use network::ContainerNetworks;
+pub use operator::OperatorError;
 use policy::Backoff;
 use pulls::Pulls;
 
@@ -618,11 +619,11 @@ impl Supervisor {
     }
 
     /// The container in force named `name` (not one that `apply` retired).
-    fn index_of(&self, name: &str) -> Result<usize, String> {
+    fn index_of(&self, name: &str) -> Result<usize, OperatorError> {
         self.containers
             .iter()
             .position(|c| c.name() == name && !c.retiring)
-            .ok_or_else(|| format!("no container `{name}`"))
+            .ok_or_else(|| OperatorError::NotFound(name.to_string()))
     }
 
     /// Every container's state, for `berthctl ps`.
@@ -677,7 +678,7 @@ impl Supervisor {
         name: &str,
         tail: Option<usize>,
         since: Option<Duration>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, OperatorError> {
         let index = self.index_of(name)?;
         Ok(self
             .containers

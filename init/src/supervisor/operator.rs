@@ -12,6 +12,28 @@ use super::policy::{self, Backoff};
 use super::Supervisor;
 use crate::event::Event;
 
+/// Why an operator's request about a container is refused; its `code` is the control
+/// reply's.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("no container `{0}`")]
+    NotFound(String),
+    #[error("container `{name}` is {state}")]
+    Conflict { name: String, state: &'static str },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl OperatorError {
+    pub fn code(&self) -> berth_control::ErrorCode {
+        match self {
+            OperatorError::NotFound(_) => berth_control::ErrorCode::NotFound,
+            OperatorError::Conflict { .. } => berth_control::ErrorCode::Conflict,
+            OperatorError::Failed(_) => berth_control::ErrorCode::Internal,
+        }
+    }
+}
+
 impl Supervisor {
     /// `berthctl exec`: starts `args` in the running container `name`.
     pub fn exec(
@@ -22,13 +44,13 @@ impl Supervisor {
         env: Vec<String>,
         workdir: Option<String>,
         io: ExecIo,
-    ) -> Result<Pid, String> {
+    ) -> Result<Pid, OperatorError> {
         let index = self.index_of(name)?;
         let c = self
             .containers
             .get(index)
-            .ok_or_else(|| format!("no container `{name}`"))?;
-        let pid = exec::start(c, args, user, env, workdir, io)?;
+            .ok_or_else(|| OperatorError::NotFound(name.to_string()))?;
+        let pid = exec::start(c, args, user, env, workdir, io).map_err(OperatorError::Failed)?;
         Event::new("exec")
             .field("container", name)
             .field("pid", pid)
@@ -38,7 +60,7 @@ impl Supervisor {
 
     /// `berthctl stop`: stops the container with its stop signal and grace period and keeps
     /// it stopped (across reboots too for `unless-stopped`) until an operator starts it.
-    pub fn operator_stop(&mut self, name: &str) -> Result<(), String> {
+    pub fn operator_stop(&mut self, name: &str) -> Result<(), OperatorError> {
         let index = self.index_of(name)?;
         if let Some(c) = self.containers.get_mut(index) {
             c.stopped_by_operator = true;
@@ -55,14 +77,18 @@ impl Supervisor {
 
     /// `berthctl start`: starts a container that is not running, as soon as its dependencies
     /// allow.
-    pub fn operator_start(&mut self, name: &str) -> Result<(), String> {
+    pub fn operator_start(&mut self, name: &str) -> Result<(), OperatorError> {
         let index = self.index_of(name)?;
         let Some(c) = self.containers.get_mut(index) else {
-            return Err(format!("no container `{name}`"));
+            return Err(OperatorError::NotFound(name.to_string()));
+        };
+        let conflict = |state| OperatorError::Conflict {
+            name: name.to_string(),
+            state,
         };
         match c.state {
-            State::Running { .. } => return Err(format!("container `{name}` is running")),
-            State::Stopping { .. } => return Err(format!("container `{name}` is stopping")),
+            State::Running { .. } => return Err(conflict("running")),
+            State::Stopping { .. } => return Err(conflict("stopping")),
             _ => {}
         }
         c.stopped_by_operator = false;
@@ -79,10 +105,10 @@ impl Supervisor {
 
     /// `berthctl restart`: a running container stops with its stop signal and grace period
     /// and starts again at once; one that does not run starts.
-    pub fn operator_restart(&mut self, name: &str) -> Result<(), String> {
+    pub fn operator_restart(&mut self, name: &str) -> Result<(), OperatorError> {
         let index = self.index_of(name)?;
         let Some(c) = self.containers.get_mut(index) else {
-            return Err(format!("no container `{name}`"));
+            return Err(OperatorError::NotFound(name.to_string()));
         };
         if !c.is_live() {
             return self.operator_start(name);

@@ -137,12 +137,26 @@ fn ps_logs_and_exec(arch: Arch, test: &str) {
     assert_eq!(counted.status.code(), Some(0));
     assert_eq!(text(&counted.stdout).trim(), "3");
 
-    // An exec into a container that does not exist is refused.
+    // An exec into a container that does not exist is refused as `not-found` (exit 4), and
+    // so is `stop` of one; `start` of a running one is a `conflict` (exit 5).
     let missing = berth_ctl(&socket, &["exec", "nope", "--", "true"]);
-    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert_eq!(missing.status.code(), Some(4), "{missing:?}");
     assert!(
         text(&missing.stderr).contains("no container `nope`"),
         "{missing:?}"
+    );
+    let stop_missing = berth_ctl(&socket, &["stop", "nosuch"]);
+    assert_eq!(stop_missing.status.code(), Some(4), "{stop_missing:?}");
+    let json = berth_ctl(&socket, &["--json", "stop", "nosuch"]);
+    assert!(
+        text(&json.stdout).contains(r#""code":"not-found""#),
+        "{json:?}"
+    );
+    let running = berth_ctl(&socket, &["start", "counter"]);
+    assert_eq!(running.status.code(), Some(5), "{running:?}");
+    assert!(
+        text(&running.stderr).contains("container `counter` is running"),
+        "{running:?}"
     );
 
     // logs --tail and --since.
