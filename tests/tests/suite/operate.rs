@@ -89,7 +89,8 @@ fn berthctl_operates_the_host_over_the_control_socket() {
         out.contains(&"berthctl: no container `nope`".to_string()),
         "{out:?}; {c}"
     );
-    assert!(out.contains(&"missing-code=1".to_string()), "{out:?}; {c}");
+    // `not-found`: exit 4 (docs/control-protocol.md).
+    assert!(out.contains(&"missing-code=4".to_string()), "{out:?}; {c}");
     assert!(
         out.contains(&"operator-stops=1".to_string()),
         "{out:?}; {c}"
