@@ -339,7 +339,13 @@ impl Supervisor {
                     .field("restarts", c.restarts)
                     .field("ran", millis(ran));
                 if let Some(delay) = next_in {
-                    event = event.field("next_in", millis(delay));
+                    // The restart is due `next_in` after `now`, the exit's moment, which may
+                    // be some milliseconds before this line's own `uptime_ms` on a busy host.
+                    let exit_uptime =
+                        crate::clock::since_kernel_start().saturating_sub(now.elapsed());
+                    event = event
+                        .field("next_in", millis(delay))
+                        .field("exited_ms", exit_uptime.as_millis());
                 }
                 event.emit();
             }
