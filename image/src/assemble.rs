@@ -233,8 +233,8 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     std::fs::rename(&staging, path).map_err(write_error)
 }
 
-/// The guest packages, built together (one feature set): what `scripts/test`, `scripts/install`
-/// and the tests build.
+/// The guest packages, built together (one feature set): what the tests build, and
+/// `scripts/guest-packages` lists for `scripts/test`, `scripts/bench` and `scripts/install`.
 pub const GUEST_PACKAGES: [&str; 6] = [
     "berth-init",
     "berth-netd",
@@ -844,6 +844,17 @@ mod tests {
         assert_eq!(newest, root.join("init/src/a/deep.rs"));
         assert!(guest_build_command(Arch::Aarch64)
             .ends_with("-p berth-probe --target aarch64-unknown-linux-musl"));
+        // The scripts build the same set.
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest-packages"),
+        )
+        .unwrap();
+        let listed = script
+            .lines()
+            .find_map(|l| l.strip_prefix("guest_packages=("))
+            .and_then(|l| l.strip_suffix(')'))
+            .unwrap();
+        assert_eq!(listed.split(' ').collect::<Vec<_>>(), GUEST_PACKAGES);
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use berth_event::Event;
 use berth_manifest::{LogFormat, Transport};
 
-pub(crate) fn emit(event: Event) {
-    println!("{}", event.finish());
-}
+use crate::emit;
 
 pub fn run(manifest: &std::path::Path) -> ExitCode {
     let settings = match berth_manifest::Manifest::load(manifest) {

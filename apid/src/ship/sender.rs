@@ -240,11 +240,11 @@ pub fn run(target: &ForwardTarget, json: bool, tls: Option<Arc<ClientConfig>>, q
     loop {
         match connect(target, tls.as_ref()) {
             Ok(link) => {
-                super::emit(Event::new("logs-connected").field("receiver", &receiver));
+                crate::emit(Event::new("logs-connected").field("receiver", &receiver));
                 backoff = RECONNECT_MIN;
                 failure_noted = None;
                 let (error, unsure) = pump(link, json, queue, &receiver);
-                super::emit(
+                crate::emit(
                     Event::new("logs-disconnected")
                         .field("receiver", &receiver)
                         .field("error", error)
@@ -254,7 +254,7 @@ pub fn run(target: &ForwardTarget, json: bool, tls: Option<Arc<ClientConfig>>, q
             }
             Err(err) => {
                 if failure_noted.is_none_or(|at| at.elapsed() >= FAILURE_NOTE_EVERY) {
-                    super::emit(
+                    crate::emit(
                         Event::new("logs-failed")
                             .field("receiver", &receiver)
                             .field("error", err),
@@ -281,7 +281,7 @@ fn pump(mut link: Link, json: bool, queue: &Shared, receiver: &str) -> (String, 
         }
         let (mut batch, dropped) = queue.take(IDLE_CHECK, BATCH_BYTES);
         if dropped > 0 {
-            super::emit(
+            crate::emit(
                 Event::new("logs-dropped")
                     .field("receiver", receiver)
                     .field("count", dropped),

@@ -64,12 +64,12 @@ pub fn follow_journal(socket: &str, fanout: &Fanout) {
     loop {
         let tail = if first { None } else { Some(0) };
         match read_journal(socket, tail, fanout) {
-            Ok(()) => super::emit(
+            Ok(()) => crate::emit(
                 berth_event::Event::new("logs-failed")
                     .field("source", "journal")
                     .field("error", "init closed the journal stream"),
             ),
-            Err(err) => super::emit(
+            Err(err) => crate::emit(
                 berth_event::Event::new("logs-failed")
                     .field("source", "journal")
                     .field("error", err),
@@ -136,7 +136,7 @@ pub fn kernel_record(record: &str) -> Option<(u8, String)> {
 }
 
 fn kernel_log_failed(err: std::io::Error) {
-    super::emit(
+    crate::emit(
         berth_event::Event::new("logs-failed")
             .field("source", "/dev/kmsg")
             .field("error", err),
