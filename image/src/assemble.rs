@@ -255,8 +255,11 @@ pub fn guest_build_command(arch: Arch) -> String {
 }
 
 /// Guest binaries `berth build` would take from a source checkout's `target/` that are older
-/// than a Rust source of the checkout's guest crates: each with the newer source. (Installed
-/// binaries are never stale: they have no sources beside them.)
+/// than a source file they are built from: each with the newer source. What a binary is
+/// built from is what cargo wrote in its dep-info file beside it (`init.d`), so a change to
+/// berth-apid does not call `init` stale; a binary without one is compared with every Rust
+/// source of the checkout's guest crates. (Installed binaries are never stale: they have no
+/// sources beside them.)
 pub fn stale_guest_binaries(arch: Arch) -> Vec<(PathBuf, PathBuf)> {
     let mut stale = Vec::new();
     for binary in ["init", "berth-pull", "berth-apid"] {
@@ -276,11 +279,48 @@ pub fn stale_guest_binaries(arch: Arch) -> Vec<(PathBuf, PathBuf)> {
         let Ok(built) = std::fs::metadata(&found).and_then(|m| m.modified()) else {
             continue;
         };
-        if let Some(newer) = newest_guest_source(root).filter(|(at, _)| *at > built) {
+        let newest = match std::fs::read_to_string(found.with_extension("d")) {
+            Ok(dep_info) => newest_of(dep_info_sources(&dep_info, root)),
+            Err(_) => newest_guest_source(root),
+        };
+        if let Some(newer) = newest.filter(|(at, _)| *at > built) {
             stale.push((found, newer.1));
         }
     }
     stale
+}
+
+/// The sources a cargo dep-info file (`target: dep dep ...`, spaces in names escaped with
+/// a backslash) lists under `root`: the checkout's own files, not the registry's.
+fn dep_info_sources(dep_info: &str, root: &Path) -> Vec<PathBuf> {
+    let Some((_, deps)) = dep_info.lines().next().and_then(|l| l.split_once(": ")) else {
+        return Vec::new();
+    };
+    let mut sources = Vec::new();
+    let mut current = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => sources.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    sources.push(current);
+    sources
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(root))
+        .collect()
+}
+
+/// The most recently changed of `paths`, with when.
+fn newest_of(paths: Vec<PathBuf>) -> Option<(std::time::SystemTime, PathBuf)> {
+    paths
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(&p).and_then(|m| m.modified()).ok()?, p)))
+        .max_by_key(|(at, _)| *at)
 }
 
 /// The newest `.rs` file of the checkout's crates that guest binaries are built from (all
@@ -842,6 +882,22 @@ mod tests {
         std::fs::write(root.join("image/src/host.rs"), "").unwrap();
         let (_, newest) = newest_guest_source(&root).unwrap();
         assert_eq!(newest, root.join("init/src/a/deep.rs"));
+        // A binary's dep-info names its own sources: the newest of them counts, and files
+        // outside the checkout (the registry's) do not.
+        let dep_info = format!(
+            "{root}/target/init: {root}/init/src/a/deep.rs /cargo/registry/x.rs {root}/with\\ space.rs\n\n{root}/init/src/a/deep.rs:\n",
+            root = root.display()
+        );
+        let sources = dep_info_sources(&dep_info, &root);
+        assert_eq!(
+            sources,
+            [root.join("init/src/a/deep.rs"), root.join("with space.rs")]
+        );
+        assert_eq!(
+            newest_of(sources).unwrap().1,
+            root.join("init/src/a/deep.rs"),
+            "a listed file that is gone is passed over"
+        );
         assert!(guest_build_command(Arch::Aarch64)
             .ends_with("-p berth-probe --target aarch64-unknown-linux-musl"));
         // The scripts build the same set.
