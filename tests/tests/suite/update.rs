@@ -510,6 +510,13 @@ fn an_unhealthy_update_rolls_back_by_itself_x86_64() {
     an_unhealthy_update_rolls_back_by_itself(Arch::X86_64, "update-rollback");
 }
 
+/// The same through aarch64's UEFI (AAVMF): the cut mid-write, the boot counter that
+/// systemd-boot for arm64 counts down, and the fall back to slot a.
+#[test]
+fn an_unhealthy_update_rolls_back_by_itself_aarch64() {
+    an_unhealthy_update_rolls_back_by_itself(Arch::Aarch64, "update-rollback-aarch64");
+}
+
 #[test]
 fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there() {
     stages_and_boots_the_other_slot(Arch::X86_64, "update-stage");
