@@ -58,6 +58,19 @@ fn wait_until<T>(what: &str, ctx: &str, mut probe: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// The demo's process (`berth run`, which the script became), killed when a failed check
+/// unwinds: its QEMU goes with it (parent-death signal), and no guest is left holding ports.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs `scripts/demo` for `arch` and checks what its hints promise.
 fn demo(arch: Arch) {
     let dir = log_dir(&format!("demo-{arch}"));
@@ -80,6 +93,7 @@ fn demo(arch: Arch) {
         .stdout(std::fs::File::create(&stdout_log).unwrap_or_else(|e| panic!("{e}")))
         .stderr(std::fs::File::create(&stderr_log).unwrap_or_else(|e| panic!("{e}")))
         .spawn()
+        .map(Running)
         .unwrap_or_else(|e| panic!("scripts/demo: {e}"));
     let ctx = format!(
         "console: {image}/run/console.log; scripts/demo's stdout: {}, stderr: {}",
@@ -88,7 +102,7 @@ fn demo(arch: Arch) {
     );
 
     let body = wait_until("the page on the published port", &ctx, || {
-        if let Ok(Some(status)) = run.try_wait() {
+        if let Ok(Some(status)) = run.0.try_wait() {
             panic!("scripts/demo ended early: {status}; {ctx}");
         }
         page(port)
@@ -121,7 +135,7 @@ fn demo(arch: Arch) {
 
     let off = cli(&["ctl", "--image", &image, "poweroff"]);
     assert!(off.status.success(), "{off:?}; {ctx}");
-    let status = wait_until("the demo's exit", &ctx, || run.try_wait().ok().flatten());
+    let status = wait_until("the demo's exit", &ctx, || run.0.try_wait().ok().flatten());
     assert!(status.success(), "scripts/demo: {status}; {ctx}");
 }
 
