@@ -184,11 +184,23 @@ pub fn write_disk(layout: &DiskLayout, cache_dir: &Path, out: &Path) -> Result<P
     let data_start = esp_start + esp_mib * MIB;
     let disk_size = data_start + layout.data_mib * MIB + MIB;
 
+    let steps = if layout.format == DiskFormat::Qcow2 {
+        4
+    } else {
+        3
+    };
+    let mut progress = crate::progress::Progress::start(format!(
+        "writing the {} disk image ({} MiB: ESP, partition table, ext4 data{})",
+        layout.format.file_name(),
+        disk_size / MIB,
+        if steps == 4 { ", qcow2" } else { "" }
+    ));
     let esp_path = out.join("esp.img");
     File::create(&esp_path)
         .and_then(|f| f.set_len(esp_mib * MIB))
         .map_err(io(&esp_path))?;
     write_esp(layout, &systemd_boot, &esp_path)?;
+    progress.update(1, steps);
 
     let raw = out.join(DiskFormat::Raw.file_name());
     let _ = std::fs::remove_file(&raw);
@@ -238,6 +250,7 @@ pub fn write_disk(layout: &DiskLayout, cache_dir: &Path, out: &Path) -> Result<P
     copy_at(&esp_path, &mut disk, &raw, esp_start)?;
     drop(disk);
     let _ = std::fs::remove_file(&esp_path);
+    progress.update(2, steps);
     // ext4 with a journal: a power cut loses at most the last moments, never the filesystem.
     debian::run_tool(
         Command::new("mke2fs")
@@ -247,8 +260,9 @@ pub fn write_disk(layout: &DiskLayout, cache_dir: &Path, out: &Path) -> Result<P
             .arg(&raw)
             .arg(format!("{}k", layout.data_mib * 1024)),
     )?;
-    match layout.format {
-        DiskFormat::Raw => Ok(raw),
+    progress.update(3, steps);
+    let written = match layout.format {
+        DiskFormat::Raw => raw,
         DiskFormat::Qcow2 => {
             let qcow2 = out.join(DiskFormat::Qcow2.file_name());
             debian::run_tool(
@@ -258,7 +272,9 @@ pub fn write_disk(layout: &DiskLayout, cache_dir: &Path, out: &Path) -> Result<P
                     .arg(&qcow2),
             )?;
             let _ = std::fs::remove_file(&raw);
-            Ok(qcow2)
+            qcow2
         }
-    }
+    };
+    progress.finish();
+    Ok(written)
 }

@@ -282,3 +282,33 @@ fn a_signed_update_bundle_is_built_with_a_generated_key() {
         berth_update::read_bundle(&bundle[..], &[other], "x86_64", |_| Ok(std::io::sink()));
     assert!(refused.is_err(), "another key is refused");
 }
+
+/// Writing a disk image says so on stderr (plain lines, stderr not being a terminal), and
+/// the qcow2 image is there after. Seen failing without `write_disk`'s progress.
+#[test]
+fn writing_a_disk_image_shows_its_progress() {
+    let dir = log_dir("cli-disk-progress");
+    let built = berth_build_with(
+        &dir,
+        "hostname = \"disk\"\n",
+        &[
+            "--format".into(),
+            "qcow2".into(),
+            "--data-size".into(),
+            "64".into(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&built.stderr);
+    assert!(built.status.success(), "{built:?}");
+    let start = said
+        .lines()
+        .position(|l| l.starts_with("berth: writing the disk.qcow2 disk image ("));
+    let end = said.lines().position(|l| {
+        l.starts_with("berth: writing the disk.qcow2 disk image (") && l.contains("): done in ")
+    });
+    assert!(
+        start.is_some() && end.is_some() && start < end,
+        "no start and end lines in: {said}"
+    );
+    assert!(dir.join("image/disk.qcow2").is_file(), "{said}");
+}
