@@ -103,6 +103,25 @@ pub fn run_until(
     }
 }
 
+/// What an exited child left in the pipe `read`, at most `limit` bytes, without waiting for
+/// more: `read` must be non-blocking, so that a descriptor the child passed on (a grandchild
+/// still holding the write end) cannot make init wait for an end of file.
+pub fn read_available(read: OwnedFd, limit: usize) -> String {
+    let mut bytes = Vec::new();
+    // A read that would block ends it, with what came before kept.
+    let _ = std::fs::File::from(read)
+        .take(u64::try_from(limit).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Sets O_NONBLOCK on one end of a pipe (the other end, a child's stdout, stays blocking).
+pub fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map(drop)
+}
+
 fn set_blocking(file: &std::fs::File) -> nix::Result<()> {
     let flags = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL)?;
     let flags = OFlag::from_bits_retain(flags) & !OFlag::O_NONBLOCK;
@@ -147,6 +166,25 @@ fn read_until(read: OwnedFd, deadline: Instant, limit: usize) -> (String, bool) 
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// berth-pull's result read after it exited, while something (a grandchild) still holds
+    /// the pipe's write end: what is there comes back at once, and no end of file is waited
+    /// for. Seen hanging with the blocking `read_to_string` init used for pulls.
+    #[test]
+    fn what_an_exited_child_left_is_read_without_waiting_for_the_end() {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        set_nonblocking(&read).unwrap();
+        let mut held_open = std::fs::File::from(write);
+        held_open.write_all(b"{\"ok\":true}\n").unwrap();
+        let started = Instant::now();
+        assert_eq!(read_available(read, 64), "{\"ok\":true}\n");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        set_nonblocking(&read).unwrap();
+        std::fs::File::from(write).write_all(&[b'x'; 100]).unwrap();
+        assert_eq!(read_available(read, 10).len(), 10, "bounded");
+        drop(held_open);
+    }
 
     #[test]
     fn the_answer_comes_back_and_a_child_past_its_deadline_is_killed() {

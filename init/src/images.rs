@@ -11,7 +11,7 @@
 //! other child. Meanwhile the image's containers wait, as for a pull.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -436,11 +436,9 @@ fn parse_report(text: &str) -> Option<Figures> {
 
 /// What the child wrote, without waiting for more: it has exited, so the pipe holds all.
 fn read_report(report: OwnedFd) -> String {
-    let mut bytes = Vec::new();
-    let _ = std::fs::File::from(report)
-        .take(u64::try_from(MAX_REPORT).unwrap_or(u64::MAX))
-        .read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).trim().to_string()
+    crate::helper_child::read_available(report, MAX_REPORT)
+        .trim()
+        .to_string()
 }
 
 /// The figures of a finished unpack child, or the error that names the image, the layer it

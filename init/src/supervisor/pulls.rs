@@ -5,7 +5,6 @@
 //! state meanwhile, and every other container goes on as if it were not there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,6 +33,9 @@ struct Running {
     output: OwnedFd,
     started: Instant,
 }
+
+/// The most of berth-pull's result line init reads.
+const MAX_RESULT: usize = 64 << 10;
 
 /// A pull that failed, waiting to be tried again.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +142,13 @@ impl Pulls {
             .min()
     }
 
+    /// The registry and time options a pull of `reference` gets.
+    pub fn options(&self, reference: &str) -> Result<Vec<String>, String> {
+        let mut options = self.registry_args(reference)?;
+        options.extend(self.time_args());
+        Ok(options)
+    }
+
     /// Starts pulling `reference`; an error is a pull that could not even start.
     pub fn start(&mut self, reference: &str) -> Result<(), String> {
         if self.running.contains_key(reference) {
@@ -147,6 +156,9 @@ impl Pulls {
         }
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("create a pipe: {e}"))?;
+        // init reads the result once berth-pull has exited, never waiting for more.
+        crate::helper_child::set_nonblocking(&read)
+            .map_err(|e| format!("make the pipe non-blocking: {e}"))?;
         let mut command = std::process::Command::new(PULLER);
         command
             .args(["--store", PULLED_STORE, "--arch", arch()])
@@ -212,8 +224,7 @@ impl Pulls {
             .find(|(_, r)| r.pid == pid)
             .map(|(reference, _)| reference.clone())?;
         let running = self.running.remove(&reference)?;
-        let mut output = String::new();
-        let _ = std::fs::File::from(running.output).read_to_string(&mut output);
+        let output = crate::helper_child::read_available(running.output, MAX_RESULT);
         let result = outcome(status, &output);
         match &result {
             Ok(fields) => {
