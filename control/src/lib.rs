@@ -50,6 +50,11 @@ pub const SOCKET: &str = "/run/berth/control.sock";
 /// The name of the virtio-serial port init serves the protocol on (`-device
 /// virtserialport,name=org.berth.control`).
 pub const PORT_NAME: &str = "org.berth.control";
+/// The media type of an update bundle as a layer of an OCI artifact (`berthctl update
+/// --pull`): `oras push REF update.berth:application/vnd.berth.update.bundle.v1`.
+pub const UPDATE_MEDIA_TYPE: &str = "application/vnd.berth.update.bundle.v1";
+/// The artifact type such an artifact's manifest carries (OCI 1.1 `artifactType`).
+pub const UPDATE_ARTIFACT_TYPE: &str = "application/vnd.berth.update.v1";
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
 
@@ -117,7 +122,14 @@ pub enum Request {
     /// not running. The bundle follows the answer as `stdin` lines and `stdin_close`, as for
     /// `exec -i`; the staging process' messages come as `stdout`/`stderr` lines, and its exit
     /// code (0: staged, to boot at the next reboot) as `exit`.
-    Update,
+    ///
+    /// With `pull`, the bundle is not streamed: the host fetches it from a registry, the
+    /// OCI artifact `pull` names (see [`UPDATE_MEDIA_TYPE`]), with the manifest's registry
+    /// settings; the rest is as above.
+    Update {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pull: Option<String>,
+    },
     /// Both boot slots, their image versions and states (`committed`, `on-trial`, `failed`),
     /// newest first, the running one marked: lines as `stdout`, then `exit`.
     Version,
@@ -494,6 +506,24 @@ mod tests {
         assert_eq!(newer.code, Some(ErrorCode::Internal));
         let older: Response = serde_json::from_str(r#"{"v":1,"ok":false,"error":"e"}"#).unwrap();
         assert_eq!(older.code, None);
+    }
+
+    #[test]
+    fn update_without_pull_is_the_bare_verb_older_clients_send() {
+        let bare = Request::Update { pull: None };
+        assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"cmd":"update"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"update"}"#).unwrap(),
+            bare
+        );
+        let pulled: Request =
+            serde_json::from_str(r#"{"cmd":"update","pull":"10.0.2.2:5000/host:2"}"#).unwrap();
+        assert_eq!(
+            pulled,
+            Request::Update {
+                pull: Some("10.0.2.2:5000/host:2".to_string())
+            }
+        );
     }
 
     #[test]

@@ -30,9 +30,19 @@ pub(crate) enum Verb {
     Exec(Exec),
     /// `update FILE`: the bundle streamed after the answer, as `exec -i`'s stdin.
     /// `update BUNDLE [--reboot]`: with `reboot`, a staged update is booted at once.
-    Update { file: String, reboot: bool },
+    /// `update --pull REF [--reboot]`: the host fetches the bundle from a registry instead.
+    Update { source: UpdateSource, reboot: bool },
     /// `version`, `rollback`: a request whose answer is a process' output, as `exec`'s.
     Relayed(Request),
+}
+
+/// Where `update` takes its bundle from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpdateSource {
+    /// A file here, streamed to the host.
+    File(String),
+    /// An OCI artifact the host pulls from a registry.
+    Pull(String),
 }
 
 /// `exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]`.
@@ -52,7 +62,7 @@ pub const VERBS: &str = "\
 verbs: ps | inspect NAME | logs [-f] [--tail N] [--since DURATION] NAME | events [-f] [--tail N] | journal [-f] [--tail N]
        | stats | top NAME | dmesg [--tail N] | start NAME | stop NAME | restart NAME
        | exec [-i] [-t] [-u USER] [-e KEY=VAL]... [-w DIR] NAME [--] CMD [ARGS...]
-       | apply FILE | update [--reboot] BUNDLE | version | rollback | images | image ls | image prune
+       | apply FILE | update [--reboot] BUNDLE | update [--reboot] --pull REF | version | rollback | images | image ls | image prune
        | reboot | poweroff";
 
 /// The synopsis, for `-h` and a bad command line.
@@ -154,21 +164,19 @@ pub(crate) fn parse(program: &str, args: Vec<String>) -> Result<Options, String>
         }
         Some("update") => {
             let reboot = words.iter().any(|w| w == "--reboot");
-            let files: Vec<&String> = words.iter().skip(1).filter(|w| *w != "--reboot").collect();
-            match files.as_slice() {
-                [file] => {
-                    options.verb = Verb::Update {
-                        file: (*file).clone(),
-                        reboot,
-                    };
-                    return Ok(options);
-                }
+            let rest: Vec<&String> = words.iter().skip(1).filter(|w| *w != "--reboot").collect();
+            let source = match rest.as_slice() {
+                [flag, reference] if *flag == "--pull" => UpdateSource::Pull((*reference).clone()),
+                [file] if !file.starts_with('-') => UpdateSource::File((*file).clone()),
                 _ => {
                     return Err(
-                        "`update` takes one bundle file (update.berth), and --reboot".to_string(),
+                        "`update` takes one bundle file (update.berth) or --pull REF, and --reboot"
+                            .to_string(),
                     )
                 }
-            }
+            };
+            options.verb = Verb::Update { source, reboot };
+            return Ok(options);
         }
         Some("apply") => match words.as_slice() {
             [_, file] => {
@@ -346,9 +354,20 @@ mod tests {
         for line in ["update --reboot b.berth", "update b.berth --reboot"] {
             assert!(matches!(
                 parse_words(line).unwrap().verb,
-                Verb::Update { ref file, reboot: true } if file == "b.berth"
+                Verb::Update { source: UpdateSource::File(ref file), reboot: true } if file == "b.berth"
             ));
         }
+        assert_eq!(
+            parse_words("update --pull 10.0.2.2:5000/host:2 --reboot")
+                .unwrap()
+                .verb,
+            Verb::Update {
+                source: UpdateSource::Pull("10.0.2.2:5000/host:2".to_string()),
+                reboot: true
+            }
+        );
+        assert!(parse_words("update --pull").is_err());
+        assert!(parse_words("update --pull a b").is_err());
         assert!(matches!(
             parse_words("update b.berth").unwrap().verb,
             Verb::Update { reboot: false, .. }

@@ -42,7 +42,7 @@ use berth_control::{
 };
 
 pub use crate::args::VERBS;
-use crate::args::{Options, Verb};
+use crate::args::{Options, UpdateSource, Verb};
 use crate::connection::Answered;
 
 /// Exit codes, documented in `docs/control-protocol.md`.
@@ -171,16 +171,27 @@ pub fn run_with(program: &str, default_socket: &Path, args: Vec<String>, io: Io<
                     };
                     ask(&options, default_socket, request, stdout)
                 }
-                Verb::Update { file, reboot } => {
-                    let bundle = std::fs::File::open(&file)
-                        .map_err(|e| Failure::Input(format!("cannot read {file}: {e}")))?;
-                    let bundle: Box<dyn Read + Send> = Box::new(bundle);
+                Verb::Update { source, reboot } => {
+                    let (request, bundle) = match source {
+                        UpdateSource::File(file) => {
+                            let bundle = std::fs::File::open(&file)
+                                .map_err(|e| Failure::Input(format!("cannot read {file}: {e}")))?;
+                            let bundle: Box<dyn Read + Send> = Box::new(bundle);
+                            (Request::Update { pull: None }, Some(bundle))
+                        }
+                        UpdateSource::Pull(reference) => (
+                            Request::Update {
+                                pull: Some(reference),
+                            },
+                            None,
+                        ),
+                    };
                     let staged = run_relayed(
                         program,
                         &options,
                         default_socket,
-                        Request::Update,
-                        (Some(bundle), &mut *stdout, &mut *stderr),
+                        request,
+                        (bundle, &mut *stdout, &mut *stderr),
                     )?;
                     // Only a staged update is booted: a refused bundle leaves the host up.
                     if reboot && staged == exit::OK {

@@ -516,8 +516,9 @@ pub fn build(options: &BuildOptions) -> Result<ImageMetadata, BuildError> {
         .as_ref()
         .map(|path| read_guest_binary(path, options.arch))
         .transpose()?;
-    // About 2 MB of TLS and HTTP: only images that may pull carry it.
-    let puller = if manifest.pulls_images() {
+    // About 2 MB of TLS and HTTP: only images that may pull (an image, or an update
+    // bundle) carry it.
+    let puller = if manifest.ships_puller() {
         let path = find_guest_binary(
             options.puller.as_ref(),
             options.arch,

@@ -31,9 +31,20 @@ static STAGING: AtomicI32 = AtomicI32::new(0);
 /// The slot it writes, as a byte (`a` or `b`).
 static STAGING_SLOT: AtomicI32 = AtomicI32::new(0);
 
-/// Starts the staging process for the slot that is not running. Returns its PID, its ends of
-/// the pipes (for the caller to close) and init's ends to relay.
-pub fn start(settings: &berth_manifest::Update) -> Result<(Pid, ExecIo, RelayIo), String> {
+/// `berthctl update --pull`: the artifact to fetch and berth-pull's registry options for it.
+#[derive(Debug)]
+pub struct Pull {
+    pub reference: String,
+    pub options: Vec<String>,
+}
+
+/// Starts the staging process for the slot that is not running, the bundle relayed from the
+/// client or, with `pull`, fetched by the staging process through berth-pull. Returns its
+/// PID, its ends of the pipes (for the caller to close) and init's ends to relay.
+pub fn start(
+    settings: &berth_manifest::Update,
+    pull: Option<Pull>,
+) -> Result<(Pid, ExecIo, RelayIo), String> {
     if STAGING.load(Ordering::Relaxed) != 0 {
         return Err("busy: another update is being staged".to_string());
     }
@@ -44,15 +55,26 @@ pub fn start(settings: &berth_manifest::Update) -> Result<(Pid, ExecIo, RelayIo)
         );
     }
     let target = crate::boot_entries::other_slot(booted);
-    let (process, relay) = exec_io(true, false, None)?;
+    let (process, relay) = exec_io(pull.is_none(), false, None)?;
     let _ = std::fs::remove_file(RESULT_FILE);
     let mut command = helper_command(&["stage", "--slot", &target.to_string()]);
+    let stdin = if pull.is_some() {
+        Stdio::null()
+    } else {
+        Stdio::from(clone(&process.stdin)?)
+    };
     command
-        .stdin(Stdio::from(clone(&process.stdin)?))
+        .stdin(stdin)
         .stdout(Stdio::from(clone(&process.stdout)?))
         .stderr(Stdio::from(clone(&process.stderr)?));
     for key in &settings.keys {
         command.arg("--key").arg(key.0.to_string());
+    }
+    if let Some(pull) = &pull {
+        command.arg("--pull").arg(&pull.reference);
+        for option in &pull.options {
+            command.arg("--pull-option").arg(option);
+        }
     }
     let child = command
         .spawn()
@@ -60,10 +82,13 @@ pub fn start(settings: &berth_manifest::Update) -> Result<(Pid, ExecIo, RelayIo)
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     STAGING.store(pid.as_raw(), Ordering::Relaxed);
     STAGING_SLOT.store(i32::from(target as u8), Ordering::Relaxed);
-    Event::new("update-staging")
+    let mut staging = Event::new("update-staging")
         .field("slot", target)
-        .field("pid", pid)
-        .emit();
+        .field("pid", pid);
+    if let Some(pull) = &pull {
+        staging = staging.field("pull", &pull.reference);
+    }
+    staging.emit();
     Ok((pid, process, relay))
 }
 

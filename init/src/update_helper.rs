@@ -3,8 +3,9 @@
 //! and never in PID 1, and the ESP's reads and writes, which may block on the disk, never
 //! stall the event loop. Each leaves its result in a file under /run for init.
 //!
-//! - `berth-update stage --slot S --key K...`: writes a verified bundle (on stdin, relayed
-//!   by init for `berthctl update`) into slot S, the one not running.
+//! - `berth-update stage --slot S --key K... [--pull REF [--pull-option O]...]`: writes a
+//!   verified bundle (on stdin, relayed by init for `berthctl update`, or fetched from a
+//!   registry by berth-pull for `berthctl update --pull`) into slot S, the one not running.
 //! - `berth-update check --slot S`: how the boot of slot S came about (`trial`,
 //!   `rolled-back FROM` or `committed`), read from the ESP's loader entries.
 //! - `berth-update bless --slot S`: commits slot S (its entry loses its boot counter).
@@ -44,11 +45,18 @@ pub const BOOT_TRIES: u32 = 3;
 /// stdout and stderr go to the `berthctl update` client.
 const CONSOLE: &str = "/dev/console";
 
-/// What `stage` was asked: the slot to write and the keys to accept.
+/// The largest bundle `--pull` fetches: its parts wait in memory (/run) while it is
+/// verified, so a registry must not be able to ask for more than a kernel and an initrd.
+const PULL_MAX_BYTES: u64 = 256 << 20;
+
+/// What `stage` was asked: the slot to write, the keys to accept, and where the bundle
+/// comes from (stdin, or the artifact `pull` names with berth-pull's `pull_options`).
 #[derive(Debug)]
 struct StageArgs {
     slot: char,
     keys: Vec<berth_update::PublicKey>,
+    pull: Option<String>,
+    pull_options: Vec<String>,
 }
 
 /// A staged bundle: its version, and how long the stager took to receive and verify it and
@@ -202,6 +210,8 @@ fn parse_args(args: &[String]) -> Result<StageArgs, String> {
     }
     let mut slot = None;
     let mut keys = Vec::new();
+    let mut pull = None;
+    let mut pull_options = Vec::new();
     while let Some(word) = words.next() {
         let value = words
             .next()
@@ -215,12 +225,16 @@ fn parse_args(args: &[String]) -> Result<StageArgs, String> {
                 }
             }
             "--key" => keys.push(berth_update::PublicKey::parse(value).map_err(|e| e.to_string())?),
+            "--pull" => pull = Some(value.clone()),
+            "--pull-option" => pull_options.push(value.clone()),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
     Ok(StageArgs {
         slot: slot.ok_or("--slot is missing")?,
         keys,
+        pull,
+        pull_options,
     })
 }
 
@@ -251,11 +265,17 @@ fn stage(args: &StageArgs) -> Result<Staged, String> {
     result
 }
 
-/// Reads the bundle from stdin into `staging`, verified; returns its version.
+/// Reads the bundle (from stdin, or pulled) into `staging`, verified; returns its version.
 fn verify_into(staging: &Path, args: &StageArgs) -> Result<String, String> {
     let arch = std::env::consts::ARCH;
-    let stdin = io::stdin().lock();
-    let verified = berth_update::read_bundle(stdin, &args.keys, arch, |part| {
+    let bundle: Box<dyn io::Read> = match &args.pull {
+        Some(reference) => {
+            let path = pull_bundle(reference, &args.pull_options)?;
+            Box::new(File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => Box::new(io::stdin().lock()),
+    };
+    let verified = berth_update::read_bundle(bundle, &args.keys, arch, |part| {
         if file_of_part(&part.name).is_empty() {
             return Err(io::Error::other(format!("unknown part `{}`", part.name)));
         }
@@ -268,6 +288,63 @@ fn verify_into(staging: &Path, args: &StageArgs) -> Result<String, String> {
         }
     }
     Ok(verified.header.version)
+}
+
+/// berth-pull's one line on stdout, as much of it as `stage` reads.
+#[derive(Debug, serde::Deserialize)]
+struct PullLine {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    digest: Option<String>,
+}
+
+/// Fetches the update bundle `reference` names (an OCI artifact with a layer of
+/// [`berth_control::UPDATE_MEDIA_TYPE`]) into the image store with berth-pull, whose
+/// progress lines go to this process' stderr and so to the client; the blob's path. The
+/// blob is only digest-checked here: its signature is checked as it is read, as a streamed
+/// bundle's is.
+fn pull_bundle(reference: &str, options: &[String]) -> Result<PathBuf, String> {
+    use crate::supervisor::PULLER;
+    if !Path::new(PULLER).is_file() {
+        return Err(format!(
+            "this image has no {PULLER} to pull with (built without [update] keys?)"
+        ));
+    }
+    let output = std::process::Command::new(PULLER)
+        .arg("artifact")
+        .args(["--store", crate::images::PULLED_STORE])
+        .args(["--arch", std::env::consts::ARCH])
+        .args(["--media-type", berth_control::UPDATE_MEDIA_TYPE])
+        .args(["--max-bytes", &PULL_MAX_BYTES.to_string()])
+        .args(options)
+        .arg(reference)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {PULLER}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line: PullLine = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("{PULLER} said nothing usable ({})", output.status))?;
+    match (line.ok, line.path) {
+        (true, Some(path)) => {
+            println!(
+                "pulled {reference} ({})",
+                line.digest.as_deref().unwrap_or("?")
+            );
+            Ok(path)
+        }
+        // berth-pull's errors name the reference already.
+        _ => Err(line
+            .error
+            .unwrap_or_else(|| format!("pulling {reference} failed"))),
+    }
 }
 
 /// Copies the verified parts into `slot` on the ESP (temporary names, synced, renamed), then

@@ -167,6 +167,12 @@ impl Manifest {
             .any(|c| c.pull_policy() != PullPolicy::Never)
     }
 
+    /// Whether the image carries berth-pull: a container may pull its image, or the host
+    /// accepts updates (`[update] keys`), which `berthctl update --pull` fetches with it.
+    pub fn ships_puller(&self) -> bool {
+        self.pulls_images() || !self.update.keys.is_empty()
+    }
+
     /// Containers in an order that starts every dependency before its dependants (names
     /// break ties). Stopping goes in the reverse order.
     pub fn start_order(&self) -> Vec<&ContainerName> {

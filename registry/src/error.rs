@@ -130,6 +130,23 @@ pub enum RegistryError {
         wanted: String,
     },
 
+    #[error(
+        "{reference}: the artifact has no layer of media type `{media_type}` (it has: {found})"
+    )]
+    NoArtifactLayer {
+        reference: String,
+        media_type: String,
+        found: String,
+    },
+
+    #[error("{reference}: the artifact's {digest} is {size} bytes, more than the {limit} allowed")]
+    ArtifactTooLarge {
+        reference: String,
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
+
     #[error("{reference}: layer {digest} has media type `{media_type}`; supported are tar, tar+gzip and tar+zstd layers")]
     UnsupportedLayer {
         reference: String,

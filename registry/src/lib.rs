@@ -43,6 +43,7 @@
     clippy::unimplemented
 )]
 
+mod artifact;
 pub mod auth;
 mod blob;
 mod client;
@@ -52,6 +53,7 @@ mod pull;
 mod reference;
 pub mod store;
 
+pub use artifact::{pull_artifact, ArtifactReport};
 pub use auth::{parse_www_authenticate, AuthFile, Challenge, Credentials};
 pub use client::{Client, ClientConfig, FetchedManifest, RetryPolicy};
 pub use error::RegistryError;

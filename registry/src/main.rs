@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use berth_registry::{
-    gc, pull, usage, Arch, AuthFile, Client, ClientConfig, Event, Reference, RegistryError,
+    gc, pull, pull_artifact, usage, Arch, AuthFile, Client, ClientConfig, Event, Reference,
+    RegistryError,
 };
 use serde::Serialize;
 
@@ -24,6 +25,7 @@ const USAGE: &str = "\
 usage: berth-pull --store DIR --arch x86_64|aarch64 [--insecure HOST[:PORT]]... [--ca FILE]...
                   [--no-bundled-roots] [--auth-file FILE] [--name NAME]
                   [--wait-for-time FILE] REFERENCE
+       berth-pull artifact --media-type TYPE [--max-bytes N] (the pull options) REFERENCE
        berth-pull gc --store DIR [--keep REF...]...
        berth-pull usage --store DIR
 
@@ -34,7 +36,10 @@ usage: berth-pull --store DIR --arch x86_64|aarch64 [--insecure HOST[:PORT]]... 
   --name NAME             the name to store the image under (default: REFERENCE as given)
   --wait-for-time FILE    first wait (30 s at most) until FILE exists: init passes netd's
                           time-synced marker when the clock is only the image's build time
-  --keep REF...           the names gc keeps; every other image and unused blob goes";
+  --keep REF...           the names gc keeps; every other image and unused blob goes
+  artifact                fetch the one layer of --media-type that REFERENCE's manifest lists
+                          into the store, named by no image; report its path (--max-bytes:
+                          refuse a larger one, default 1 GiB)";
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -72,8 +77,18 @@ struct PullArgs {
 enum Command {
     Help,
     Pull(PullArgs),
-    Gc { store: PathBuf, keep: Vec<String> },
-    Usage { store: PathBuf },
+    Artifact {
+        pull: PullArgs,
+        media_type: String,
+        max_bytes: u64,
+    },
+    Gc {
+        store: PathBuf,
+        keep: Vec<String>,
+    },
+    Usage {
+        store: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +107,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Pull(args) => run_pull(args).map(success),
+        Command::Artifact {
+            pull,
+            media_type,
+            max_bytes,
+        } => run_artifact(pull, &media_type, max_bytes).map(success),
         Command::Gc { store, keep } => gc(&store, &keep).map(success),
         Command::Usage { store } => usage(&store).map(success),
     };
@@ -157,7 +177,9 @@ fn wait_for_time(marker: &Path) {
     ));
 }
 
-fn run_pull(args: PullArgs) -> Result<berth_registry::PullReport, RegistryError> {
+/// The reference and a client with the registry options; waits for network time first when
+/// asked.
+fn client_for(args: &PullArgs) -> Result<(Reference, Client), RegistryError> {
     let reference = Reference::parse(&args.reference)?;
     if let Some(marker) = &args.wait_for_time {
         wait_for_time(marker);
@@ -166,13 +188,37 @@ fn run_pull(args: PullArgs) -> Result<berth_registry::PullReport, RegistryError>
         Some(path) => AuthFile::load(path)?,
         None => AuthFile::default(),
     };
-    let mut client = Client::new(ClientConfig {
-        insecure: args.insecure,
-        ca_files: args.ca_files,
+    let client = Client::new(ClientConfig {
+        insecure: args.insecure.clone(),
+        ca_files: args.ca_files.clone(),
         bundled_roots: args.bundled_roots,
         auth,
         ..ClientConfig::default()
     })?;
+    Ok((reference, client))
+}
+
+fn run_artifact(
+    args: PullArgs,
+    media_type: &str,
+    max_bytes: u64,
+) -> Result<berth_registry::ArtifactReport, RegistryError> {
+    let (reference, mut client) = client_for(&args)?;
+    say(&format!("artifact {reference} ({media_type})"));
+    let mut progress_said: Option<Instant> = None;
+    pull_artifact(
+        &mut client,
+        &args.store,
+        &reference,
+        args.arch,
+        media_type,
+        max_bytes,
+        &mut |event| print_event(&args.reference, event, &mut progress_said),
+    )
+}
+
+fn run_pull(args: PullArgs) -> Result<berth_registry::PullReport, RegistryError> {
+    let (reference, mut client) = client_for(&args)?;
     let name = args.name.unwrap_or_else(|| args.reference.clone());
     say(&format!("{reference} as {name} for {}", args.arch));
     let mut progress_said: Option<Instant> = None;
@@ -272,6 +318,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     match args.first().map(String::as_str) {
         Some("gc") => parse_gc(args.get(1..).unwrap_or_default()),
         Some("usage") => parse_usage(args.get(1..).unwrap_or_default()),
+        Some("artifact") => parse_artifact(args.get(1..).unwrap_or_default()),
         _ => parse_pull(args),
     }
 }
@@ -368,6 +415,42 @@ fn parse_pull(args: &[String]) -> Result<Command, String> {
     }))
 }
 
+/// The largest artifact taken unless `--max-bytes` says: an update bundle is tens of MiB.
+const ARTIFACT_MAX_BYTES: u64 = 1 << 30;
+
+fn parse_artifact(args: &[String]) -> Result<Command, String> {
+    let mut media_type = None;
+    let mut max_bytes = ARTIFACT_MAX_BYTES;
+    let mut rest = Vec::new();
+    let mut args = Args::new(args);
+    while let Some((flag, inline)) = args.next() {
+        match flag {
+            "--media-type" => media_type = Some(args.value(flag, inline)?.to_string()),
+            "--max-bytes" => {
+                let value = args.value(flag, inline)?;
+                max_bytes = value
+                    .parse()
+                    .map_err(|_| format!("--max-bytes `{value}`: expected a number of bytes"))?;
+            }
+            _ => {
+                // Given back whole to the pull options' parser.
+                rest.push(match inline {
+                    Some(value) => format!("{flag}={value}"),
+                    None => flag.to_string(),
+                });
+            }
+        }
+    }
+    match parse_pull(&rest)? {
+        Command::Pull(pull) => Ok(Command::Artifact {
+            pull,
+            media_type: media_type.ok_or("artifact: --media-type TYPE is required")?,
+            max_bytes,
+        }),
+        other => Ok(other),
+    }
+}
+
 fn parse_gc(args: &[String]) -> Result<Command, String> {
     let mut args = Args::new(args);
     let mut store = None;
@@ -429,6 +512,29 @@ mod tests {
         assert_eq!(args.auth_file, Some(PathBuf::from("/auth.json")));
         assert_eq!(args.name.as_deref(), Some("web"));
         assert_eq!(args.reference, "10.0.2.2:5000/web:1");
+    }
+
+    #[test]
+    fn artifact_arguments() {
+        let command = parse(
+            "artifact --store /s --media-type application/x --arch x86_64 --max-bytes=100 \
+             --insecure 10.0.2.2:5000 10.0.2.2:5000/host:2",
+        )
+        .unwrap();
+        let Command::Artifact {
+            pull,
+            media_type,
+            max_bytes,
+        } = command
+        else {
+            panic!("{command:?}")
+        };
+        assert_eq!((media_type.as_str(), max_bytes), ("application/x", 100));
+        assert_eq!(pull.store, PathBuf::from("/s"));
+        assert_eq!(pull.insecure, ["10.0.2.2:5000"]);
+        assert_eq!(pull.reference, "10.0.2.2:5000/host:2");
+        let missing = parse("artifact --store /s --arch x86_64 r:1").unwrap_err();
+        assert!(missing.contains("--media-type"), "{missing}");
     }
 
     #[test]

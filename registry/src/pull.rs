@@ -89,15 +89,15 @@ pub struct PullReport {
 }
 
 /// The manifest chosen for storing, with what is known about it.
-struct Resolved {
-    bytes: Vec<u8>,
-    digest: Digest,
-    media_type: String,
-    manifest: ImageManifest,
+pub(crate) struct Resolved {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) digest: Digest,
+    pub(crate) media_type: String,
+    pub(crate) manifest: ImageManifest,
     /// The index entry's platform, when the manifest was chosen from an index.
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
     /// Manifest and index bytes received.
-    received: u64,
+    pub(crate) received: u64,
 }
 
 /// Pulls `reference` for `arch` into the store at `store_dir`, and names it `name` there
@@ -224,7 +224,7 @@ fn is_index(media_type: &str) -> bool {
 
 /// Fetches what the reference names and, for an index, the entry for `arch`; verifies every
 /// document fetched by digest.
-fn resolve_manifest(
+pub(crate) fn resolve_manifest(
     client: &mut Client,
     reference: &Reference,
     arch: Arch,

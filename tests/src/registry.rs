@@ -267,6 +267,86 @@ fn run_checked(command: &mut Command) -> Output {
 }
 
 /// Pushes the image tagged `tag_in_layout` in the OCI layout `layout` to
+/// Pushes `blob` as the one layer (of `media_type`) of an OCI 1.1 artifact
+/// (`artifactType`, the empty config), as `oras push` would, to `registry_addr/repo:tag`:
+/// the blob and the empty config by monolithic upload, then the manifest. Its digest.
+pub fn push_artifact(
+    registry_addr: &str,
+    repo: &str,
+    tag: &str,
+    artifact_type: &str,
+    media_type: &str,
+    blob: &[u8],
+) -> Result<String, String> {
+    const EMPTY: &[u8] = b"{}";
+    for data in [EMPTY, blob] {
+        let started = http_request_with_body(
+            registry_addr,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            Some(&[]),
+        )?;
+        let location = started
+            .header("location")
+            .filter(|_| started.status == 202)
+            .ok_or_else(|| format!("starting an upload: HTTP {}", started.status))?;
+        let path = location
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+            .unwrap_or_else(|| location.to_string());
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let digest = Digest::of(data);
+        let put = http_request_with_body(
+            registry_addr,
+            "PUT",
+            &format!("{path}{separator}digest={}", digest.0),
+            &[("Content-Type", "application/octet-stream")],
+            Some(data),
+        )?;
+        if put.status != 201 {
+            return Err(format!(
+                "uploading {}: HTTP {} {}",
+                digest.0,
+                put.status,
+                String::from_utf8_lossy(&put.body)
+            ));
+        }
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": artifact_type,
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": Digest::of(EMPTY).0,
+            "size": EMPTY.len(),
+        },
+        "layers": [{
+            "mediaType": media_type,
+            "digest": Digest::of(blob).0,
+            "size": blob.len(),
+            "annotations": {"org.opencontainers.image.title": "update.berth"},
+        }],
+    })
+    .to_string();
+    let put = http_request_with_body(
+        registry_addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        Some(manifest.as_bytes()),
+    )?;
+    if put.status != 201 {
+        return Err(format!(
+            "the manifest: HTTP {} {}",
+            put.status,
+            String::from_utf8_lossy(&put.body)
+        ));
+    }
+    Ok(Digest::of(manifest.as_bytes()).0)
+}
+
 /// `registry_addr/repo_tag` (`REPO:TAG`) with skopeo, every platform of an index included.
 pub fn push(layout: &Path, tag_in_layout: &str, registry_addr: &str, repo_tag: &str) {
     run_checked(
@@ -974,6 +1054,17 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpAnswer, String> {
+    http_request_with_body(addr, method, path, headers, None)
+}
+
+/// [`http_request`] with a body (sent with its `Content-Length`).
+pub fn http_request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<HttpAnswer, String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_read_timeout(Some(UPSTREAM_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -981,9 +1072,13 @@ pub fn http_request(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
+        .and_then(|()| stream.write_all(body.unwrap_or_default()))
         .map_err(|e| format!("send: {e}"))?;
     let (head, mut body) = read_head(&mut stream).map_err(|e| format!("read: {e}"))?;
     let status = status_of(&head.first_line)

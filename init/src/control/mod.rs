@@ -720,7 +720,21 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
             let rollback = request == Request::Rollback;
             return relayed(crate::update::start_relayed(rollback));
         }
-        Request::Update => return relayed(crate::update::start(supervisor.update_settings())),
+        Request::Update { pull: None } => {
+            return relayed(crate::update::start(supervisor.update_settings(), None))
+        }
+        Request::Update {
+            pull: Some(reference),
+        } => {
+            let source = supervisor
+                .pull_options(&reference)
+                .map(|options| crate::update::Pull { reference, options });
+            return relayed(
+                source.and_then(|pull| {
+                    crate::update::start(supervisor.update_settings(), Some(pull))
+                }),
+            );
+        }
         Request::Exec {
             name,
             args,

@@ -19,6 +19,7 @@ mod network;
 mod operator;
 pub mod policy;
 mod pulls;
+pub use pulls::PULLER;
 mod spec;
 mod start;
 mod stops;
@@ -200,6 +201,13 @@ impl Supervisor {
             waiting.push(NETWORK_ONLINE.to_string());
         }
         waiting
+    }
+
+    /// berth-pull's registry options for `reference` (plain HTTP, CA, credentials, a wait
+    /// for network time), as an image pull from that registry gets them: for `berthctl
+    /// update --pull`.
+    pub fn pull_options(&self, reference: &str) -> Result<Vec<String>, String> {
+        self.pulls.options(reference)
     }
 
     /// The `[update]` settings in force (the last applied manifest's).

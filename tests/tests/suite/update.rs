@@ -179,6 +179,25 @@ fn set_update_pause(disk: &Path, pause: Option<&str>) {
     });
 }
 
+/// The v1 image with a raw disk (256 MiB of data partition) built from `manifest` in
+/// `dir/v1`: the image directory and the disk.
+fn v1_disk(arch: Arch, dir: &Path, manifest: &str) -> (PathBuf, PathBuf) {
+    let v1_dir = dir.join("v1");
+    std::fs::create_dir_all(&v1_dir).unwrap_or_else(|e| panic!("{e}"));
+    let image = berth_tests::build_image_with_disk(
+        arch,
+        manifest,
+        &v1_dir,
+        Some(DiskOptions {
+            format: DiskFormat::Raw,
+            data_mib: 256,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let disk = image.join(DiskFormat::Raw.file_name());
+    (image, disk)
+}
+
 fn boot(arch: Arch, image: &Path, disk: &Path, log: &Path) -> (Machine, PathBuf) {
     let mut config = berth_tests::disk_machine_config(arch, image, disk, DiskFormat::Raw, log);
     let socket = log.join("control.sock");
@@ -188,13 +207,18 @@ fn boot(arch: Arch, image: &Path, disk: &Path, log: &Path) -> (Machine, PathBuf)
 
 /// `berth ctl update [--reboot] FILE`: its exit code and stderr.
 fn update(socket: &Path, bundle: &Path, reboot: bool) -> (Option<i32>, String) {
-    let bundle = bundle.display().to_string();
-    let args: &[&str] = if reboot {
-        &["update", "--reboot", &bundle]
-    } else {
-        &["update", &bundle]
-    };
-    let out = berth_ctl(socket, args);
+    update_with(socket, &[&bundle.display().to_string()], reboot)
+}
+
+/// `berth ctl update [--reboot] ARGS...` (a file, or `--pull REF`): its exit code, and its
+/// stdout and stderr together.
+fn update_with(socket: &Path, source: &[&str], reboot: bool) -> (Option<i32>, String) {
+    let mut args = vec!["update"];
+    if reboot {
+        args.push("--reboot");
+    }
+    args.extend_from_slice(source);
+    let out = berth_ctl(socket, &args);
     (
         out.status.code(),
         format!(
@@ -217,19 +241,7 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
     let (key, public) = key_pair(&dir, "update");
     let (other_key, _) = key_pair(&dir, "other");
 
-    let v1_dir = dir.join("v1");
-    std::fs::create_dir_all(&v1_dir).unwrap_or_else(|e| panic!("{e}"));
-    let image = berth_tests::build_image_with_disk(
-        arch,
-        &manifest("1", &public, "app"),
-        &v1_dir,
-        Some(DiskOptions {
-            format: DiskFormat::Raw,
-            data_mib: 256,
-        }),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let disk = image.join(DiskFormat::Raw.file_name());
+    let (image, disk) = v1_disk(arch, &dir, &manifest("1", &public, "app"));
     let bundle_for = |name: &str, arch: Arch, key: &Path| {
         let out = dir.join(name);
         std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
@@ -394,19 +406,7 @@ fn stages_and_boots_the_other_slot(arch: Arch, test: &str) {
 fn an_unhealthy_update_rolls_back_by_itself(arch: Arch, test: &str) {
     let dir = log_dir(test);
     let (key, public) = key_pair(&dir, "update");
-    let v1_dir = dir.join("v1");
-    std::fs::create_dir_all(&v1_dir).unwrap_or_else(|e| panic!("{e}"));
-    let image = berth_tests::build_image_with_disk(
-        arch,
-        &manifest("1", &public, "app"),
-        &v1_dir,
-        Some(DiskOptions {
-            format: DiskFormat::Raw,
-            data_mib: 256,
-        }),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let disk = image.join(DiskFormat::Raw.file_name());
+    let (image, disk) = v1_disk(arch, &dir, &manifest("1", &public, "app"));
     let v2_dir = dir.join("v2");
     std::fs::create_dir_all(&v2_dir).unwrap_or_else(|e| panic!("{e}"));
     let sick = manifest_with(
@@ -526,4 +526,96 @@ fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there() {
 #[test]
 fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there_aarch64() {
     stages_and_boots_the_other_slot(Arch::Aarch64, "update-stage-aarch64");
+}
+
+/// `berthctl update --pull REF`: the bundle comes from the registry the host pulls its images
+/// from, as an OCI artifact (what `oras push` makes). An artifact signed by another key and
+/// one without a bundle layer are refused with their reason, the ESP untouched; the good one
+/// is staged into slot b and, with `--reboot`, boots there. Seen failing with the staging
+/// process reading stdin whatever it was asked (the pull was never made).
+#[test]
+fn a_bundle_pulled_from_a_registry_is_staged_and_boots() {
+    use berth_tests::registry::{push_artifact, Registry};
+    let arch = Arch::X86_64;
+    let dir = log_dir("update-pull");
+    let registry = Registry::start(&dir.join("registry"));
+    let (key, public) = key_pair(&dir, "update");
+    let (other_key, _) = key_pair(&dir, "other");
+    let registries = format!(
+        "\n[registries.\"{}\"]\ninsecure = true\n",
+        registry.guest_addr()
+    );
+    let (image, disk) = v1_disk(
+        arch,
+        &dir,
+        &format!("{}{registries}", manifest("1", &public, "app")),
+    );
+    let v2 = format!("{}{registries}", manifest("2", &public, "app2"));
+    let push = |tag: &str, signer: &Path, media_type: &str| {
+        let out = dir.join(format!("bundle-{tag}"));
+        std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
+        let bundle = berth_tests::build_update_bundle(arch, &v2, &out, signer)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(&bundle).unwrap_or_else(|e| panic!("{e}"));
+        push_artifact(
+            &registry.host_addr(),
+            "berth/host",
+            tag,
+            berth_control::UPDATE_ARTIFACT_TYPE,
+            media_type,
+            &bytes,
+        )
+        .unwrap_or_else(|e| panic!("pushing {tag}: {e}; {}", registry.log().display()));
+        format!("{}/berth/host:{tag}", registry.guest_addr())
+    };
+    let good = push("2", &key, berth_control::UPDATE_MEDIA_TYPE);
+    let other_signer = push("2-other-key", &other_key, berth_control::UPDATE_MEDIA_TYPE);
+    let not_a_bundle = push("2-not-a-bundle", &key, "application/octet-stream");
+
+    let (first, socket) = boot(arch, &image, &disk, &dir.join("boot-1"));
+    let c1 = format!("console: {}", first.console_log().display());
+    wait_seen(&first, r"^app \| app-v1$");
+    let before = esp_region_hash(&disk);
+    let pull = |reference: &str, reboot: bool| update_with(&socket, &["--pull", reference], reboot);
+    for (reference, reason) in [
+        (&other_signer, "not signed by a key this host accepts"),
+        (
+            &not_a_bundle,
+            "has no layer of media type `application/vnd.berth.update.bundle.v1`",
+        ),
+    ] {
+        let (code, said) = pull(reference, false);
+        assert_eq!(code, Some(1), "{reference}: {said}; {c1}");
+        assert!(
+            said.contains(reason),
+            "{reference}: `{reason}` in {said}; {c1}"
+        );
+    }
+    assert_eq!(
+        esp_region_hash(&disk),
+        before,
+        "a refused pull changed the ESP; {c1}"
+    );
+
+    let (code, said) = pull(&good, true);
+    assert_eq!(code, Some(0), "{said}; {c1}");
+    assert!(
+        said.contains("pulled ") && said.contains("staged slot=b version=2"),
+        "{said}; {c1}"
+    );
+    let mut first = first;
+    assert_eq!(
+        first
+            .wait_exit(berth_tests::SHUTDOWN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}")),
+        GuestExit::Reboot,
+        "update --pull --reboot; {c1}"
+    );
+
+    let (second, _) = boot(arch, &image, &disk, &dir.join("boot-2"));
+    let c2 = format!("console: {}", second.console_log().display());
+    let slot = wait_seen(&second, r"^berth event=boot-slot ");
+    assert!(slot.contains("slot=b"), "{slot}; {c2}");
+    wait_seen(&second, r"^app2 \| app2-v2$");
+    wait_seen(&second, r"^berth event=update-committed ");
 }
