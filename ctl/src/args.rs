@@ -325,6 +325,7 @@ pub(crate) fn parse_duration_secs(text: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
+#[expect(clippy::panic, clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

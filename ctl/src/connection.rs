@@ -125,6 +125,7 @@ pub(crate) fn read_response(
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

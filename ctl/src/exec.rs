@@ -90,6 +90,7 @@ fn pass_on(data: &str, to: &mut dyn Write, name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -544,4 +544,5 @@ fn print_changes(changes: &Changes, out: &mut dyn Write) -> std::io::Result<()> 
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests;

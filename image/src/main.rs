@@ -618,6 +618,7 @@ fn main() -> ExitCode {
 }
 
 #[cfg(test)]
+#[expect(clippy::panic, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -7,17 +7,6 @@
 //! still answers the power button, and a panic that slips through is caught at the top of the
 //! event loop.
 
-// PID 1 must not panic: an exiting init is a kernel panic.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    clippy::todo,
-    clippy::unimplemented
-)]
-
 mod boot;
 mod boot_entries;
 mod clock;

@@ -127,7 +127,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, Refused> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
+#[expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
 

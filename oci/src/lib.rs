@@ -6,17 +6,6 @@
 //! [`Layout::open`], [`Layout::resolve`], then for each of [`Image::layers`]
 //! [`Layout::read_descriptor`] and [`unpack_layer_into_store`].
 
-// PID 1 must not panic: an exiting init is a kernel panic.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    clippy::todo,
-    clippy::unimplemented
-)]
-
 mod decompress;
 mod digest;
 mod entry_path;

@@ -839,6 +839,7 @@ fn duration_name(console_log: &Path, durations: &Path) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::panic, clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

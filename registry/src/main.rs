@@ -3,13 +3,6 @@
 //!
 //! Exit codes: 0 success, 1 the pull (or collection) failed, 2 bad arguments.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

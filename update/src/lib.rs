@@ -19,17 +19,6 @@
 //! checks above, which no crate offers (minisign signs a whole file, which a host would have
 //! to read twice: once to verify, once to write).
 
-// PID 1 must not panic; this crate runs in its helper children.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    clippy::todo,
-    clippy::unimplemented
-)]
-
 mod bundle;
 mod error;
 mod keys;

@@ -176,7 +176,7 @@ pub fn datagram(message: &Message, json: bool, hostname: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
+#[expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
