@@ -14,16 +14,7 @@
 //! `suite`: every figure beside its peer in one run, both arches, one table and one JSON
 //! file (see `suite.rs`); `readme` puts that table into `docs/performance.md`.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable
-)]
+#![expect(clippy::indexing_slicing, reason = "test code: a failed check panics")]
 
 mod api;
 mod events;

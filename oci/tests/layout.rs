@@ -1,15 +1,10 @@
 //! Opening image layouts written here the way `umoci`/`skopeo` write them, resolving images by
 //! name, and refusing blobs that do not match their descriptors.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
+#![expect(
     clippy::indexing_slicing,
-    clippy::unreachable
+    clippy::unwrap_used,
+    reason = "test code: a failed check panics"
 )]
 
 mod support;

@@ -1,15 +1,10 @@
 //! Unpacking layers into overlayfs lower directories, through the public API. These tests run
 //! as root: they create device nodes, chown files and set `trusted.*` xattrs.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
+#![expect(
     clippy::indexing_slicing,
-    clippy::unreachable
+    clippy::unwrap_used,
+    reason = "test code: a failed check panics"
 )]
 
 mod support;

@@ -1,15 +1,6 @@
 //! Pulls from a fake registry into a temporary store, read back with `berth_oci::Layout`.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable
-)]
+#![expect(clippy::indexing_slicing, reason = "test code: a failed check panics")]
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 mod support;

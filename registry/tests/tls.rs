@@ -1,16 +1,7 @@
 //! HTTPS with rustls and ring: a registry whose certificate a private CA signed is trusted
 //! with `--ca` (in addition to, or instead of, the built-in roots) and refused without it.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable
-)]
+#![expect(clippy::indexing_slicing, reason = "test code: a failed check panics")]
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 mod support;

@@ -1,15 +1,10 @@
 //! Helpers for the integration tests: build the guest binaries and images the tests boot,
 //! and keep each test's evidence in `target/test-logs/<test>/`.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
+#![expect(
     clippy::indexing_slicing,
-    clippy::unreachable
+    clippy::panic,
+    reason = "test code: a failed check panics"
 )]
 
 pub mod dhcp_script;

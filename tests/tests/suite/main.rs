@@ -2,15 +2,10 @@
 //! with a QEMU boot each across the whole suite (one binary per file left a core idle at the
 //! end of every file), and the tests link once.
 
-// Test and benchmark code: a failed check panics, which fails this run on the test machine and
-// never touches a host. Everything that runs in the guest is held to the workspace's no-panic
-// lints (Cargo.toml).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
+#![expect(
     clippy::indexing_slicing,
-    clippy::unreachable
+    clippy::panic,
+    reason = "test code: a failed check panics"
 )]
 
 mod api;
