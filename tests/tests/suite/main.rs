@@ -8,6 +8,7 @@
     reason = "test code: a failed check panics"
 )]
 
+mod ab_update;
 mod api;
 mod apply;
 mod boot;
@@ -45,5 +46,5 @@ mod registry_pull;
 mod static_init;
 mod stops;
 mod time;
-mod update;
+
 mod watchdog;

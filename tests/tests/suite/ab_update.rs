@@ -5,6 +5,10 @@
 //! and after a power cycle boots v2 from slot b, with the data v1 wrote on the data partition,
 //! and commits it. The power cut in the middle of writing slot b leaves slot a and the
 //! loader entries as they were. An update that never proves itself rolls back by itself.
+//!
+//! Named `ab_update` so that it sorts first: these are the suite's longest tests (the
+//! rollbacks boot six times each), and libtest starts tests in name order, so they run while
+//! the short ones fill the other core instead of running alone at the end.
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
