@@ -22,6 +22,10 @@ pub enum RunContainerError {
     Output(#[source] std::io::Error),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(
+        "run-container needs a single-threaded process to clone from; this one has {0} threads"
+    )]
+    Threads(usize),
 }
 
 /// Runs the container to completion; its exit code (128 + signal when killed).
@@ -65,7 +69,12 @@ pub fn run_container(options: &RunContainerOptions) -> Result<i32, RunContainerE
         stdout,
         stderr,
     };
-    let spawned = berth_runtime::spawn(&spec)?;
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count());
+    if threads != 1 {
+        return Err(RunContainerError::Threads(threads));
+    }
+    // SAFETY: this process has one thread, checked just above; nothing here starts another.
+    let spawned = unsafe { berth_runtime::spawn(&spec) }?;
     drop(spec);
     Ok(berth_runtime::wait(spawned)?)
 }

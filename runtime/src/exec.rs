@@ -24,6 +24,7 @@ use nix::unistd::{pipe2, Pid};
 
 use crate::child::{self, step, StepResult};
 use crate::spawn::SETUP_FAILED_EXIT;
+use crate::stack::CloneStack;
 use crate::user::{read_account_file, resolve_groups, resolve_user};
 use crate::{seccomp, security, RuntimeError, Security};
 
@@ -101,14 +102,19 @@ fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
 
 /// Starts the process and returns its PID (a child of the caller) once it has exec'd, or
 /// the error of the step that failed.
-pub fn exec(spec: &ExecSpec) -> Result<Pid, RuntimeError> {
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (init is), as for [`crate::spawn`]: the
+/// children are copies of it that allocate before they exec.
+pub unsafe fn exec(spec: &ExecSpec) -> Result<Pid, RuntimeError> {
     if spec.args.is_empty() {
         return Err(RuntimeError::NoCommand);
     }
     let (namespaces, user_namespace) = open_namespaces(spec.container_pid, spec.userns)?;
     let (error_read, error_write) = pipe("the error pipe")?;
     let (pid_read, pid_write) = pipe("the pid pipe")?;
-    let mut stack = vec![0u8; STACK_SIZE];
+    let mut stack = CloneStack::new(STACK_SIZE).map_err(RuntimeError::Clone)?;
     let joiner_main = Box::new(|| {
         joiner(
             spec,
@@ -119,12 +125,12 @@ pub fn exec(spec: &ExecSpec) -> Result<Pid, RuntimeError> {
         )
     });
     // SAFETY: no CLONE_VM: the child works on its own copy of the address space, as after
-    // fork(2). The caller is single threaded (PID 1), so no other thread holds a lock at the
-    // copy. `stack` outlives the call and is only used by the child.
+    // fork(2). The caller is single threaded (this function's contract), so no other thread
+    // holds a lock at the copy. `stack` outlives the call and is only used by the child.
     let joiner_pid = unsafe {
         nix::sched::clone(
             joiner_main,
-            &mut stack,
+            stack.as_mut_slice(),
             CloneFlags::empty(),
             Some(Signal::SIGCHLD as i32),
         )
@@ -167,7 +173,8 @@ fn joiner(
     // there may ptrace it or open its /proc files (its memory is a copy of init's).
     let joined = security::non_dumpable().and_then(|()| join(spec, namespaces));
     let result = joined.and_then(|()| {
-        let mut stack = vec![0u8; STACK_SIZE];
+        let mut stack =
+            CloneStack::new(STACK_SIZE).map_err(|e| format!("map a stack for the process: {e}"))?;
         let process_main = Box::new(|| {
             let message = match setup_and_exec(spec, user_namespace) {
                 Err(message) => message,
@@ -181,7 +188,7 @@ fn joiner(
         unsafe {
             nix::sched::clone(
                 process_main,
-                &mut stack,
+                stack.as_mut_slice(),
                 CloneFlags::CLONE_PARENT,
                 Some(Signal::SIGCHLD as i32),
             )

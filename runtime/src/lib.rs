@@ -16,6 +16,7 @@ mod inroot;
 mod seccomp;
 mod security;
 mod spawn;
+mod stack;
 mod user;
 
 pub use cgroup::{delegate_controllers, oom_kills, CgroupLimits, CONTROLLERS};

@@ -9,10 +9,12 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
+use crate::stack::CloneStack;
 use crate::{child, device_filter, ContainerSpec, IdMap, Network, RuntimeError};
 
 /// Stack of the cloned child until it execs. It runs the setup steps, which format messages
-/// and read small files; 1 MiB leaves room, and untouched pages are never allocated.
+/// and read small files; 1 MiB leaves room, untouched pages are never allocated, and a guard
+/// page below it stops an overflow (see [`CloneStack`]).
 const CHILD_STACK_SIZE: usize = 1 << 20;
 
 /// The namespaces every container gets. The cgroup namespace is entered by the child itself,
@@ -42,7 +44,14 @@ fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
 
 /// Starts the container and returns once its process has exec'd its command, or with the
 /// error of the step that failed (the child is reaped then).
-pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (init is). The child is a copy of it made by
+/// `clone` without `CLONE_VM`, as by `fork`, and it allocates and formats before it execs: a
+/// lock another thread held at the copy (the allocator's) would be held in the child for
+/// ever.
+pub unsafe fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
     if spec.args.is_empty() {
         return Err(RuntimeError::NoCommand);
     }
@@ -60,17 +69,18 @@ pub fn spawn(spec: &ContainerSpec) -> Result<Spawned, RuntimeError> {
         }
         _ => None,
     };
-    let mut stack = vec![0u8; CHILD_STACK_SIZE];
+    let mut stack = CloneStack::new(CHILD_STACK_SIZE).map_err(RuntimeError::Clone)?;
     let child_main =
         Box::new(|| child::run(spec, join.as_ref(), &go_read, &error_write, &userns_write));
     // SAFETY: without CLONE_VM the child gets its own copy of the address space, as after
-    // fork(2), so nothing it does touches the parent's memory. The caller (PID 1) is single
-    // threaded, so no lock can be held by another thread at the time of the copy and the
-    // child may allocate. `stack` outlives the call and is only used by the child.
+    // fork(2), so nothing it does touches the parent's memory. The caller is single
+    // threaded (this function's contract), so no lock can be held by another thread at the
+    // time of the copy and the child may allocate. `stack` outlives the call and is only
+    // used by the child.
     let pid = unsafe {
         nix::sched::clone(
             child_main,
-            &mut stack,
+            stack.as_mut_slice(),
             namespaces(spec),
             Some(Signal::SIGCHLD as i32),
         )

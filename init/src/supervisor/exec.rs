@@ -106,7 +106,8 @@ pub fn start(
         stderr: io.stderr,
         tty: io.tty,
     };
-    berth_runtime::exec(&spec).map_err(|e| e.to_string())
+    // SAFETY: init is single-threaded: its helpers are processes, never threads.
+    unsafe { berth_runtime::exec(&spec) }.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -207,7 +207,8 @@ fn spawn_container(
         (network, network_mounts),
         (stdout_write, stderr_write),
     )?;
-    let spawned = berth_runtime::spawn(&spec).map_err(|e| e.to_string())?;
+    // SAFETY: init is single-threaded: its helpers are processes, never threads.
+    let spawned = unsafe { berth_runtime::spawn(&spec) }.map_err(|e| e.to_string())?;
     c.exec_defaults = Some(ExecDefaults::of(&spec));
     // The parent's write ends close with `spec`, so the streams end when the container does.
     drop(spec);
