@@ -11,14 +11,13 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use berth_oci::Descriptor;
 use nix::fcntl::Flock;
 use sha2::{Digest as _, Sha256};
 
-use crate::client::{BlobAnswer, Client};
+use crate::client::{wait_before_retry, BlobAnswer, Client};
 use crate::store::{digest_of, discard, rehash, store_error, Store};
 use crate::{Event, Reference, RegistryError};
 
@@ -125,15 +124,7 @@ pub(crate) fn fetch_blob(
                 });
             }
             Failure::Other(error) if error.is_retryable() && attempt < policy.attempts => {
-                let delay = policy.delay(attempt);
-                events(Event::Retry {
-                    what: digest.to_string(),
-                    attempt,
-                    attempts: policy.attempts,
-                    delay,
-                    error: error.to_string(),
-                });
-                thread::sleep(delay);
+                wait_before_retry(policy, events, &digest.to_string(), attempt, &error);
                 attempt += 1;
             }
             Failure::Other(error) => return Err(error),

@@ -438,20 +438,32 @@ pub(crate) fn retrying<T>(
     loop {
         match op() {
             Err(error) if error.is_retryable() && attempt < policy.attempts => {
-                let delay = policy.delay(attempt);
-                events(Event::Retry {
-                    what: what.to_string(),
-                    attempt,
-                    attempts: policy.attempts,
-                    delay,
-                    error: error.to_string(),
-                });
-                thread::sleep(delay);
+                wait_before_retry(policy, events, what, attempt, &error);
                 attempt += 1;
             }
             result => return result,
         }
     }
+}
+
+/// Says that try `attempt` of `what` failed with `error` and waits out its backoff: the one
+/// wait of [`retrying`] and of a blob download's own loop.
+pub(crate) fn wait_before_retry(
+    policy: RetryPolicy,
+    events: &mut dyn FnMut(Event),
+    what: &str,
+    attempt: u32,
+    error: &RegistryError,
+) {
+    let delay = policy.delay(attempt);
+    events(Event::Retry {
+        what: what.to_string(),
+        attempt,
+        attempts: policy.attempts,
+        delay,
+        error: error.to_string(),
+    });
+    thread::sleep(delay);
 }
 
 /// A failed request, told apart as a TLS failure (rustls reports those as `InvalidData`
