@@ -2,35 +2,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::thread::JoinHandle;
 
 use berth_control::{parse_envelope, ContainerStatus, Envelope, Request, Response};
 
 use super::*;
-
-/// A fresh directory under the system's temporary one, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "berth-ctl-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Serves one connection: reads the request line, lets `answer` talk, and hands back the
 /// request line and every later line the client sent.
@@ -92,8 +69,8 @@ fn send(to: &mut dyn Write, line: &str) {
 
 #[test]
 fn exec_relays_stdin_and_output_and_exits_with_the_process_code() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let server = fake_init(&socket, |envelope, reader, writer| {
         let id = envelope.id.unwrap();
         // What an earlier session left on the serial port comes first.
@@ -156,8 +133,8 @@ fn exec_relays_stdin_and_output_and_exits_with_the_process_code() {
 
 #[test]
 fn exec_sends_stdin_as_base64_then_closes_it() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let server = fake_init(&socket, |envelope, reader, writer| {
         let id = envelope.id.unwrap();
         send(writer, &format!(r#"{{"v":1,"id":{id},"ok":true,"pid":9}}"#));
@@ -181,8 +158,8 @@ fn exec_sends_stdin_as_base64_then_closes_it() {
 
 #[test]
 fn exec_without_an_exit_line_fails_and_a_refusal_exits_1() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let server = fake_init(&socket, |envelope, _, writer| {
         let id = envelope.id.unwrap();
         send(writer, &format!(r#"{{"v":1,"id":{id},"ok":true,"pid":9}}"#));
@@ -219,8 +196,8 @@ fn exec_without_an_exit_line_fails_and_a_refusal_exits_1() {
 #[test]
 fn exit_codes_are_clamped_to_a_byte() {
     for (sent, expected) in [(300, 255), (-1, 0), (137, 137)] {
-        let dir = TempDir::new();
-        let socket = dir.0.join("control.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
         let server = fake_init(&socket, move |envelope, _, writer| {
             let id = envelope.id.unwrap();
             send(writer, &format!(r#"{{"v":1,"id":{id},"ok":true,"pid":9}}"#));
@@ -236,9 +213,9 @@ fn exit_codes_are_clamped_to_a_byte() {
 
 #[test]
 fn apply_sends_the_file_and_prints_the_changes() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
-    let manifest = dir.0.join("m.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let manifest = dir.path().join("m.toml");
     std::fs::write(&manifest, "[containers.web]\nimage = \"busybox:1.35\"\n").unwrap();
     let server = fake_init(&socket, |envelope, _, writer| {
         let response = Response {
@@ -274,9 +251,9 @@ fn apply_sends_the_file_and_prints_the_changes() {
 
 #[test]
 fn apply_of_a_missing_file_is_a_bad_command_line() {
-    let dir = TempDir::new();
-    let missing = dir.0.join("missing.toml").display().to_string();
-    let run = run_client(&dir.0.join("control.sock"), &["apply", &missing], b"");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml").display().to_string();
+    let run = run_client(&dir.path().join("control.sock"), &["apply", &missing], b"");
     assert_eq!(run.code, exit::USAGE);
     assert!(
         run.stderr
@@ -288,9 +265,9 @@ fn apply_of_a_missing_file_is_a_bad_command_line() {
 
 #[test]
 fn a_refused_apply_exits_1_with_init_s_message() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
-    let manifest = dir.0.join("m.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let manifest = dir.path().join("m.toml");
     std::fs::write(&manifest, "nonsense").unwrap();
     let server = fake_init(&socket, |envelope, _, writer| {
         let response = Response {
@@ -309,8 +286,8 @@ fn a_refused_apply_exits_1_with_init_s_message() {
 
 #[test]
 fn ps_shows_health_as_the_last_column() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let server = fake_init(&socket, |envelope, _, writer| {
         let container = |name: &str, health: Option<&str>| ContainerStatus {
             name: name.to_string(),
@@ -380,8 +357,8 @@ fn ps_shows_health_as_the_last_column() {
 
 #[test]
 fn ps_names_an_armed_watchdog_above_the_table() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let server = fake_init(&socket, |envelope, _, writer| {
         let response = Response {
             id: envelope.id,
@@ -407,8 +384,8 @@ fn ps_names_an_armed_watchdog_above_the_table() {
 
 #[test]
 fn logs_since_goes_into_the_request_and_json_prints_the_raw_line() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let server = fake_init(&socket, |envelope, _, writer| {
         let response = Response {
             id: envelope.id,
@@ -431,8 +408,8 @@ fn logs_since_goes_into_the_request_and_json_prints_the_raw_line() {
 
 #[test]
 fn no_server_is_exit_3_and_a_silent_one_times_out() {
-    let dir = TempDir::new();
-    let socket = dir.0.join("control.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
     let run = run_client(&socket, &["ps"], b"");
     assert_eq!(run.code, exit::NO_CONNECTION);
     assert!(

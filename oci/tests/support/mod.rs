@@ -7,42 +7,30 @@ use std::ffi::CString;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use tar::{EntryType, Header};
 
 pub const MTIME: u64 = 1_700_000_000;
 
 /// A scratch directory under the system temp dir, removed when dropped.
-pub struct Scratch {
-    path: PathBuf,
-}
+pub struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     pub fn new(label: &str) -> Scratch {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "berth-oci-test-{}-{}-{label}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Scratch { path }
+        Scratch(
+            tempfile::Builder::new()
+                .prefix(&format!("berth-oci-test-{label}-"))
+                .tempdir()
+                .unwrap(),
+        )
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     pub fn join(&self, relative: &str) -> PathBuf {
-        self.path.join(relative)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        self.0.path().join(relative)
     }
 }
 

@@ -515,27 +515,19 @@ pub fn blob_bytes(seed: u8, len: usize) -> Vec<u8> {
 }
 
 /// A fresh directory under the system's temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "berth-registry-{name}-{}-{:?}",
-            std::process::id(),
-            thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create the test directory");
-        TempDir(path)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("berth-registry-{name}-"))
+                .tempdir()
+                .expect("create the test directory"),
+        )
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
