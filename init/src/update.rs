@@ -38,6 +38,28 @@ pub struct Pull {
     pub options: Vec<String>,
 }
 
+/// Refuses what cannot be an image reference before it goes anywhere near berth-pull's
+/// command line: it starts with a letter or a digit, so that it is never taken for an
+/// option, and holds only the characters references are made of.
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    let well_formed = reference.len() <= 512
+        && reference
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:/@".contains(c));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not an image reference (as in registry.example.com/berth/host:2.0)",
+            reference.escape_debug()
+        ))
+    }
+}
+
 /// Starts the staging process for the slot that is not running, the bundle relayed from the
 /// client or, with `pull`, fetched by the staging process through berth-pull. Returns its
 /// PID, its ends of the pipes (for the caller to close) and init's ends to relay.
@@ -374,6 +396,26 @@ impl Trial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pulled_update_names_a_reference_never_an_option() {
+        for good in [
+            "10.0.2.2:5000/berth/host:2",
+            "registry.example.com/berth/host@sha256:0a1b",
+            "host:2.0-rc_1",
+        ] {
+            assert_eq!(check_reference(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "--insecure=evil.example",
+            "-x",
+            "",
+            "host:2 --store /",
+            "host\n2",
+        ] {
+            assert!(check_reference(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_staged_result_carries_version_and_timings() {

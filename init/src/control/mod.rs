@@ -726,8 +726,8 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
         Request::Update {
             pull: Some(reference),
         } => {
-            let source = supervisor
-                .pull_options(&reference)
+            let source = crate::update::check_reference(&reference)
+                .and_then(|()| supervisor.pull_options(&reference))
                 .map(|options| crate::update::Pull { reference, options });
             return relayed(
                 source.and_then(|pull| {

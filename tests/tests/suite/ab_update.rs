@@ -533,8 +533,9 @@ fn a_signed_bundle_is_staged_into_the_other_slot_and_boots_there_aarch64() {
 }
 
 /// `berthctl update --pull REF`: the bundle comes from the registry the host pulls its images
-/// from, as an OCI artifact (what `oras push` makes). An artifact signed by another key and
-/// one without a bundle layer are refused with their reason, the ESP untouched; the good one
+/// from, as an OCI artifact (what `oras push` makes). An artifact signed by another key, one
+/// without a bundle layer, and a "reference" that is an option of berth-pull's are refused
+/// with their reason, the ESP untouched; the good one
 /// is staged into slot b and, with `--reboot`, boots there. Seen failing with the staging
 /// process reading stdin whatever it was asked (the pull was never made).
 #[test]
@@ -581,7 +582,9 @@ fn a_bundle_pulled_from_a_registry_is_staged_and_boots() {
     wait_seen(&first, r"^app \| app-v1$");
     let before = esp_region_hash(&disk);
     let pull = |reference: &str, reboot: bool| update_with(&socket, &["--pull", reference], reboot);
+    let flag = "--store=/etc".to_string();
     for (reference, reason) in [
+        (&flag, "is not an image reference"),
         (&other_signer, "not signed by a key this host accepts"),
         (
             &not_a_bundle,
