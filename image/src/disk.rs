@@ -184,16 +184,13 @@ pub fn write_disk(layout: &DiskLayout, cache_dir: &Path, out: &Path) -> Result<P
     let data_start = esp_start + esp_mib * MIB;
     let disk_size = data_start + layout.data_mib * MIB + MIB;
 
-    let steps = if layout.format == DiskFormat::Qcow2 {
-        4
-    } else {
-        3
-    };
+    let qcow2 = layout.format == DiskFormat::Qcow2;
+    let steps = 3 + u64::from(qcow2);
     let mut progress = crate::progress::Progress::start(format!(
         "writing the {} disk image ({} MiB: ESP, partition table, ext4 data{})",
         layout.format.file_name(),
         disk_size / MIB,
-        if steps == 4 { ", qcow2" } else { "" }
+        if qcow2 { ", qcow2" } else { "" }
     ));
     let esp_path = out.join("esp.img");
     File::create(&esp_path)
