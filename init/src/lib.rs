@@ -16,6 +16,7 @@ mod coldplug;
 mod config_source;
 mod control;
 mod data_partition;
+mod esp_mount;
 pub mod event;
 mod event_loop;
 mod helper_child;

@@ -27,16 +27,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_blockdev::DeviceSpec;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::MsFlags;
 
 use crate::boot_entries::{boot_kind, BootKind};
-use crate::kmod::{self, KernelLoader, ModuleLoading};
-
-/// The ESP's GPT partition name, as `berth build --format` writes it.
-const ESP_PART_LABEL: &str = "berth-esp";
-/// Where the ESP is mounted while a slot is written.
-const ESP_MOUNT: &str = "/run/berth/update-esp";
+use crate::esp_mount::MountedEsp;
 /// Where the bundle's parts wait, in memory, until the whole bundle is verified.
 const STAGING_DIR: &str = "/run/berth/update-staging";
 /// Tries systemd-boot gives a newly staged slot before it falls back to the other.
@@ -143,33 +137,27 @@ fn slot_arg(args: &[String]) -> Result<char, String> {
 }
 
 fn check(slot: char) -> Result<BootKind, String> {
-    let esp = mount_esp(MsFlags::MS_RDONLY)?;
-    let kind = crate::boot_entries::read_entries(&esp).map(|e| boot_kind(&e, slot));
-    let _ = umount2(&esp, MntFlags::MNT_DETACH);
-    kind
+    let esp = MountedEsp::mount(MsFlags::MS_RDONLY)?;
+    crate::boot_entries::read_entries(esp.path()).map(|e| boot_kind(&e, slot))
 }
 
 fn describe(running: char) -> Result<Vec<String>, String> {
-    let esp = mount_esp(MsFlags::MS_RDONLY)?;
-    let lines = crate::boot_entries::read_entries(&esp)
-        .map(|entries| crate::boot_entries::describe(&entries, running));
-    let _ = umount2(&esp, MntFlags::MNT_DETACH);
-    lines
+    let esp = MountedEsp::mount(MsFlags::MS_RDONLY)?;
+    crate::boot_entries::read_entries(esp.path())
+        .map(|entries| crate::boot_entries::describe(&entries, running))
 }
 
 fn roll_back(slot: char) -> Result<char, String> {
-    let esp = mount_esp(MsFlags::empty())?;
-    let done = crate::boot_entries::roll_back_to(&esp, slot);
+    let esp = MountedEsp::mount(MsFlags::empty())?;
+    let done = crate::boot_entries::roll_back_to(esp.path(), slot);
     nix::unistd::sync();
-    let _ = umount2(&esp, MntFlags::MNT_DETACH);
     done.map(|()| slot)
 }
 
 fn bless(slot: char) -> Result<bool, String> {
-    let esp = mount_esp(MsFlags::empty())?;
-    let blessed = crate::boot_entries::bless(&esp, slot);
+    let esp = MountedEsp::mount(MsFlags::empty())?;
+    let blessed = crate::boot_entries::bless(esp.path(), slot);
     nix::unistd::sync();
-    let _ = umount2(&esp, MntFlags::MNT_DETACH);
     blessed
 }
 
@@ -251,10 +239,10 @@ fn stage(args: &StageArgs) -> Result<Staged, String> {
     let result = verify_into(&staging, args).and_then(|version| {
         let verify = started.elapsed();
         let pause = crate::cmdline::read().0.test_update_pause;
-        let esp = mount_esp(MsFlags::empty())?;
-        let written = install(&esp, &staging, args.slot, &version, pause);
+        let esp = MountedEsp::mount(MsFlags::empty())?;
+        let written = install(esp.path(), &staging, args.slot, &version, pause);
         nix::unistd::sync();
-        let _ = umount2(&esp, MntFlags::MNT_DETACH);
+        drop(esp);
         written.map(|()| Staged {
             version,
             verify,
@@ -403,36 +391,6 @@ fn copy_synced(from: &Path, to: &Path) -> Result<(), String> {
         .and_then(|()| target.sync_all())
         .map_err(|e| format!("{}: {e}", to.display()))?;
     Ok(())
-}
-
-/// Finds the ESP by its partition name and mounts it.
-fn mount_esp(read_only: MsFlags) -> Result<PathBuf, String> {
-    let spec = DeviceSpec::PartLabel(ESP_PART_LABEL.to_string());
-    let device = berth_blockdev::find(&spec, Path::new("/sys/class/block"), Path::new("/dev"))
-        .ok_or_else(|| {
-            format!("no partition named `{ESP_PART_LABEL}`: this host did not boot from a berth disk image")
-        })?;
-    load_vfat();
-    let target = PathBuf::from(ESP_MOUNT);
-    std::fs::create_dir_all(&target).map_err(|e| format!("{ESP_MOUNT}: {e}"))?;
-    mount(
-        Some(&device.node),
-        &target,
-        Some("vfat"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | read_only,
-        Some("umask=0077"),
-    )
-    .map_err(|e| format!("mount {} on {ESP_MOUNT}: {e}", device.node.display()))?;
-    Ok(target)
-}
-
-/// Loads vfat and its code pages when the kernel lacks them (nothing else mounts FAT).
-fn load_vfat() {
-    let Ok(index) = kmod::index_for_running_kernel() else {
-        return;
-    };
-    let mut loading = ModuleLoading::new(index, KernelLoader);
-    crate::coldplug::load_filesystem(&mut loading, "vfat");
 }
 
 /// The file a part becomes in its slot.
