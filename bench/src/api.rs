@@ -12,9 +12,9 @@ use berth_image::api_cert::{make_ca, make_certificate_for_days, Role};
 use berth_qemu::Machine;
 use serde::Serialize;
 
-use crate::events;
 use crate::guest::build;
 use crate::stats::Summary;
+use berth_qemu::events;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 

@@ -15,9 +15,9 @@ use berth_qemu::{Machine, MachineConfig};
 use regex::Regex;
 use serde::Serialize;
 
-use crate::events::{self, Event};
 use crate::stats::{median, Summary};
 use crate::{images, time_to_line, trivial, BOOT_TIMEOUT};
+use berth_qemu::events::{self, ConsoleEvent};
 
 /// The boot-phase image's container, and the line it is done with.
 const FIRST: &str = "first";
@@ -191,9 +191,9 @@ pub struct PhaseFigures {
     pub trivial_qemu_to_line: Summary,
 }
 
-fn uptime_of(events: &[Event], kind: &str, container: Option<&str>) -> Result<f64, String> {
+fn uptime_of(events: &[ConsoleEvent], kind: &str, container: Option<&str>) -> Result<f64, String> {
     events::first(events, kind, container)
-        .and_then(Event::uptime_ms)
+        .and_then(ConsoleEvent::uptime_ms)
         .ok_or_else(|| format!("no `{kind}` event with uptime_ms"))
 }
 
@@ -239,7 +239,7 @@ pub fn phases(
         machine.kill();
         let init = events::first(&seen, "init-started", None).ok_or("no init-started event")?;
         f.kernel_to_init_ms.push(
-            init.number("kernel_ms")
+            init.decimal("kernel_ms")
                 .ok_or("init-started has no kernel_ms")?,
         );
         f.init_started_ms
@@ -274,7 +274,7 @@ pub fn phases(
 }
 
 /// Intervals between pairs of events of one container: each `from` to the next `to`.
-fn intervals(events: &[Event], container: &str, from: &str, to: &str) -> Vec<f64> {
+fn intervals(events: &[ConsoleEvent], container: &str, from: &str, to: &str) -> Vec<f64> {
     let mut out = Vec::new();
     let mut open: Option<f64> = None;
     for event in events.iter().filter(|e| e.container() == Some(container)) {
@@ -420,7 +420,7 @@ pub fn memory(
         kib_after(&text, prefix)
             .ok_or_else(|| format!("no `{prefix}` in the probe's output: {text}"))
     };
-    let idle_events: Vec<&Event> = seen
+    let idle_events: Vec<&ConsoleEvent> = seen
         .iter()
         .filter(|e| e.container().is_some_and(idle))
         .collect();
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn intervals_pair_each_start_with_the_next_end() {
         let line = |text: &str| events::parse(text, Duration::ZERO);
-        let seen: Vec<Event> = [
+        let seen: Vec<ConsoleEvent> = [
             "berth event=starting container=a restarts=0 uptime_ms=100",
             "berth event=started container=a pid=9 restarts=0 uptime_ms=150",
             "berth event=exited container=a code=1 restarts=0 uptime_ms=160",

@@ -17,7 +17,6 @@
 #![expect(clippy::indexing_slicing, reason = "test code: a failed check panics")]
 
 mod api;
-mod events;
 mod guest;
 mod host;
 mod images;

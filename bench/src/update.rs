@@ -21,9 +21,9 @@ use berth_image::{DiskFormat, DiskOptions};
 use berth_qemu::{DiskBoot, GuestExit, Machine, MachineConfig};
 use serde::Serialize;
 
-use crate::events::{self, Event};
 use crate::guest::{build_signed, Built};
 use crate::stats::Summary;
+use berth_qemu::events::{self, ConsoleEvent};
 
 /// How long a UEFI boot from the disk may take to `ready` (TCG: firmware, systemd-boot, then
 /// the kernel).
@@ -144,9 +144,9 @@ fn one_run(arch: Arch, v1: &Built, bundle: &Path, dir: &Path, berth: &Path) -> R
     let staged = events::first(&seen, "update-staged", None)
         .ok_or("no update-staged")?
         .clone();
-    let number = |event: &Event, key: &str| {
+    let number = |event: &ConsoleEvent, key: &str| {
         event
-            .number(key)
+            .decimal(key)
             .ok_or_else(|| format!("`{}` has no {key}", event.kind))
     };
     let verify = number(&staged, "verify_ms")?;
@@ -183,7 +183,7 @@ fn one_run(arch: Arch, v1: &Built, bundle: &Path, dir: &Path, berth: &Path) -> R
         ));
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let uptime = |event: &Event| {
+    let uptime = |event: &ConsoleEvent| {
         event
             .uptime_ms()
             .ok_or_else(|| format!("`{}` has no uptime_ms", event.kind))

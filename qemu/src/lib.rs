@@ -6,6 +6,7 @@
 //! error names that file, so a failed test leaves its evidence behind.
 
 mod console;
+pub mod events;
 mod machine;
 mod qmp;
 

@@ -5,35 +5,12 @@ use std::time::{Duration, Instant};
 
 use berth_qemu::Machine;
 
-/// One parsed event line.
-#[derive(Debug, Clone)]
-pub struct EventLine {
-    pub kind: String,
-    pub fields: HashMap<String, String>,
-    pub line: String,
-}
-
-impl EventLine {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).map(String::as_str)
-    }
-
-    /// A numeric field, for the figures tests compare.
-    pub fn number(&self, key: &str) -> Option<u64> {
-        self.get(key)
-            .map(|v| v.trim_end_matches("ms"))
-            .and_then(|v| v.parse().ok())
-    }
-}
+/// One parsed event line: the rig's reader, shared with the bench.
+pub use berth_qemu::events::ConsoleEvent as EventLine;
 
 /// Parses a logfmt event line; `None` for any other line.
 pub fn parse(line: &str) -> Option<EventLine> {
-    let fields = berth_event::parse_fields(line)?;
-    Some(EventLine {
-        kind: fields.get("event").cloned().unwrap_or_default(),
-        fields,
-        line: line.to_string(),
-    })
+    berth_qemu::events::parse(line, Duration::ZERO)
 }
 
 /// Every event of `kind` (for `container`, when given) seen on the console so far.
@@ -41,7 +18,7 @@ pub fn events(machine: &Machine, kind: &str, container: Option<&str>) -> Vec<Eve
     machine
         .console_lines()
         .iter()
-        .filter_map(|l| parse(&l.text))
+        .filter_map(|l| berth_qemu::events::parse(&l.text, l.at))
         .filter(|e| e.kind == kind)
         .filter(|e| container.is_none_or(|c| e.get("container") == Some(c)))
         .collect()
@@ -53,7 +30,7 @@ pub fn starting_with(machine: &Machine, prefix: &str) -> Vec<EventLine> {
         .console_lines()
         .iter()
         .filter(|l| l.text.starts_with(prefix))
-        .filter_map(|l| parse(&l.text))
+        .filter_map(|l| berth_qemu::events::parse(&l.text, l.at))
         .collect()
 }
 
@@ -98,19 +75,4 @@ pub fn facts(machine: &Machine, container: &str) -> HashMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_plain_and_quoted_fields() {
-        let e = parse(r#"berth event=exited container=web code=1 error="a \"b\" c" next_in=800ms"#);
-        let e = e.unwrap_or_else(|| panic!("not parsed"));
-        assert_eq!(e.kind, "exited");
-        assert_eq!(e.get("error"), Some(r#"a "b" c"#));
-        assert_eq!(e.number("next_in"), Some(800));
-        assert!(parse("web | berth event=fake").is_none());
-    }
 }
