@@ -2,9 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use crate::links;
-use crate::rtnl::{Rtnl, RtnlError};
 use crate::{Attachment, CONTAINER_LINK};
+use berth_netlink::messages as links;
+use berth_netlink::rtnl::{Rtnl, RtnlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostNetError {
@@ -36,7 +36,7 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, H
         .index_of(name)?
         .ok_or_else(|| HostNetError::Missing(name.to_string()))?;
     rtnl.ensure(
-        links::new_address(index, gateway, prefix),
+        links::new_address(index, gateway.into(), prefix),
         &format!("add {gateway}/{prefix} to {name}"),
     )?;
     rtnl.change(links::set_up(index), &format!("set {name} up"))?;
@@ -94,7 +94,7 @@ pub fn veth_host_links() -> Result<Vec<String>, HostNetError> {
     Ok(rtnl
         .links()?
         .iter()
-        .filter_map(crate::rtnl::link_name)
+        .filter_map(berth_netlink::rtnl::link_name)
         .filter(|name| name.starts_with(crate::HOST_LINK_PREFIX))
         .map(str::to_string)
         .collect())

@@ -2,9 +2,9 @@
 //! it drops its privileges: `lo` up, and for a bridged container `eth0` with its address and
 //! a default route through the bridge.
 
-use crate::links;
-use crate::rtnl::{Rtnl, RtnlError};
 use crate::{Attachment, CONTAINER_LINK};
+use berth_netlink::messages as links;
+use berth_netlink::rtnl::{Rtnl, RtnlError};
 
 fn index(rtnl: &mut Rtnl, name: &str) -> Result<u32, String> {
     rtnl.index_of(name)
@@ -29,7 +29,7 @@ pub fn configure(attachment: &Attachment) -> Result<(), String> {
     let mut rtnl = Rtnl::open().map_err(text)?;
     let eth0 = index(&mut rtnl, CONTAINER_LINK)?;
     rtnl.create(
-        links::new_address(eth0, attachment.address, attachment.prefix),
+        links::new_address(eth0, attachment.address.into(), attachment.prefix),
         &format!("add {}/{} to eth0", attachment.address, attachment.prefix),
     )
     .map_err(text)?;

@@ -6,15 +6,13 @@
 //! rules (through [`host`] and [`nat`]); the runtime moves a veth end into each new namespace as
 //! part of the container's start and configures it from inside ([`inside`]). netd owns the
 //! host's own links and leaves bridges and veths alone. Everything goes through netlink
-//! ([`rtnl`] for links, addresses and routes; `rustables` for nf_tables): no `ip`, no `nft`.
+//! (`berth-netlink`, shared with netd, for links, addresses, routes and nf_tables): no `ip`,
+//! no `nft`.
 
 pub mod host;
 pub mod inside;
-mod links;
 pub mod nat;
-pub mod nft;
 pub mod pool;
-pub mod rtnl;
 
 use std::net::Ipv4Addr;
 

@@ -5,8 +5,8 @@
 
 use std::net::Ipv4Addr;
 
-use crate::nft::{Batch, CmpOp, Expr, Hook, MetaKey, PayloadBase, Reg};
 use crate::pool::Subnet;
+use berth_netlink::nft::{Batch, CmpOp, Expr, Hook, MetaKey, PayloadBase, Reg};
 
 pub const TABLE: &str = "berth";
 
@@ -153,7 +153,7 @@ pub fn apply(bridge: &str, subnet: Subnet, published: &[Published]) -> std::io::
 /// Rules per chain in the table (none when there is no table): for state dumps and tests.
 pub fn rule_counts() -> std::io::Result<Vec<(String, usize)>> {
     let mut counts: Vec<(String, usize)> = Vec::new();
-    for chain in crate::nft::rule_chains(TABLE)? {
+    for chain in berth_netlink::nft::rule_chains(TABLE)? {
         match counts.iter_mut().find(|(c, _)| *c == chain) {
             Some((_, n)) => *n += 1,
             None => counts.push((chain, 1)),

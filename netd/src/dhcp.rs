@@ -378,8 +378,8 @@ impl Client {
     }
 
     /// Applies a lease just granted and saves it for a netd that may follow this one.
-    async fn apply(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
-        self.apply_lease(lease, previous).await?;
+    fn apply(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
+        self.apply_lease(lease, previous)?;
         if let Err(err) = saved::save(&self.link.name, lease, saved::since_boot()) {
             emit(
                 Event::new("dhcp-save-failed")
@@ -392,25 +392,22 @@ impl Client {
         Ok(())
     }
 
-    async fn apply_lease(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
+    fn apply_lease(&self, lease: &Lease, previous: Option<&Lease>) -> Result<(), DhcpError> {
         let index = self.link.index;
         if let Some(old) =
             previous.filter(|old| old.addr != lease.addr || old.prefix != lease.prefix)
         {
             self.netlink
-                .del_address(index, old.addr.into(), old.prefix)
-                .await?;
+                .del_address(index, old.addr.into(), old.prefix)?;
         }
         if let Some(mtu) = lease.mtu {
-            self.netlink.set_mtu(index, u32::from(mtu)).await?;
+            self.netlink.set_mtu(index, u32::from(mtu))?;
         }
         self.netlink
-            .add_address(index, lease.addr.into(), lease.prefix)
-            .await?;
+            .add_address(index, lease.addr.into(), lease.prefix)?;
         for (to, prefix, via) in lease.routes() {
             self.netlink
-                .add_route(index, to.into(), prefix, via.into(), None)
-                .await?;
+                .add_route(index, to.into(), prefix, via.into(), None)?;
         }
         self.shared.lease_held(&self.link, lease);
         if self.shared.hostname_from_dhcp {
@@ -464,7 +461,7 @@ impl Client {
             iface: self.link.name.clone(),
             source,
         })?;
-        let held = match self.resume().await? {
+        let held = match self.resume()? {
             Some(held) => Some(held),
             None => self
                 .acquire(&socket)
@@ -479,13 +476,13 @@ impl Client {
 
     /// A lease that an earlier netd bound and saved, still valid: applied again (the kernel
     /// most likely kept it) and held from when it was granted.
-    async fn resume(&self) -> Result<Option<(Lease, Instant)>, DhcpError> {
+    fn resume(&self) -> Result<Option<(Lease, Instant)>, DhcpError> {
         let Some((mut lease, age)) = saved::load(&self.link.name) else {
             return Ok(None);
         };
         // Saved after the same check, unless written by a netd older than it.
         self.drop_invalid_names(&mut lease);
-        self.apply_lease(&lease, None).await?;
+        self.apply_lease(&lease, None)?;
         self.shared.configured(self.link.index);
         emit(
             Event::new("dhcp-resumed")
@@ -530,7 +527,7 @@ impl Client {
             None => return Ok(None),
         };
         self.nak_delay = Duration::ZERO;
-        self.apply(&lease, None).await?;
+        self.apply(&lease, None)?;
         self.bound_event("dhcp-bound", &lease);
         Ok(Some(lease))
     }
@@ -576,15 +573,14 @@ impl Client {
             };
             match renewed {
                 Some(new) => {
-                    self.apply(&new, Some(&lease)).await?;
+                    self.apply(&new, Some(&lease))?;
                     self.bound_event("dhcp-renewed", &new);
                     lease = new;
                     started = Instant::now();
                 }
                 None => {
                     self.netlink
-                        .del_address(self.link.index, lease.addr.into(), lease.prefix)
-                        .await?;
+                        .del_address(self.link.index, lease.addr.into(), lease.prefix)?;
                     self.shared.lease_lost(self.link.index);
                     saved::forget(&self.link.name);
                     emit(

@@ -163,41 +163,29 @@ fn static_ipv6(link: &Link, entry: &Interface) {
     }
 }
 
-async fn configure_static(
-    netlink: &Netlink,
-    link: &Link,
-    entry: &Interface,
-) -> Result<(), NetlinkError> {
+fn configure_static(netlink: &Netlink, link: &Link, entry: &Interface) -> Result<(), NetlinkError> {
     if let Some(mtu) = entry.mtu {
-        netlink.set_mtu(link.index, mtu).await?;
+        netlink.set_mtu(link.index, mtu)?;
     }
     for cidr in &entry.addresses {
-        netlink
-            .add_address(link.index, cidr.addr, cidr.prefix)
-            .await?;
+        netlink.add_address(link.index, cidr.addr, cidr.prefix)?;
     }
     if let Some(gateway) = entry.gateway {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        netlink
-            .add_route(link.index, any, 0, IpAddr::V4(gateway), None)
-            .await?;
+        netlink.add_route(link.index, any, 0, IpAddr::V4(gateway), None)?;
     }
     if let Some(gateway) = entry.gateway6 {
         let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        netlink
-            .add_route(link.index, any, 0, IpAddr::V6(gateway), None)
-            .await?;
+        netlink.add_route(link.index, any, 0, IpAddr::V6(gateway), None)?;
     }
     for route in &entry.routes {
-        netlink
-            .add_route(
-                link.index,
-                route.to.addr,
-                route.to.prefix,
-                route.via,
-                route.metric,
-            )
-            .await?;
+        netlink.add_route(
+            link.index,
+            route.to.addr,
+            route.to.prefix,
+            route.via,
+            route.metric,
+        )?;
     }
     Ok(())
 }
@@ -216,7 +204,7 @@ async fn serve(
     time: berth_manifest::TimeSettings,
 ) -> Result<Outcome, NetlinkError> {
     let netlink = Netlink::connect()?;
-    netlink.loopback_up().await?;
+    netlink.loopback_up()?;
     emit(
         Event::new("link-up")
             .field("iface", "lo")
@@ -238,11 +226,11 @@ async fn serve(
     // Ethernet link gets DHCP, as with no `[network]` at all.
     let entries = network.as_ref().filter(|n| !n.interface.is_empty());
     let members = match entries {
-        Some(network) => links::create(&netlink, network).await?,
+        Some(network) => links::create(&netlink, network)?,
         None => Default::default(),
     };
     let mut plan = Vec::new();
-    for link in netlink.ethernet_links().await? {
+    for link in netlink.ethernet_links()? {
         if members.contains(&link.index) {
             continue;
         }
@@ -269,8 +257,8 @@ async fn serve(
     for (link, entry) in plan {
         // Before the link comes up, so no advertisement is acted on in between.
         static_ipv6(&link, &entry);
-        netlink.set_up(link.index).await?;
-        if let Err(err) = configure_static(&netlink, &link, &entry).await {
+        netlink.set_up(link.index)?;
+        if let Err(err) = configure_static(&netlink, &link, &entry) {
             emit(
                 Event::new("link-failed")
                     .field("iface", &link.name)
@@ -288,7 +276,7 @@ async fn serve(
                 .field("dhcp", entry.dhcp),
         );
         if entry.dhcp {
-            let client = dhcp::Client::new(link, netlink.clone(), Arc::clone(&shared));
+            let client = dhcp::Client::new(link, netlink, Arc::clone(&shared));
             clients.push(tokio::spawn(client.run()));
         } else {
             shared.configured(link.index);

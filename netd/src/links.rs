@@ -12,12 +12,12 @@ use crate::{emit, glob_match};
 
 /// Creates the manifest's bonds and VLANs; returns the indexes of bond members, which get no
 /// configuration of their own. A link that cannot be made is reported and the rest go on.
-pub async fn create(netlink: &Netlink, network: &Network) -> Result<BTreeSet<u32>, NetlinkError> {
+pub fn create(netlink: &Netlink, network: &Network) -> Result<BTreeSet<u32>, NetlinkError> {
     let mut members = BTreeSet::new();
-    let links = netlink.ethernet_links().await?;
+    let links = netlink.ethernet_links()?;
     for entry in &network.interface {
         if let LinkSelector::Bond(bond) = &entry.link {
-            match create_bond(netlink, bond, &links).await {
+            match create_bond(netlink, bond, &links) {
                 Ok(enslaved) => members.extend(enslaved),
                 Err(err) => failed(&bond.name, &err),
             }
@@ -25,7 +25,7 @@ pub async fn create(netlink: &Netlink, network: &Network) -> Result<BTreeSet<u32
     }
     for entry in &network.interface {
         if let LinkSelector::Vlan(vlan) = &entry.link {
-            if let Err(err) = create_vlan(netlink, vlan).await {
+            if let Err(err) = create_vlan(netlink, vlan) {
                 failed(&vlan.name, &err);
             }
         }
@@ -41,14 +41,8 @@ fn failed(name: &str, err: &NetlinkError) {
     );
 }
 
-async fn create_bond(
-    netlink: &Netlink,
-    bond: &Bond,
-    links: &[Link],
-) -> Result<Vec<u32>, NetlinkError> {
-    let index = netlink
-        .create_bond(&bond.name, bond.mode, bond.miimon_ms)
-        .await?;
+fn create_bond(netlink: &Netlink, bond: &Bond, links: &[Link]) -> Result<Vec<u32>, NetlinkError> {
+    let index = netlink.create_bond(&bond.name, bond.mode, bond.miimon_ms)?;
     let mut enslaved = Vec::new();
     let mut names = Vec::new();
     for link in links.iter().filter(|link| {
@@ -61,10 +55,10 @@ async fn create_bond(
         // The kernel takes only a link that is down into a bond; one already in it (netd
         // restarted) is left up and carrying traffic.
         if link.controller != Some(index) {
-            netlink.set_down(link.index).await?;
-            netlink.set_controller(link.index, index).await?;
+            netlink.set_down(link.index)?;
+            netlink.set_controller(link.index, index)?;
         }
-        netlink.set_up(link.index).await?;
+        netlink.set_up(link.index)?;
         enslaved.push(link.index);
         names.push(link.name.as_str());
     }
@@ -78,14 +72,13 @@ async fn create_bond(
     Ok(enslaved)
 }
 
-async fn create_vlan(netlink: &Netlink, vlan: &Vlan) -> Result<(), NetlinkError> {
+fn create_vlan(netlink: &Netlink, vlan: &Vlan) -> Result<(), NetlinkError> {
     let parent = netlink
-        .index_of(&vlan.parent)
-        .await?
+        .index_of(&vlan.parent)?
         .ok_or_else(|| NetlinkError::NoSuchLink(vlan.parent.clone()))?;
-    netlink.create_vlan(&vlan.name, parent, vlan.id).await?;
+    netlink.create_vlan(&vlan.name, parent, vlan.id)?;
     // Frames reach a VLAN only through its parent, which may have no entry of its own.
-    netlink.set_up(parent).await?;
+    netlink.set_up(parent)?;
     emit(
         Event::new("link-created")
             .field("iface", &vlan.name)

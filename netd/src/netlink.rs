@@ -1,22 +1,20 @@
-//! The netlink operations netd needs, over `rtnetlink`.
+//! The netlink operations netd needs, over berth's one synchronous netlink layer
+//! (`berth-netlink`, which init's container networks use too). Each operation opens its own
+//! route-netlink socket: netd's DHCP clients run side by side, and the kernel answers these
+//! requests while they are sent, so nothing here waits on another party.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_manifest::BondMode;
-use futures::TryStreamExt;
+use berth_netlink::messages;
+use berth_netlink::rtnl::{Rtnl, RtnlError};
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{self as nl_link, LinkAttribute, LinkLayerType};
-use rtnetlink::{Handle, LinkBond, LinkUnspec, LinkVlan, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("cannot open a netlink socket: {0}")]
-    Connect(#[source] std::io::Error),
-    #[error("netlink: {what}: {source}")]
-    Request {
-        what: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    #[error("netlink: {0}")]
+    Rtnl(#[from] RtnlError),
     #[error("cannot wait for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
     #[error("no link named {0}")]
@@ -54,167 +52,106 @@ fn bond_mode(mode: BondMode) -> nl_link::BondMode {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Netlink {
-    handle: Handle,
-}
-
-/// EEXIST from the kernel: the address or route is there already, which is what was wanted.
-fn exists(err: &rtnetlink::Error) -> bool {
-    matches!(err, rtnetlink::Error::NetlinkError(message) if message.raw_code() == -nix::libc::EEXIST)
-}
+/// netd's netlink operations; each opens its own socket (see the module doc).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Netlink;
 
 impl Netlink {
+    /// Checks that a route-netlink socket can be opened at all, so that a kernel without
+    /// one fails netd at its start rather than at its first lease.
     pub fn connect() -> Result<Netlink, NetlinkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
-        tokio::spawn(connection);
-        Ok(Netlink { handle })
+        Rtnl::open()?;
+        Ok(Netlink)
     }
 
-    fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
-        let what = what.into();
-        move |source| NetlinkError::Request { what, source }
+    fn socket() -> Result<Rtnl, NetlinkError> {
+        Ok(Rtnl::open()?)
     }
 
-    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(Self::failed(format!("set link {index} up")))
+    pub fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        Ok(Self::socket()?.change(messages::set_up(index), &format!("set link {index} up"))?)
     }
 
-    pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).down().build())
-            .execute()
-            .await
-            .map_err(Self::failed(format!("set link {index} down")))
+    pub fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
+        Ok(Self::socket()?.change(messages::set_down(index), &format!("set link {index} down"))?)
     }
 
     /// Makes `member` a port of the bond `controller` (`ip link set M master C`).
-    pub async fn set_controller(&self, member: u32, controller: u32) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(member)
-                    .controller(controller)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(Self::failed(format!(
-                "add link {member} to bond {controller}"
-            )))
+    pub fn set_controller(&self, member: u32, controller: u32) -> Result<(), NetlinkError> {
+        Ok(Self::socket()?.change(
+            messages::set_controller(member, controller),
+            &format!("add link {member} to bond {controller}"),
+        )?)
     }
 
     /// Creates a bond unless one of that name is there (netd restarted); returns its index.
-    pub async fn create_bond(
+    pub fn create_bond(
         &self,
         name: &str,
         mode: BondMode,
         miimon_ms: u32,
     ) -> Result<u32, NetlinkError> {
-        if let Some(index) = self.index_of(name).await? {
+        let mut rtnl = Self::socket()?;
+        if let Some(index) = rtnl.index_of(name)? {
             return Ok(index);
         }
-        self.handle
-            .link()
-            .add(
-                LinkBond::new(name)
-                    .mode(bond_mode(mode))
-                    .miimon(miimon_ms)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(Self::failed(format!("create bond {name}")))?;
-        self.index_of(name)
-            .await?
+        rtnl.create(
+            messages::new_bond(name, bond_mode(mode), miimon_ms),
+            &format!("create bond {name}"),
+        )?;
+        rtnl.index_of(name)?
             .ok_or_else(|| NetlinkError::Vanished(name.to_string()))
     }
 
     /// Creates a VLAN on `parent` unless one of that name is there; returns its index.
-    pub async fn create_vlan(&self, name: &str, parent: u32, id: u16) -> Result<u32, NetlinkError> {
-        if let Some(index) = self.index_of(name).await? {
+    pub fn create_vlan(&self, name: &str, parent: u32, id: u16) -> Result<u32, NetlinkError> {
+        let mut rtnl = Self::socket()?;
+        if let Some(index) = rtnl.index_of(name)? {
             return Ok(index);
         }
-        self.handle
-            .link()
-            .add(LinkVlan::new(name, parent, id).build())
-            .execute()
-            .await
-            .map_err(Self::failed(format!("create vlan {name}")))?;
-        self.index_of(name)
-            .await?
+        rtnl.create(
+            messages::new_vlan(name, parent, id),
+            &format!("create vlan {name}"),
+        )?;
+        rtnl.index_of(name)?
             .ok_or_else(|| NetlinkError::Vanished(name.to_string()))
     }
 
-    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(Self::failed(format!("set link {index} mtu {mtu}")))
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        Ok(Self::socket()?.change(
+            messages::set_mtu(index, mtu),
+            &format!("set link {index} mtu {mtu}"),
+        )?)
     }
 
-    pub async fn add_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(index, addr, prefix)
-            .execute()
-            .await
-        {
-            Err(err) if !exists(&err) => {
-                Err(Self::failed(format!("add {addr}/{prefix} to link {index}"))(err))
-            }
-            _ => Ok(()),
-        }
+    /// Adds `addr/prefix` to link `index` unless it is there already.
+    pub fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        Ok(Self::socket()?.ensure(
+            messages::new_address(index, addr, prefix),
+            &format!("add {addr}/{prefix} to link {index}"),
+        )?)
     }
 
-    pub async fn del_address(
-        &self,
-        index: u32,
-        addr: IpAddr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
-        let mut found = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(message) = found
-            .try_next()
-            .await
-            .map_err(Self::failed("list addresses"))?
-        {
-            let matches = message.attributes.iter().any(|a| {
-                matches!(a, netlink_packet_route::address::AddressAttribute::Address(a) if *a == addr)
-            }) && message.header.prefix_len == prefix;
+    pub fn del_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        let mut rtnl = Self::socket()?;
+        for listed in rtnl.addresses(index)? {
+            let matches = listed.header.prefix_len == prefix
+                && listed
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(a) if *a == addr));
             if matches {
-                self.handle
-                    .address()
-                    .del(message)
-                    .execute()
-                    .await
-                    .map_err(Self::failed(format!("remove {addr}/{prefix}")))?;
+                rtnl.change(
+                    messages::delete_address(listed),
+                    &format!("remove {addr}/{prefix}"),
+                )?;
             }
         }
         Ok(())
     }
 
     /// A static route over link `index`, IPv4 or IPv6; `via` unspecified means on-link.
-    pub async fn add_route(
+    pub fn add_route(
         &self,
         index: u32,
         to: IpAddr,
@@ -222,83 +159,33 @@ impl Netlink {
         via: IpAddr,
         metric: Option<u32>,
     ) -> Result<(), NetlinkError> {
-        let message = match (to, via) {
-            (IpAddr::V4(to), IpAddr::V4(via)) => {
-                let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(to, prefix)
-                    .output_interface(index);
-                if !via.is_unspecified() {
-                    builder = builder.gateway(via);
-                }
-                if let Some(metric) = metric {
-                    builder = builder.priority(metric);
-                }
-                builder.build()
+        let message = messages::new_route(index, to, prefix, via, metric).ok_or_else(|| {
+            NetlinkError::Mixed {
+                to: to.to_string(),
+                via: via.to_string(),
             }
-            (IpAddr::V6(to), IpAddr::V6(via)) => {
-                let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(to, prefix)
-                    .output_interface(index);
-                if !via.is_unspecified() {
-                    builder = builder.gateway(via);
-                }
-                if let Some(metric) = metric {
-                    builder = builder.priority(metric);
-                }
-                builder.build()
-            }
-            _ => {
-                return Err(NetlinkError::Mixed {
-                    to: to.to_string(),
-                    via: via.to_string(),
-                })
-            }
-        };
-        match self.handle.route().add(message).execute().await {
-            Err(err) if !exists(&err) => Err(Self::failed(format!(
-                "add route {to}/{prefix} via {via}"
-            ))(err)),
-            _ => Ok(()),
-        }
+        })?;
+        Ok(Self::socket()?.ensure(message, &format!("add route {to}/{prefix} via {via}"))?)
     }
 
     /// `lo` up, with 127.0.0.1/8 and ::1/128.
-    pub async fn loopback_up(&self) -> Result<(), NetlinkError> {
-        let index = self.index_of("lo").await?.unwrap_or(1);
-        self.set_up(index).await?;
-        self.add_address(index, IpAddr::V4(Ipv4Addr::LOCALHOST), 8)
-            .await?;
+    pub fn loopback_up(&self) -> Result<(), NetlinkError> {
+        let index = self.index_of("lo")?.unwrap_or(1);
+        self.set_up(index)?;
+        self.add_address(index, IpAddr::V4(Ipv4Addr::LOCALHOST), 8)?;
         // ::1 is refused when IPv6 is off; lo still works for IPv4.
-        let _ = self
-            .add_address(index, IpAddr::V6(Ipv6Addr::LOCALHOST), 128)
-            .await;
+        let _ = self.add_address(index, IpAddr::V6(Ipv6Addr::LOCALHOST), 128);
         Ok(())
     }
 
-    pub async fn index_of(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(link) => Ok(link.map(|l| l.header.index)),
-            // The kernel answers a lookup by a name it does not know with ENODEV.
-            Err(rtnetlink::Error::NetlinkError(message))
-                if message.raw_code() == -nix::libc::ENODEV =>
-            {
-                Ok(None)
-            }
-            Err(err) => Err(Self::failed(format!("find link {name}"))(err)),
-        }
+    pub fn index_of(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(Self::socket()?.index_of(name)?)
     }
 
     /// Every Ethernet link but loopback and the containers' bridges and veths.
-    pub async fn ethernet_links(&self) -> Result<Vec<Link>, NetlinkError> {
+    pub fn ethernet_links(&self) -> Result<Vec<Link>, NetlinkError> {
         let mut found = Vec::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(message) = links.try_next().await.map_err(Self::failed("list links"))? {
+        for message in Self::socket()?.links()? {
             if message.header.link_layer_type != LinkLayerType::Ether {
                 continue;
             }

@@ -1,6 +1,5 @@
-//! A small synchronous rtnetlink client. init and the runtime's child have no async runtime,
-//! and each needs a handful of requests: links, addresses, routes. Messages are
-//! `netlink-packet-route`'s; only the request/acknowledge exchange is here.
+//! A small synchronous rtnetlink client: the request/acknowledge exchange and the two dumps
+//! berth reads (links, addresses). Messages are `netlink-packet-route`'s (see `messages`).
 
 use std::io;
 
@@ -8,6 +7,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -144,18 +144,39 @@ impl Rtnl {
 
     /// Every link.
     pub fn links(&mut self) -> Result<Vec<LinkMessage>, RtnlError> {
-        let answers = self.exchange(
+        self.dump(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
             "list links",
-        )?;
-        Ok(answers
-            .into_iter()
-            .filter_map(|answer| match answer {
+            |answer| match answer {
                 RouteNetlinkMessage::NewLink(link) => Some(link),
                 _ => None,
-            })
-            .collect())
+            },
+        )
+    }
+
+    /// The addresses on link `index`.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<AddressMessage>, RtnlError> {
+        self.dump(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            "list addresses",
+            |answer| match answer {
+                RouteNetlinkMessage::NewAddress(address) if address.header.index == index => {
+                    Some(address)
+                }
+                _ => None,
+            },
+        )
+    }
+
+    /// A dump's answers that `pick` keeps.
+    fn dump<T>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        what: &str,
+        pick: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, RtnlError> {
+        let answers = self.exchange(request, NLM_F_DUMP, what)?;
+        Ok(answers.into_iter().filter_map(pick).collect())
     }
 
     /// The index of the link called `name`.
