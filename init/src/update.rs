@@ -31,6 +31,49 @@ static STAGING: AtomicI32 = AtomicI32::new(0);
 /// The slot it writes, as a byte (`a` or `b`).
 static STAGING_SLOT: AtomicI32 = AtomicI32::new(0);
 
+/// Why `update`, `version` or `rollback` was refused before any helper ran; each carries the
+/// control protocol's error code (`code`), which berthctl turns into its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    #[error("this host did not boot from a berth disk image (no berth.slot= on its command line): it has no boot slots")]
+    NoSlots,
+    #[error("this host accepts no update: its manifest's [update] keys is empty")]
+    NoKeys,
+    #[error("`{}` is not an image reference (as in registry.example.com/berth/host:2.0)", .0.escape_debug())]
+    NotAReference(String),
+    /// berth-pull's options for the reference's registry (`[registries]`) cannot be written.
+    #[error("{0}")]
+    PullOptions(String),
+    /// The pipes or the terminal to relay through.
+    #[error("{0}")]
+    Relay(String),
+    #[error("cannot pass a pipe to the staging process: {0}")]
+    Pipe(#[source] std::io::Error),
+    #[error("cannot start berth-update {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UpdateError {
+    pub fn code(&self) -> berth_control::ErrorCode {
+        use berth_control::ErrorCode;
+        match self {
+            UpdateError::Busy(_) => ErrorCode::Busy,
+            UpdateError::NoSlots | UpdateError::NoKeys => ErrorCode::Conflict,
+            UpdateError::NotAReference(_) => ErrorCode::Invalid,
+            UpdateError::PullOptions(_)
+            | UpdateError::Relay(_)
+            | UpdateError::Pipe(_)
+            | UpdateError::Spawn { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
 /// `berthctl update --pull`: the artifact to fetch and berth-pull's registry options for it.
 #[derive(Debug)]
 pub struct Pull {
@@ -41,7 +84,7 @@ pub struct Pull {
 /// Refuses what cannot be an image reference before it goes anywhere near berth-pull's
 /// command line: it starts with a letter or a digit, so that it is never taken for an
 /// option, and holds only the characters references are made of.
-pub fn check_reference(reference: &str) -> Result<(), String> {
+pub fn check_reference(reference: &str) -> Result<(), UpdateError> {
     let well_formed = reference.len() <= 512
         && reference
             .chars()
@@ -53,10 +96,7 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
     if well_formed {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` is not an image reference (as in registry.example.com/berth/host:2.0)",
-            reference.escape_debug()
-        ))
+        Err(UpdateError::NotAReference(reference.to_string()))
     }
 }
 
@@ -66,18 +106,16 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
 pub fn start(
     settings: &berth_manifest::Update,
     pull: Option<Pull>,
-) -> Result<(Pid, ExecIo, RelayIo), String> {
+) -> Result<(Pid, ExecIo, RelayIo), UpdateError> {
     if STAGING.load(Ordering::Relaxed) != 0 {
-        return Err("busy: another update is being staged".to_string());
+        return Err(UpdateError::Busy("another update is being staged"));
     }
     let booted = booted_slot()?;
     if settings.keys.is_empty() {
-        return Err(
-            "this host accepts no update: its manifest's [update] keys is empty".to_string(),
-        );
+        return Err(UpdateError::NoKeys);
     }
     let target = crate::boot_entries::other_slot(booted);
-    let (process, relay) = exec_io(pull.is_none(), false, None)?;
+    let (process, relay) = exec_io(pull.is_none(), false, None).map_err(UpdateError::Relay)?;
     let _ = std::fs::remove_file(RESULT_FILE);
     let mut command = helper_command(&["stage", "--slot", &target.to_string()]);
     let stdin = if pull.is_some() {
@@ -98,9 +136,10 @@ pub fn start(
             command.arg("--pull-option").arg(option);
         }
     }
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start the staging process: {e}"))?;
+    let child = command.spawn().map_err(|source| UpdateError::Spawn {
+        what: "stage",
+        source,
+    })?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     STAGING.store(pid.as_raw(), Ordering::Relaxed);
     STAGING_SLOT.store(i32::from(target as u8), Ordering::Relaxed);
@@ -115,19 +154,19 @@ pub fn start(
 }
 
 /// The slot the boot loader started, from `berth.slot=`.
-fn booted_slot() -> Result<char, String> {
+fn booted_slot() -> Result<char, UpdateError> {
     match crate::cmdline::read().0.slot.as_deref() {
         Some("a") => Ok('a'),
         Some("b") => Ok('b'),
-        _ => Err("this host did not boot from a berth disk image (no berth.slot= on its command line): it has no boot slots".to_string()),
+        _ => Err(UpdateError::NoSlots),
     }
 }
 
 /// `berthctl version` and `berthctl rollback`: `berth-update version` (for the running slot)
 /// or `rollback` (to the other), its output relayed to the client as `exec`'s is.
-pub fn start_relayed(rollback: bool) -> Result<(Pid, ExecIo, RelayIo), String> {
+pub fn start_relayed(rollback: bool) -> Result<(Pid, ExecIo, RelayIo), UpdateError> {
     if STAGING.load(Ordering::Relaxed) != 0 {
-        return Err("busy: an update is being staged".to_string());
+        return Err(UpdateError::Busy("an update is being staged"));
     }
     let booted = booted_slot()?;
     let (subcommand, slot) = if rollback {
@@ -135,13 +174,16 @@ pub fn start_relayed(rollback: bool) -> Result<(Pid, ExecIo, RelayIo), String> {
     } else {
         ("version", booted)
     };
-    let (process, relay) = exec_io(false, false, None)?;
+    let (process, relay) = exec_io(false, false, None).map_err(UpdateError::Relay)?;
     let child = helper_command(&[subcommand, "--slot", &slot.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::from(clone(&process.stdout)?))
         .stderr(Stdio::from(clone(&process.stderr)?))
         .spawn()
-        .map_err(|e| format!("cannot start berth-update {subcommand}: {e}"))?;
+        .map_err(|source| UpdateError::Spawn {
+            what: subcommand,
+            source,
+        })?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     if rollback {
         Event::new("update-rollback-asked").field("to", slot).emit();
@@ -200,9 +242,8 @@ fn read_result(file: &str) -> String {
     .unwrap_or_default()
 }
 
-fn clone(fd: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd, String> {
-    fd.try_clone()
-        .map_err(|e| format!("cannot pass a pipe to the staging process: {e}"))
+fn clone(fd: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd, UpdateError> {
+    fd.try_clone().map_err(UpdateError::Pipe)
 }
 
 /// A child exited: when it is the staging process, says how the update went.
@@ -404,7 +445,7 @@ mod tests {
             "registry.example.com/berth/host@sha256:0a1b",
             "host:2.0-rc_1",
         ] {
-            assert_eq!(check_reference(good), Ok(()), "{good}");
+            assert!(check_reference(good).is_ok(), "{good}");
         }
         for bad in [
             "--insecure=evil.example",
@@ -415,6 +456,29 @@ mod tests {
         ] {
             assert!(check_reference(bad).is_err(), "{bad:?}");
         }
+        let refused = check_reference("host\n2")
+            .err()
+            .map(|e| (e.code(), e.to_string()));
+        assert_eq!(
+            refused,
+            Some((
+                berth_control::ErrorCode::Invalid,
+                "`host\\n2` is not an image reference (as in registry.example.com/berth/host:2.0)"
+                    .to_string()
+            ))
+        );
+    }
+
+    #[test]
+    fn refusals_carry_the_code_berthctl_exits_by() {
+        use berth_control::ErrorCode;
+        assert_eq!(UpdateError::Busy("x").code(), ErrorCode::Busy);
+        assert_eq!(UpdateError::NoSlots.code(), ErrorCode::Conflict);
+        assert_eq!(UpdateError::NoKeys.code(), ErrorCode::Conflict);
+        assert_eq!(
+            UpdateError::Relay("no pipe".into()).code(),
+            ErrorCode::Internal
+        );
     }
 
     #[test]

@@ -727,7 +727,11 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
             pull: Some(reference),
         } => {
             let source = crate::update::check_reference(&reference)
-                .and_then(|()| supervisor.pull_options(&reference))
+                .and_then(|()| {
+                    supervisor
+                        .pull_options(&reference)
+                        .map_err(crate::update::UpdateError::PullOptions)
+                })
                 .map(|options| crate::update::Pull { reference, options });
             return relayed(
                 source.and_then(|pull| {
@@ -773,7 +777,7 @@ fn answer(request: Request, supervisor: Option<&mut Supervisor>) -> Answer {
 
 /// The answer for a process init started to serve a request (`update`, `version`,
 /// `rollback`): its PID, then its output relayed as `exec`'s.
-fn relayed(started: Result<(Pid, ExecIo, RelayIo), String>) -> Answer {
+fn relayed(started: Result<(Pid, ExecIo, RelayIo), crate::update::UpdateError>) -> Answer {
     match started {
         Ok((pid, process_io, relay_io)) => {
             // The process holds its ends; ours close so that its exit ends the relay.
@@ -787,7 +791,7 @@ fn relayed(started: Result<(Pid, ExecIo, RelayIo), String>) -> Answer {
                 next: Next::Exec(relay_io.into_relay(pid, false)),
             }
         }
-        Err(err) => Answer::done(Response::error(err)),
+        Err(err) => Answer::done(Response::refusal(err.code(), err.to_string())),
     }
 }
 

@@ -36,7 +36,7 @@ image = "busybox:1.35"
 network_mode = "host"
 depends_on = ["web", "counter"]
 volumes = ["/run/berth:/run/berth", "/usr/bin/berthctl:/usr/bin/berthctl:ro"]
-command = ["sh", "-c", "for i in $(seq 300); do [ $(berthctl logs --tail 2 counter | wc -l) -ge 2 ] && break; sleep 0.1; done; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl logs -f --tail 0 counter > /tmp/follow & f=$!; berthctl events -f --tail 0 > /tmp/events & e=$!; sleep 2; kill $f; echo followed=$(grep -c '^tick-' /tmp/follow); berthctl stats | grep '^counter ' | sed 's/^/stats:/'; berthctl top counter | sed 's/^/top:/'; echo dmesg=$(berthctl dmesg | grep -c 'Linux version'); berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; for i in $(seq 100); do berthctl ps | grep -Eq '^web +running' && break; sleep 0.1; done; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; kill $e; echo followed-starts=$(grep -c 'event=started container=web' /tmp/events); berthctl poweroff"]
+command = ["sh", "-c", "for i in $(seq 300); do [ $(berthctl logs --tail 2 counter | wc -l) -ge 2 ] && break; sleep 0.1; done; berthctl ps | sed 's/^/ps1:/'; berthctl logs --tail 2 counter | sed 's/^/log:/'; berthctl logs -f --tail 0 counter > /tmp/follow & f=$!; berthctl events -f --tail 0 > /tmp/events & e=$!; sleep 2; kill $f; echo followed=$(grep -c '^tick-' /tmp/follow); berthctl stats | grep '^counter ' | sed 's/^/stats:/'; berthctl top counter | sed 's/^/top:/'; echo dmesg=$(berthctl dmesg | grep -c 'Linux version'); berthctl stop web && echo stopped-web; berthctl ps | grep '^web ' | sed 's/^/ps2:/'; berthctl start web && echo started-web; for i in $(seq 100); do berthctl ps | grep -Eq '^web +running' && break; sleep 0.1; done; berthctl ps | grep '^web ' | sed 's/^/ps3:/'; berthctl logs nope; echo missing-code=$?; berthctl events --tail 50 | grep -c 'event=stopped container=web reason=operator' | sed 's/^/operator-stops=/'; kill $e; echo followed-starts=$(grep -c 'event=started container=web' /tmp/events); berthctl version; echo version-code=$?; berthctl poweroff"]
 "#;
 
 fn words(line: &str) -> Vec<&str> {
@@ -91,6 +91,13 @@ fn berthctl_operates_the_host_over_the_control_socket() {
     );
     // `not-found`: exit 4 (docs/control-protocol.md).
     assert!(out.contains(&"missing-code=4".to_string()), "{out:?}; {c}");
+    // `conflict`, exit 5: a host booted from a kernel and an initrd has no boot slots.
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("berthctl: ") && l.contains("has no boot slots")),
+        "{out:?}; {c}"
+    );
+    assert!(out.contains(&"version-code=5".to_string()), "{out:?}; {c}");
     assert!(
         out.contains(&"operator-stops=1".to_string()),
         "{out:?}; {c}"
