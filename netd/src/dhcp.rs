@@ -31,7 +31,7 @@ use tokio::net::UdpSocket;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::emit;
-use crate::lease::{server_of, Lease, MIN_MTU};
+use crate::lease::{server_of, Lease, MAX_CLASSLESS_ROUTES, MIN_MTU};
 use crate::netlink::{Link, Netlink};
 use crate::reply::{self, Refused};
 use crate::saved;
@@ -103,6 +103,21 @@ enum RequestKind {
 }
 
 impl RequestKind {
+    /// RFC 2131 §4.3.1: the ACK grants the address asked for (the offered one, or the one
+    /// held); a server that grants another is answering some other request, or lying.
+    fn check_address(self, reply: &Message) -> Result<(), Refused> {
+        let expected = match self {
+            RequestKind::Selecting { offered, .. } => offered,
+            RequestKind::Renewing { addr, .. } | RequestKind::Rebinding { addr } => addr,
+        };
+        let got = reply.yiaddr();
+        if got == expected {
+            Ok(())
+        } else {
+            Err(Refused::Address { got, expected })
+        }
+    }
+
     /// RFC 2131 §4.4.1: the ACK or NAK comes from the server selected (or renewed with); while
     /// rebinding, any server may answer.
     fn check_server(self, reply: &Message) -> Result<(), Refused> {
@@ -338,6 +353,10 @@ impl Client {
             if name == "nak" {
                 return Ok(Some(Reply::Nak));
             }
+            if let Err(reason) = kind.check_address(&reply) {
+                self.refused(name, &reason);
+                continue;
+            }
             match Lease::from_ack(&reply) {
                 Ok(mut lease) => {
                     self.drop_invalid_options(&mut lease);
@@ -349,7 +368,8 @@ impl Client {
         Ok(None)
     }
 
-    /// Drops an MTU below [`MIN_MTU`] and [`Self::drop_invalid_names`], saying so.
+    /// Drops an MTU below [`MIN_MTU`], option 121 routes past [`MAX_CLASSLESS_ROUTES`] and
+    /// [`Self::drop_invalid_names`], saying so.
     fn drop_invalid_options(&self, lease: &mut Lease) {
         if let Some(mtu) = lease.drop_small_mtu() {
             emit(
@@ -358,6 +378,18 @@ impl Client {
                     .field("option", "mtu")
                     .field("value", mtu)
                     .field("reason", format!("below {MIN_MTU}")),
+            );
+        }
+        if let Some(offered) = lease.drop_excess_routes() {
+            emit(
+                Event::new("dhcp-option-refused")
+                    .field("iface", &self.link.name)
+                    .field("option", "classless-routes")
+                    .field("value", offered)
+                    .field(
+                        "reason",
+                        format!("more than {MAX_CLASSLESS_ROUTES}: the first are kept"),
+                    ),
             );
         }
         self.drop_invalid_names(lease);
@@ -405,9 +437,21 @@ impl Client {
         }
         self.netlink
             .add_address(index, lease.addr.into(), lease.prefix)?;
+        // A route the kernel refuses (a gateway it cannot reach, say) is reported and
+        // skipped: one bad route of a server's must not cost the host its address.
         for (to, prefix, via) in lease.routes() {
-            self.netlink
-                .add_route(index, to.into(), prefix, via.into(), None)?;
+            if let Err(err) = self
+                .netlink
+                .add_route(index, to.into(), prefix, via.into(), None)
+            {
+                emit(
+                    Event::new("dhcp-route-failed")
+                        .field("iface", &self.link.name)
+                        .field("to", format!("{to}/{prefix}"))
+                        .field("via", via)
+                        .field("error", err),
+                );
+            }
         }
         self.shared.lease_held(&self.link, lease);
         if self.shared.hostname_from_dhcp {
@@ -670,6 +714,27 @@ mod tests {
             addr: Ipv4Addr::new(192, 168, 77, 205),
         };
         assert!(rebinding.check_server(&rogue).is_ok());
+    }
+
+    /// Failed before: an ACK of another address than the one asked for was bound.
+    #[test]
+    fn an_ack_of_another_address_is_refused() {
+        let ack = reply_from(5, GOOD.octets());
+        let asked = |last| Ipv4Addr::new(192, 168, 77, last);
+        let selecting = |offered| RequestKind::Selecting {
+            offered,
+            server: GOOD,
+        };
+        assert!(selecting(asked(205)).check_address(&ack).is_ok());
+        assert_eq!(
+            selecting(asked(206)).check_address(&ack),
+            Err(Refused::Address {
+                got: asked(205),
+                expected: asked(206)
+            })
+        );
+        let rebinding = RequestKind::Rebinding { addr: asked(7) };
+        assert!(rebinding.check_address(&ack).is_err());
     }
 
     /// Failed before: after a NAK the client discovered again at once, so a server that NAKs

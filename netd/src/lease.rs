@@ -65,6 +65,10 @@ pub fn is_dns_name(name: &str, underscore: bool) -> bool {
 /// (RFC 2131 §2), so a link with a smaller MTU could not even carry DHCP.
 pub const MIN_MTU: u16 = 576;
 
+/// The most option 121 routes netd installs: a server's list is bounded only by the packet
+/// (hundreds of routes in a fragmented reply), and no host on a DHCP network needs more.
+pub const MAX_CLASSLESS_ROUTES: usize = 64;
+
 /// A name option refused by [`Lease::drop_invalid_names`]: the option and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedName {
@@ -236,6 +240,16 @@ impl Lease {
         self.mtu.take_if(|mtu| *mtu < MIN_MTU)
     }
 
+    /// Keeps the first [`MAX_CLASSLESS_ROUTES`] of option 121's routes; returns how many
+    /// the server sent when that was more.
+    pub fn drop_excess_routes(&mut self) -> Option<usize> {
+        let offered = self.classless_routes.len();
+        (offered > MAX_CLASSLESS_ROUTES).then(|| {
+            self.classless_routes.truncate(MAX_CLASSLESS_ROUTES);
+            offered
+        })
+    }
+
     /// The routes to install: option 121's when present (RFC 3442: the router option is then
     /// ignored), else a default route via the first router.
     pub fn routes(&self) -> Vec<(Ipv4Addr, u8, Ipv4Addr)> {
@@ -366,6 +380,27 @@ mod tests {
             [(Ipv4Addr::new(192, 0, 2, 0), 24, Ipv4Addr::new(10, 0, 2, 9))]
         );
         assert_eq!(lease.mtu, Some(1400));
+    }
+
+    /// Failed before: every route of a fragmented reply's option 121s was installed.
+    #[test]
+    fn classless_routes_past_the_cap_are_dropped_the_first_kept() {
+        let routes: Vec<_> = (0..=MAX_CLASSLESS_ROUTES)
+            .map(|n| {
+                let third = u8::try_from(n).unwrap();
+                let net = format!("10.99.{third}.0/24").parse().unwrap();
+                (net, Ipv4Addr::new(10, 0, 2, 9))
+            })
+            .collect();
+        let mut lease =
+            Lease::from_ack(&ack(vec![DhcpOption::ClasslessStaticRoute(routes)])).unwrap();
+        assert_eq!(lease.drop_excess_routes(), Some(MAX_CLASSLESS_ROUTES + 1));
+        assert_eq!(lease.routes().len(), MAX_CLASSLESS_ROUTES);
+        assert_eq!(
+            lease.routes().first().map(|r| r.0),
+            Some(Ipv4Addr::new(10, 99, 0, 0))
+        );
+        assert_eq!(lease.drop_excess_routes(), None);
     }
 
     #[test]

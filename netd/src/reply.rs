@@ -58,6 +58,8 @@ pub enum Refused {
     ZeroLease,
     #[error("server identifier {got}, not {expected}, the server this client talks to")]
     Server { got: Ipv4Addr, expected: Ipv4Addr },
+    #[error("an ACK of {got}, not of {expected}, the address this client asked for")]
+    Address { got: Ipv4Addr, expected: Ipv4Addr },
 }
 
 /// Whether `bytes` answers this client's transaction `xid` (a BOOTP reply with its xid and,

@@ -7,14 +7,16 @@
 //!    not UTF-8 with the mask and lease time after it, a multicast address and a mask that is
 //!    no prefix (each refused, with a `dhcp-reply-refused` event);
 //! 2. a good OFFER, then to the REQUEST an ACK from another server identifier, an ACK with a
-//!    lease time of 0, an ACK whose last option runs past the end, a NAK from another server
-//!    (all refused), and a NAK from the selected server (taken: discovery starts again, 1 s
-//!    later);
+//!    lease time of 0, an ACK whose last option runs past the end, an ACK of another address
+//!    than the one asked for, a NAK from another server (all refused), and a NAK from the
+//!    selected server (taken: discovery starts again, 1 s later);
 //! 3. a lease without subnet mask or router and a T1 of 0: netd takes the classful /24 and no
 //!    default route, and renews after half the lease, not at once; the renewal gets a NAK;
-//! 4. an oversized OFFER and ACK, fragmented on the wire: 40 classless routes in two option
-//!    121s, a 255-byte hostname of printable garbage, an MTU of 100, 2 KiB of site-specific
-//!    options. The lease is taken without the hostname and the MTU; its renewal gets a NAK;
+//! 4. an oversized OFFER and ACK, fragmented on the wire: 70 classless routes in three option
+//!    121s (one through a gateway off the link), a 255-byte hostname of printable garbage, an
+//!    MTU of 100, 2 KiB of site-specific options. The lease is taken without the hostname,
+//!    the MTU and the routes past the 64th; the route the kernel refuses is reported and
+//!    skipped; its renewal gets a NAK;
 //! 5. a good lease of infinite time (0xffffffff), which must never be renewed.
 //!
 //! netd must never exit, must bind only the leases it should, and must end with the good one
@@ -49,6 +51,11 @@ fn addr(last: u8) -> Ipv4Addr {
 
 const MASK_24: [u8; 4] = [255, 255, 255, 0];
 const ROGUE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 9);
+/// Option 121 routes in the oversized reply: more than netd's 64.
+const OVERSIZED_ROUTES: u8 = 70;
+/// The one of them through a gateway off the link, which the kernel refuses.
+const OFF_LINK_ROUTE: u8 = 5;
+const OFF_LINK_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 1);
 
 /// An OFFER or ACK of `yiaddr` from the rig's server with a /24, the router and `lease`.
 fn lease(seen: &Seen, kind: u8, yiaddr: Ipv4Addr, lease: u32) -> Reply {
@@ -105,6 +112,7 @@ fn bad_acks_then_nak(seen: &Seen) -> Vec<Vec<u8>> {
         lease(seen, ACK, addr(205), 60)
             .raw(&[option::DNS, 8, 192, 168, 77, 1])
             .bytes(),
+        lease(seen, ACK, addr(206), 60).end(),
         nak(seen, ROGUE),
         nak(seen, server()),
     ]
@@ -122,9 +130,13 @@ fn no_mask(seen: &Seen, kind: u8) -> Vec<Vec<u8>> {
 /// Steps 7 and 8: a well-formed reply of about 3 KiB.
 fn oversized(seen: &Seen, kind: u8) -> Vec<Vec<u8>> {
     let mut routes = Vec::new();
-    for n in 0..40u8 {
+    for n in 0..OVERSIZED_ROUTES {
         routes.extend([32, 10, 99, n, 1]);
-        routes.extend(addr(254).octets());
+        if n == OFF_LINK_ROUTE {
+            routes.extend(OFF_LINK_GATEWAY.octets());
+        } else {
+            routes.extend(addr(254).octets());
+        }
     }
     let name: Vec<u8> = (0..255u8).map(|n| b' ' + n % 90).collect();
     let mut reply = lease(seen, kind, addr(212), 12)
@@ -224,7 +236,25 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
         .get(1)
         .and_then(|b| b.get("routes"))
         .unwrap_or_default();
-    assert_eq!(oversized_routes.split(',').count(), 40, "{c}");
+    assert_eq!(oversized_routes.split(',').count(), 64, "{c}");
+    let capped = events::starting_with(
+        &machine,
+        "berth event=dhcp-option-refused iface=eth0 option=classless-routes ",
+    );
+    assert_eq!(
+        capped.iter().map(|e| e.get("value")).collect::<Vec<_>>(),
+        [Some("70")],
+        "{c}"
+    );
+    let failed = events::starting_with(&machine, "berth event=dhcp-route-failed iface=eth0 ");
+    assert_eq!(
+        failed
+            .iter()
+            .map(|e| (e.get("to"), e.get("via")))
+            .collect::<Vec<_>>(),
+        [(Some("10.99.5.1/32"), Some("10.123.0.1"))],
+        "the off-link gateway's route alone; {c}"
+    );
 
     // netd asked for no address of a bogus OFFER.
     let requested: Vec<Option<Ipv4Addr>> = dhcp
@@ -260,6 +290,7 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
         ("ack", "server identifier 192.168.77.9, not 192.168.77.1"),
         ("ack", "a lease time of 0"),
         ("unknown", "option 6 at byte"),
+        ("ack", "an ACK of 192.168.77.206, not of 192.168.77.205"),
         ("nak", "server identifier 192.168.77.9, not 192.168.77.1"),
     ] {
         assert!(
@@ -269,7 +300,7 @@ fn hostile_replies_are_refused_and_only_the_good_lease_is_applied() {
             "no refusal of {reply} `{reason}` in {refused:#?}; {c}"
         );
     }
-    assert_eq!(refused.len(), 10, "{refused:#?}; {c}");
+    assert_eq!(refused.len(), 11, "{refused:#?}; {c}");
     let hostname = events::starting_with(
         &machine,
         "berth event=dhcp-option-refused iface=eth0 option=hostname ",
