@@ -226,7 +226,12 @@ fn bench_boot(arch: Arch, runs: usize, manifest: &Path) -> Result<BootFigures, S
         netd: None,
         berthctl: None,
         puller: None,
-        images: Vec::new(),
+        // The demo manifest's containers run busybox: the same layout the suite builds, so
+        // that this benchmark needs no image store filled by an earlier `berth run`.
+        images: vec![berth_image::images::ImageSource {
+            name: Some(images::BUSYBOX.to_string()),
+            dir: images::busybox_layout(arch)?,
+        }],
         extra_modules: Vec::new(),
         disk: None,
         update_key: None,
