@@ -48,10 +48,13 @@ impl MountedEsp {
                 .ok_or_else(|| {
                     format!("no partition named `{ESP_PART_LABEL}`: this host did not boot from a berth disk image")
                 })?;
-        let lock = lock(Path::new(ESP_LOCK), LOCK_WAIT)?;
-        load_vfat();
         let target = PathBuf::from(ESP_MOUNT);
         std::fs::create_dir_all(&target).map_err(|e| format!("{ESP_MOUNT}: {e}"))?;
+        let lock = lock(Path::new(ESP_LOCK), LOCK_WAIT)?;
+        // A helper killed while it had the ESP (a shutdown during `stage`) left its mount
+        // behind: gone before this one, which would stack on it or meet EBUSY.
+        while umount2(&target, MntFlags::MNT_DETACH).is_ok() {}
+        load_vfat();
         mount(
             Some(&device.node),
             &target,
@@ -74,7 +77,11 @@ impl MountedEsp {
 
 impl Drop for MountedEsp {
     fn drop(&mut self) {
-        let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+        // Detached only when busy (a file still open): then the next helper's stale-mount
+        // sweep sees none, and the kernel lets the superblock go with the last file.
+        if umount2(&self.path, MntFlags::empty()).is_err() {
+            let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+        }
     }
 }
 
@@ -93,13 +100,14 @@ fn lock(file: &Path, wait: Duration) -> Result<Flock<File>, String> {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 std::thread::sleep(LOCK_RETRY);
             }
-            Err((_, err)) => {
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 return Err(format!(
-                    "{}: another berth-update helper still has the ESP after {} s: {err}",
+                    "{}: another berth-update helper still has the ESP after {} s",
                     file.display(),
                     wait.as_secs()
                 ))
             }
+            Err((_, err)) => return Err(format!("{}: flock: {err}", file.display())),
         }
     }
 }

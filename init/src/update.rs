@@ -49,7 +49,7 @@ pub enum UpdateError {
     /// The pipes or the terminal to relay through.
     #[error("{0}")]
     Relay(String),
-    #[error("cannot pass a pipe to the staging process: {0}")]
+    #[error("cannot pass a pipe to the berth-update helper: {0}")]
     Pipe(#[source] std::io::Error),
     #[error("cannot start berth-update {what}: {source}")]
     Spawn {

@@ -524,8 +524,8 @@ impl Client {
         let Some((mut lease, age)) = saved::load(&self.link.name) else {
             return Ok(None);
         };
-        // Saved after the same check, unless written by a netd older than it.
-        self.drop_invalid_names(&mut lease);
+        // Saved after the same checks, unless written by a netd older than they are.
+        self.drop_invalid_options(&mut lease);
         self.apply_lease(&lease, None)?;
         self.shared.configured(self.link.index);
         emit(

@@ -240,11 +240,14 @@ impl Lease {
         self.mtu.take_if(|mtu| *mtu < MIN_MTU)
     }
 
-    /// Keeps the first [`MAX_CLASSLESS_ROUTES`] of option 121's routes; returns how many
-    /// the server sent when that was more.
+    /// Keeps [`MAX_CLASSLESS_ROUTES`] of option 121's routes, default routes first and the
+    /// rest in the server's order; returns how many the server sent when that was more.
     pub fn drop_excess_routes(&mut self) -> Option<usize> {
         let offered = self.classless_routes.len();
         (offered > MAX_CLASSLESS_ROUTES).then(|| {
+            // Stable: the server's order stands among the rest.
+            self.classless_routes
+                .sort_by_key(|&(_, prefix, _)| prefix != 0);
             self.classless_routes.truncate(MAX_CLASSLESS_ROUTES);
             offered
         })
@@ -384,22 +387,23 @@ mod tests {
 
     /// Failed before: every route of a fragmented reply's option 121s was installed.
     #[test]
-    fn classless_routes_past_the_cap_are_dropped_the_first_kept() {
-        let routes: Vec<_> = (0..=MAX_CLASSLESS_ROUTES)
+    fn classless_routes_past_the_cap_are_dropped_the_default_kept() {
+        let gateway = Ipv4Addr::new(10, 0, 2, 9);
+        let mut routes: Vec<_> = (0..=MAX_CLASSLESS_ROUTES)
             .map(|n| {
                 let third = u8::try_from(n).unwrap();
-                let net = format!("10.99.{third}.0/24").parse().unwrap();
-                (net, Ipv4Addr::new(10, 0, 2, 9))
+                (format!("10.99.{third}.0/24").parse().unwrap(), gateway)
             })
             .collect();
+        // The default route last: past the cap, and kept all the same.
+        routes.push(("0.0.0.0/0".parse().unwrap(), gateway));
         let mut lease =
             Lease::from_ack(&ack(vec![DhcpOption::ClasslessStaticRoute(routes)])).unwrap();
-        assert_eq!(lease.drop_excess_routes(), Some(MAX_CLASSLESS_ROUTES + 1));
-        assert_eq!(lease.routes().len(), MAX_CLASSLESS_ROUTES);
-        assert_eq!(
-            lease.routes().first().map(|r| r.0),
-            Some(Ipv4Addr::new(10, 99, 0, 0))
-        );
+        assert_eq!(lease.drop_excess_routes(), Some(MAX_CLASSLESS_ROUTES + 2));
+        let kept = lease.routes();
+        assert_eq!(kept.len(), MAX_CLASSLESS_ROUTES);
+        assert_eq!(kept.first(), Some(&(Ipv4Addr::UNSPECIFIED, 0, gateway)));
+        assert_eq!(kept.get(1).map(|r| r.0), Some(Ipv4Addr::new(10, 99, 0, 0)));
         assert_eq!(lease.drop_excess_routes(), None);
     }
 
