@@ -15,22 +15,18 @@ pub fn parse(line: &str) -> Option<EventLine> {
 
 /// Every event of `kind` (for `container`, when given) seen on the console so far.
 pub fn events(machine: &Machine, kind: &str, container: Option<&str>) -> Vec<EventLine> {
-    machine
-        .console_lines()
-        .iter()
-        .filter_map(|l| berth_qemu::events::parse(&l.text, l.at))
+    berth_qemu::events::all(machine)
+        .into_iter()
         .filter(|e| e.kind == kind)
-        .filter(|e| container.is_none_or(|c| e.get("container") == Some(c)))
+        .filter(|e| container.is_none_or(|c| e.container() == Some(c)))
         .collect()
 }
 
 /// Every console line that starts with `prefix`, as events.
 pub fn starting_with(machine: &Machine, prefix: &str) -> Vec<EventLine> {
-    machine
-        .console_lines()
-        .iter()
-        .filter(|l| l.text.starts_with(prefix))
-        .filter_map(|l| berth_qemu::events::parse(&l.text, l.at))
+    berth_qemu::events::all(machine)
+        .into_iter()
+        .filter(|e| e.line.starts_with(prefix))
         .collect()
 }
 
